@@ -1,0 +1,105 @@
+//! `deckhand ctl`: talks to any node's admin API.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::view;
+use crate::proto::admin::admin_client::AdminClient;
+use crate::proto::admin::{MembersRequest, StatusRequest};
+
+/// Default admin address when neither `--addr` nor `DECKHAND_ADDR` is given.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7201";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{addr:?} is not a valid admin address (expected host:port): {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error("cannot reach the deckhand admin API at {addr}: {reason} (is the node running?)")]
+    Unreachable { addr: String, reason: String },
+    #[error("{addr} answered {code}: {message}")]
+    Rpc {
+        addr: String,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("cannot encode output: {0}")]
+    Output(#[from] serde_json::Error),
+}
+
+/// A connected admin client.
+pub struct Ctl {
+    addr: String,
+    client: AdminClient<Channel>,
+}
+
+impl Ctl {
+    pub async fn connect(addr: &str) -> Result<Self, CtlError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| CtlError::BadAddress {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10));
+        let channel = endpoint.connect().await.map_err(|e| CtlError::Unreachable {
+            addr: addr.to_string(),
+            reason: root_cause(&e),
+        })?;
+        Ok(Self {
+            addr: addr.to_string(),
+            client: AdminClient::new(channel),
+        })
+    }
+
+    fn rpc_error(&self, status: tonic::Status) -> CtlError {
+        if status.code() == tonic::Code::Unavailable {
+            return CtlError::Unreachable {
+                addr: self.addr.clone(),
+                reason: status.message().to_string(),
+            };
+        }
+        CtlError::Rpc {
+            addr: self.addr.clone(),
+            code: status.code(),
+            message: status.message().to_string(),
+        }
+    }
+
+    pub async fn status(&mut self, json: bool) -> Result<String, CtlError> {
+        let resp = self
+            .client
+            .status(StatusRequest {})
+            .await
+            .map_err(|s| self.rpc_error(s))?
+            .into_inner();
+        Ok(if json {
+            serde_json::to_string_pretty(&view::StatusView::from(&resp))?
+        } else {
+            view::status_text(&resp)
+        })
+    }
+
+    pub async fn members(&mut self, json: bool) -> Result<String, CtlError> {
+        let resp = self
+            .client
+            .members(MembersRequest {})
+            .await
+            .map_err(|s| self.rpc_error(s))?
+            .into_inner();
+        Ok(if json {
+            serde_json::to_string_pretty(&view::members_json(&resp))?
+        } else {
+            view::members_text(&resp)
+        })
+    }
+}
+
+/// The innermost error message: tonic's outer "transport error" says little.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,119 @@
+//! What `deckhand ctl` prints: JSON documents (stable field names, see
+//! DESIGN.md §4) and human tables.
+
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::Table;
+use serde::Serialize;
+
+use crate::proto::admin::{Member, MembersResponse, StatusResponse};
+
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub id: u64,
+    pub raft_addr: String,
+    pub admin_addr: String,
+    pub voter: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub node_id: u64,
+    pub role: String,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub cluster_name: String,
+    pub shard_count: u32,
+    pub leader_admin_addr: Option<String>,
+    pub members: Vec<MemberView>,
+}
+
+impl From<&Member> for MemberView {
+    fn from(m: &Member) -> Self {
+        Self {
+            id: m.id,
+            raft_addr: m.raft_addr.clone(),
+            admin_addr: m.admin_addr.clone(),
+            voter: m.voter,
+        }
+    }
+}
+
+impl From<&StatusResponse> for StatusView {
+    fn from(s: &StatusResponse) -> Self {
+        Self {
+            node_id: s.node_id,
+            role: s.role.clone(),
+            leader_id: s.leader_id,
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            last_log_index: s.last_log_index,
+            cluster_name: s.cluster_name.clone(),
+            shard_count: s.shard_count,
+            leader_admin_addr: (!s.leader_admin_addr.is_empty()).then(|| s.leader_admin_addr.clone()),
+            members: s.members.iter().map(MemberView::from).collect(),
+        }
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn members_table(members: &[Member], leader_id: Option<u64>) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["ID", "ROLE", "RAFT ADDR", "ADMIN ADDR"]);
+    for m in members {
+        let role = if Some(m.id) == leader_id {
+            "leader"
+        } else if m.voter {
+            "voter"
+        } else {
+            "learner"
+        };
+        table.add_row([m.id.to_string(), role.to_string(), m.raft_addr.clone(), m.admin_addr.clone()]);
+    }
+    table
+}
+
+pub fn status_text(s: &StatusResponse) -> String {
+    let mut out = String::new();
+    let leader = match (s.leader_id, s.leader_admin_addr.is_empty()) {
+        (Some(id), false) => format!("{id} ({})", s.leader_admin_addr),
+        (Some(id), true) => id.to_string(),
+        (None, _) => "none (election in progress?)".to_string(),
+    };
+    let shards = if s.shard_count == 0 {
+        "not recorded yet".to_string()
+    } else {
+        s.shard_count.to_string()
+    };
+    for (k, v) in [
+        ("node", s.node_id.to_string()),
+        ("cluster", s.cluster_name.clone()),
+        ("role", s.role.clone()),
+        ("leader", leader),
+        ("term", s.term.to_string()),
+        ("commit index", opt(s.commit_index)),
+        ("applied index", opt(s.applied_index)),
+        ("shards", shards),
+    ] {
+        out.push_str(&format!("{k:<14} {v}\n"));
+    }
+    out.push('\n');
+    out.push_str(&members_table(&s.members, s.leader_id).to_string());
+    out
+}
+
+pub fn members_text(m: &MembersResponse) -> String {
+    members_table(&m.members, m.leader_id).to_string()
+}
+
+pub fn members_json(m: &MembersResponse) -> Vec<MemberView> {
+    m.members.iter().map(MemberView::from).collect()
+}

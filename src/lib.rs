@@ -1,0 +1,14 @@
+//! deckhand: a Raft-coordinated housekeeper cluster for Deckard priority queues.
+//!
+//! See `README.md` for what it does and `docs/` for the design. Modules, in
+//! dependency order: [`cluster`] (pure replicated state), [`raft`] (openraft,
+//! sled storage, node-to-node transport), [`admin`] (public gRPC API and its
+//! client), [`node`] (wiring one node together), [`config`].
+
+pub mod admin;
+pub mod cluster;
+pub mod config;
+pub mod node;
+pub mod proto;
+pub mod raft;
+pub mod shutdown;

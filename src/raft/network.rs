@@ -1,0 +1,223 @@
+//! The client side of node-to-node Raft RPCs.
+//!
+//! One tonic [`Channel`] per peer address is created lazily the first time
+//! openraft asks for a client to that peer and is then shared by every RPC
+//! (votes, appends, heartbeats, snapshots): tonic channels multiplex HTTP/2
+//! streams and reconnect on their own, so there is nothing to gain from a
+//! connection per RPC and a lot of handshakes to lose.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use tonic::transport::{Channel, Endpoint};
+
+use super::codec::{self, SnapshotTransfer};
+use super::{NodeId, NodeInfo, Snapshot, SnapshotData, TypeConfig, Vote};
+use crate::proto::raft::raft_service_client::RaftServiceClient;
+use crate::proto::raft::RaftPayload;
+
+/// Largest message a node accepts or sends on the Raft address.
+pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Shared, reusable channels to peers, keyed by address.
+#[derive(Clone, Default)]
+pub struct Channels {
+    /// A std mutex: held only to look up or insert, never across an await.
+    by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    /// The channel to `addr`, created (lazily connecting) on first use.
+    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut map = self.by_addr.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = map.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy();
+        map.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Creates per-peer connections for openraft.
+#[derive(Clone, Default)]
+pub struct NetworkFactory {
+    channels: Channels,
+}
+
+impl NetworkFactory {
+    pub fn new(channels: Channels) -> Self {
+        Self { channels }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        let client = self.channels.get(&node.raft_addr).map(|channel| {
+            RaftServiceClient::new(channel)
+                .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE)
+        });
+        PeerConnection {
+            target,
+            addr: node.raft_addr.clone(),
+            client: client.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// openraft's handle on one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    addr: String,
+    /// `Err` when the peer's address does not parse; every RPC then reports
+    /// the peer unreachable, with the reason.
+    client: Result<RaftServiceClient<Channel>, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("peer {target} at {addr}: {message}")]
+struct PeerError {
+    target: NodeId,
+    addr: String,
+    message: String,
+}
+
+impl PeerConnection {
+    fn error(&self, message: impl Into<String>) -> PeerError {
+        PeerError {
+            target: self.target,
+            addr: self.addr.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&self.error(format!("bad address: {e}")))))
+    }
+
+    /// Maps a transport failure: refused or unreachable peers back off
+    /// (`Unreachable`); anything else is a plain network error.
+    fn status_error(&self, status: tonic::Status) -> RPCError<TypeConfig> {
+        let err = self.error(format!("{}: {}", status.code(), status.message()));
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => RPCError::Unreachable(Unreachable::new(&err)),
+            _ => RPCError::Network(NetworkError::new(&err)),
+        }
+    }
+
+    fn codec_error(&self, e: codec::CodecError) -> RPCError<TypeConfig> {
+        RPCError::Network(NetworkError::new(&self.error(e.to_string())))
+    }
+
+    async fn call<Req, Resp, F, Fut>(
+        &mut self,
+        what: &'static str,
+        req: &Req,
+        option: &RPCOption,
+        rpc: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let client = self.client()?;
+        let payload = codec::encode(what, req).map_err(|e| self.codec_error(e))?;
+        let mut request = tonic::Request::new(payload);
+        request.set_timeout(option.hard_ttl());
+        tracing::trace!(target_node = self.target, rpc = what, "sending Raft RPC");
+        let response = rpc(client, request).await.map_err(|s| self.status_error(s))?;
+        codec::decode(what, response.get_ref()).map_err(|e| self.codec_error(e))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call("append entries", &rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call("vote", &rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call("pre-vote", &rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
+            .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let transfer = SnapshotTransfer::new(vote, snapshot);
+        let send = self.call("snapshot", &transfer, &option, |mut c, r| async move {
+            c.install_snapshot(r).await
+        });
+        tokio::select! {
+            result = send => result.map_err(|e| match e {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                RPCError::Timeout(t) => StreamingError::Timeout(t),
+                RPCError::Network(n) => StreamingError::Network(n),
+                RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+            }),
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call("transfer leader", &req, &option, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        // A dead peer is retried every 100 ms: fast enough to notice it coming
+        // back within a heartbeat or two, slow enough not to spin.
+        Some(Backoff::new(std::iter::repeat(Duration::from_millis(100))))
+    }
+}

@@ -1,0 +1,87 @@
+//! The server side of node-to-node Raft RPCs: decode, hand to openraft, encode.
+
+use tonic::{Request, Response, Status};
+
+use super::codec::{self, SnapshotTransfer};
+use super::network::MAX_RAFT_MESSAGE;
+use super::{NodeId, Raft};
+use crate::proto::raft::raft_service_server::{RaftService, RaftServiceServer};
+use crate::proto::raft::{ProbeRequest, ProbeResponse, RaftPayload};
+
+/// Serves the internal Raft service for one node.
+#[derive(Clone)]
+pub struct RaftRpc {
+    raft: Raft,
+    node_id: NodeId,
+    cluster_name: String,
+}
+
+impl RaftRpc {
+    pub fn new(raft: Raft, node_id: NodeId, cluster_name: String) -> Self {
+        Self {
+            raft,
+            node_id,
+            cluster_name,
+        }
+    }
+
+    pub fn into_server(self) -> RaftServiceServer<Self> {
+        RaftServiceServer::new(self)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE)
+    }
+}
+
+/// Raft core errors (it stopped, or storage failed) leave the caller nothing
+/// to retry against this node right now.
+fn raft_error(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftRpc {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let req = codec::decode("append entries", request.get_ref())?;
+        let resp = self.raft.append_entries(req).await.map_err(raft_error)?;
+        Ok(Response::new(codec::encode("append entries response", &resp)?))
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let req = codec::decode("vote", request.get_ref())?;
+        let resp = self.raft.vote(req).await.map_err(raft_error)?;
+        Ok(Response::new(codec::encode("vote response", &resp)?))
+    }
+
+    async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let req = codec::decode("pre-vote", request.get_ref())?;
+        let resp = self.raft.pre_vote(req).await.map_err(raft_error)?;
+        Ok(Response::new(codec::encode("pre-vote response", &resp)?))
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let transfer: SnapshotTransfer = codec::decode("snapshot", request.get_ref())?;
+        let (vote, snapshot) = transfer.into_parts();
+        let resp = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(raft_error)?;
+        Ok(Response::new(codec::encode("snapshot response", &resp)?))
+    }
+
+    async fn transfer_leader(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let req = codec::decode("transfer leader", request.get_ref())?;
+        let resp = self.raft.handle_transfer_leader(req).await.map_err(raft_error)?;
+        Ok(Response::new(codec::encode("transfer leader response", &resp)?))
+    }
+
+    async fn probe(&self, request: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        tracing::debug!(from_cluster = %request.get_ref().cluster_name, "probe");
+        let initialized = self.raft.is_initialized().await.map_err(raft_error)?;
+        Ok(Response::new(ProbeResponse {
+            node_id: self.node_id,
+            cluster_name: self.cluster_name.clone(),
+            initialized,
+        }))
+    }
+}

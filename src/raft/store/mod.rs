@@ -1,0 +1,95 @@
+//! sled-backed Raft storage: one `Db`, trees `log`, `meta` and `sm`.
+//!
+//! [`open`] returns the log store and the state machine store, which share
+//! the `Db`. Both are cheap to clone (sled trees are reference counted).
+
+mod log_store;
+mod state_machine;
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachineStore;
+
+/// Errors opening the Raft storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open Raft storage at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("Raft storage at {path} is unreadable: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// The sled database and the path of its data file, for [`Durable::sync`].
+#[derive(Clone)]
+pub(crate) struct Durable {
+    db: sled::Db,
+    /// sled keeps all data in `<dir>/db`; after `Db::flush` we `fsync` it
+    /// ourselves, because sled's flush alone is not a guaranteed full fsync
+    /// (sled issue #1452) and a lost vote can elect two leaders in one term.
+    db_file: PathBuf,
+    dir: PathBuf,
+}
+
+impl Durable {
+    /// Flushes sled's buffers and fsyncs its data file and directory.
+    /// Blocking: call from `spawn_blocking`.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.db.flush().map_err(io::Error::other)?;
+        File::open(&self.db_file)?.sync_all()?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// [`Self::sync`] on the blocking pool.
+    pub(crate) async fn sync_async(&self) -> io::Result<()> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.sync())
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+/// Opens (creating if needed) the Raft storage under `dir`.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let db = sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(open_err)?;
+    let durable = Durable {
+        db: db.clone(),
+        db_file: dir.join("db"),
+        dir: dir.to_path_buf(),
+    };
+    let log = db.open_tree("log").map_err(open_err)?;
+    let meta = db.open_tree("meta").map_err(open_err)?;
+    let sm = db.open_tree("sm").map_err(open_err)?;
+    let log_store = LogStore::new(log, meta, durable.clone());
+    let sm_store = StateMachineStore::load(sm, durable).map_err(|e| StoreError::Corrupt {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok((log_store, sm_store))
+}
+
+fn invalid_data(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(invalid_data)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(bytes).map_err(invalid_data)
+}
+
+#[cfg(test)]
+mod tests;

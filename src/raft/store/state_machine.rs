@@ -1,0 +1,194 @@
+//! The Raft state machine in sled: applies committed entries to
+//! [`ClusterState`] and keeps the current snapshot.
+//!
+//! Invariants:
+//! - `applied.last_applied` only grows (asserted on apply);
+//! - the state and its `last_applied` id are persisted in one sled insert;
+//! - a stored snapshot is never newer than the applied state it was built from.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use super::{from_json, to_json, Durable};
+use crate::cluster::{ClusterState, CommandResult};
+use crate::raft::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+/// Everything the state machine persists about applied entries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub last_membership: StoredMembership,
+    pub cluster: ClusterState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The state machine. Clones share state; readers (admin API, worker) take
+/// the read lock for a consistent copy via [`StateMachineStore::applied`].
+#[derive(Clone)]
+pub struct StateMachineStore {
+    /// The applied state, also held in memory so reads never touch sled.
+    /// A tokio lock because apply holds it across the sled write.
+    applied: Arc<RwLock<AppliedState>>,
+    tree: sled::Tree,
+    durable: Durable,
+}
+
+impl StateMachineStore {
+    pub(super) fn load(tree: sled::Tree, durable: Durable) -> io::Result<Self> {
+        let applied = match tree.get(KEY_APPLIED).map_err(io::Error::other)? {
+            Some(bytes) => from_json(&bytes)?,
+            None => AppliedState::default(),
+        };
+        Ok(Self {
+            applied: Arc::new(RwLock::new(applied)),
+            tree,
+            durable,
+        })
+    }
+
+    /// A copy of the applied state.
+    pub async fn applied(&self) -> AppliedState {
+        self.applied.read().await.clone()
+    }
+
+    fn persist(&self, state: &AppliedState) -> io::Result<()> {
+        self.tree
+            .insert(KEY_APPLIED, to_json(state)?)
+            .map_err(io::Error::other)?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let state = self.applied().await;
+        let data = to_json(&state)?;
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied.clone(),
+            last_membership: state.last_membership.clone(),
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        self.tree
+            .insert(KEY_SNAPSHOT, to_json(&stored)?)
+            .map_err(io::Error::other)?;
+        // The log is purged after a snapshot: make sure the snapshot survives.
+        self.durable.sync_async().await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let state = self.applied.read().await;
+        Ok((state.last_applied.clone(), state.last_membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut state = self.applied.write().await;
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id();
+            if let Some(last) = &state.last_applied {
+                assert!(last.index() < log_id.index(), "entry {log_id} applied after {last}");
+            }
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::None,
+                EntryPayload::Normal(command) => {
+                    let result = state.cluster.apply(log_id.index(), command);
+                    tracing::debug!(index = log_id.index(), %command, ?result, "applied command");
+                    result
+                }
+                EntryPayload::Membership(membership) => {
+                    state.last_membership = StoredMembership::new(Some(log_id.clone()), membership.clone());
+                    CommandResult::None
+                }
+            };
+            state.last_applied = Some(log_id);
+            if let Some(responder) = responder {
+                responders.push((responder, result));
+            }
+        }
+        // One write for the whole batch; answered only after it is in sled.
+        self.persist(&state)?;
+        drop(state);
+        for (responder, result) in responders {
+            responder.send(result);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let new_state: AppliedState = from_json(&snapshot)?;
+        if new_state.last_applied != meta.last_log_id {
+            return Err(super::invalid_data(format!(
+                "snapshot meta says {:?} but its data was applied up to {:?}",
+                meta.last_log_id, new_state.last_applied
+            )));
+        }
+        let mut state = self.applied.write().await;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot,
+        };
+        self.tree
+            .insert(KEY_SNAPSHOT, to_json(&stored)?)
+            .map_err(io::Error::other)?;
+        self.persist(&new_state)?;
+        self.durable.sync_async().await?;
+        *state = new_state;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        match self.tree.get(KEY_SNAPSHOT).map_err(io::Error::other)? {
+            Some(bytes) => {
+                let stored: StoredSnapshot = from_json(&bytes)?;
+                Ok(Some(Snapshot {
+                    meta: stored.meta,
+                    snapshot: stored.data,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl StateMachineStore {
+    /// Flushes and fsyncs the whole database (used on shutdown).
+    pub async fn sync(&self) -> io::Result<()> {
+        self.durable.sync_async().await
+    }
+}
