@@ -145,7 +145,10 @@ fn default_log_format() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read config file: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not valid TOML at line {line}, column {column}: {message}")]
     Syntax {
         path: PathBuf,
@@ -171,12 +174,32 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ("DECKHAND_ADMIN_ADDR", "admin_addr", EnvKind::String),
     ("DECKHAND_METRICS_ADDR", "metrics_addr", EnvKind::String),
     ("DECKHAND_CLUSTER_NAME", "cluster.name", EnvKind::String),
-    ("DECKHAND_CLUSTER_SHARDS", "cluster.shards", EnvKind::Integer),
-    ("DECKHAND_RAFT_HEARTBEAT_INTERVAL", "raft.heartbeat_interval", EnvKind::String),
-    ("DECKHAND_RAFT_ELECTION_TIMEOUT_MIN", "raft.election_timeout_min", EnvKind::String),
-    ("DECKHAND_RAFT_ELECTION_TIMEOUT_MAX", "raft.election_timeout_max", EnvKind::String),
+    (
+        "DECKHAND_CLUSTER_SHARDS",
+        "cluster.shards",
+        EnvKind::Integer,
+    ),
+    (
+        "DECKHAND_RAFT_HEARTBEAT_INTERVAL",
+        "raft.heartbeat_interval",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_RAFT_ELECTION_TIMEOUT_MIN",
+        "raft.election_timeout_min",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_RAFT_ELECTION_TIMEOUT_MAX",
+        "raft.election_timeout_max",
+        EnvKind::String,
+    ),
     ("DECKHAND_STORE_URL", "store.url", EnvKind::String),
-    ("DECKHAND_STORE_KEY_PREFIX", "store.key_prefix", EnvKind::String),
+    (
+        "DECKHAND_STORE_KEY_PREFIX",
+        "store.key_prefix",
+        EnvKind::String,
+    ),
     ("DECKHAND_LOG_LEVEL", "log.level", EnvKind::String),
     ("DECKHAND_LOG_FORMAT", "log.format", EnvKind::String),
 ];
@@ -229,10 +252,12 @@ pub fn parse(
     })?;
     apply_env(&mut table, env)?;
     let config: NodeConfig =
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Key {
-            path: path.to_path_buf(),
-            key: e.path().to_string(),
-            message: one_line(e.inner().message()),
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            ConfigError::Key {
+                path: path.to_path_buf(),
+                key: e.path().to_string(),
+                message: one_line(e.inner().message()),
+            }
         })?;
     let config = normalize(config);
     validate(&config).map_err(|(key, message)| ConfigError::Key {
@@ -255,17 +280,22 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
     for (var, raw) in env {
         let Some((_, key, kind)) = ENV_OVERRIDES.iter().find(|(name, _, _)| *name == var) else {
             continue;
         };
         let value = match kind {
             EnvKind::String => toml::Value::String(raw),
-            EnvKind::Integer => toml::Value::Integer(raw.trim().parse().map_err(|_| ConfigError::Env {
-                var: var.clone(),
-                message: format!("key `{key}` expects an integer, got {raw:?}"),
-            })?),
+            EnvKind::Integer => {
+                toml::Value::Integer(raw.trim().parse().map_err(|_| ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("key `{key}` expects an integer, got {raw:?}"),
+                })?)
+            }
         };
         let mut node = &mut *table;
         let mut parts: Vec<&str> = key.split('.').collect();
@@ -327,7 +357,10 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
     {
         return err(
             "cluster.name",
-            format!("{:?} must be non-empty letters, digits, '-' or '_'", cluster.name),
+            format!(
+                "{:?} must be non-empty letters, digits, '-' or '_'",
+                cluster.name
+            ),
         );
     }
     if cluster.shards == 0 || cluster.shards > MAX_SHARDS {
@@ -348,7 +381,10 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
                 format!("duplicate node id {}", member.id),
             );
         }
-        for (field, addr) in [("raft_addr", &member.raft_addr), ("admin_addr", &member.admin_addr)] {
+        for (field, addr) in [
+            ("raft_addr", &member.raft_addr),
+            ("admin_addr", &member.admin_addr),
+        ] {
             let key = format!("cluster.members[{i}].{field}");
             check_addr(addr).or_else(|m| err(&key, m))?;
             if !addrs.insert(addr.clone()) {
@@ -361,12 +397,18 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
         known.sort_unstable();
         return err(
             "node_id",
-            format!("{} is not among cluster.members (ids {known:?})", config.node_id),
+            format!(
+                "{} is not among cluster.members (ids {known:?})",
+                config.node_id
+            ),
         );
     }
     let raft = &config.raft;
     if raft.heartbeat_interval.is_zero() {
-        return err("raft.heartbeat_interval", "must be greater than zero".into());
+        return err(
+            "raft.heartbeat_interval",
+            "must be greater than zero".into(),
+        );
     }
     if raft.heartbeat_interval >= raft.election_timeout_min {
         return err(
@@ -396,10 +438,16 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
         );
     }
     if config.store.key_prefix.is_empty() {
-        return err("store.key_prefix", "must not be empty (after trimming spaces and ':')".into());
+        return err(
+            "store.key_prefix",
+            "must not be empty (after trimming spaces and ':')".into(),
+        );
     }
     if config.log.format != "text" && config.log.format != "json" {
-        return err("log.format", format!("{:?} is not \"text\" or \"json\"", config.log.format));
+        return err(
+            "log.format",
+            format!("{:?} is not \"text\" or \"json\"", config.log.format),
+        );
     }
     Ok(())
 }

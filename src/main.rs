@@ -10,7 +10,11 @@ use deckhand::node::Node;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "deckhand", version, about = "Raft-coordinated housekeeper cluster for Deckard priority queues")]
+#[command(
+    name = "deckhand",
+    version,
+    about = "Raft-coordinated housekeeper cluster for Deckard priority queues"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,7 +60,11 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Node { config } => runtime.block_on(run_node(config)),
-        Command::Ctl { addr, json, command } => runtime.block_on(run_ctl(addr, json, command)),
+        Command::Ctl {
+            addr,
+            json,
+            command,
+        } => runtime.block_on(run_ctl(addr, json, command)),
     }
 }
 
@@ -64,7 +72,9 @@ fn init_logging(config: &NodeConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -84,7 +94,11 @@ async fn run_node(path: PathBuf) -> ExitCode {
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {
-            eprintln!("deckhand: {}: key `{}`: {e}", path.display(), e.config_key());
+            eprintln!(
+                "deckhand: {}: key `{}`: {e}",
+                path.display(),
+                e.config_key()
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -42,10 +42,13 @@ impl Ctl {
             })?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10));
-        let channel = endpoint.connect().await.map_err(|e| CtlError::Unreachable {
-            addr: addr.to_string(),
-            reason: root_cause(&e),
-        })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| CtlError::Unreachable {
+                addr: addr.to_string(),
+                reason: root_cause(&e),
+            })?;
         Ok(Self {
             addr: addr.to_string(),
             client: AdminClient::new(channel),

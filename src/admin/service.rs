@@ -39,14 +39,24 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         tracing::debug!("admin status");
         let metrics = self.metrics();
         let shard_count = self.state_machine.applied().await.cluster.shard_count;
-        Ok(Response::new(status::status(&metrics, &self.cluster_name, shard_count)))
+        Ok(Response::new(status::status(
+            &metrics,
+            &self.cluster_name,
+            shard_count,
+        )))
     }
 
-    async fn members(&self, _request: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+    async fn members(
+        &self,
+        _request: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
         tracing::debug!("admin members");
         let metrics = self.metrics();
         Ok(Response::new(MembersResponse {

@@ -53,7 +53,8 @@ impl From<&StatusResponse> for StatusView {
             last_log_index: s.last_log_index,
             cluster_name: s.cluster_name.clone(),
             shard_count: s.shard_count,
-            leader_admin_addr: (!s.leader_admin_addr.is_empty()).then(|| s.leader_admin_addr.clone()),
+            leader_admin_addr: (!s.leader_admin_addr.is_empty())
+                .then(|| s.leader_admin_addr.clone()),
             members: s.members.iter().map(MemberView::from).collect(),
         }
     }
@@ -76,7 +77,12 @@ fn members_table(members: &[Member], leader_id: Option<u64>) -> Table {
         } else {
             "learner"
         };
-        table.add_row([m.id.to_string(), role.to_string(), m.raft_addr.clone(), m.admin_addr.clone()]);
+        table.add_row([
+            m.id.to_string(),
+            role.to_string(),
+            m.raft_addr.clone(),
+            m.admin_addr.clone(),
+        ]);
     }
     table
 }

@@ -31,7 +31,10 @@ fn error_line(text: &str) -> String {
     let e = parse_text(text).expect_err("config should be rejected");
     let line = e.to_string();
     assert!(!line.contains('\n'), "error is not one line: {line}");
-    assert!(line.starts_with("node.toml: "), "error does not name the file: {line}");
+    assert!(
+        line.starts_with("node.toml: "),
+        "error does not name the file: {line}"
+    );
     line
 }
 
@@ -43,16 +46,28 @@ fn defaults_fill_optional_keys() {
     assert_eq!(c.cluster.shards, 128);
     assert_eq!(c.raft.heartbeat_interval, Duration::from_millis(50));
     assert_eq!(c.store.key_prefix, "deckard_v1");
-    assert_eq!(c.self_member().map(|m| m.raft_addr.as_str()), Some("127.0.0.1:7102"));
+    assert_eq!(
+        c.self_member().map(|m| m.raft_addr.as_str()),
+        Some("127.0.0.1:7102")
+    );
 }
 
 #[test]
 fn env_overrides_keys() {
     let env = vec![
-        ("DECKHAND_STORE_URL".to_string(), "redis://127.0.0.1:6379/0".to_string()),
+        (
+            "DECKHAND_STORE_URL".to_string(),
+            "redis://127.0.0.1:6379/0".to_string(),
+        ),
         ("DECKHAND_CLUSTER_SHARDS".to_string(), "64".to_string()),
-        ("DECKHAND_RAFT_HEARTBEAT_INTERVAL".to_string(), "20ms".to_string()),
-        ("DECKHAND_ADDR".to_string(), "ignored: the ctl address".to_string()),
+        (
+            "DECKHAND_RAFT_HEARTBEAT_INTERVAL".to_string(),
+            "20ms".to_string(),
+        ),
+        (
+            "DECKHAND_ADDR".to_string(),
+            "ignored: the ctl address".to_string(),
+        ),
     ];
     let c = parse(Path::new("node.toml"), GOOD, env).expect("valid config");
     assert_eq!(c.store.url, "redis://127.0.0.1:6379/0");
@@ -65,13 +80,22 @@ fn env_integer_that_does_not_parse_names_the_variable() {
     let env = vec![("DECKHAND_NODE_ID".to_string(), "two".to_string())];
     let e = parse(Path::new("node.toml"), GOOD, env).expect_err("rejected");
     let line = e.to_string();
-    assert!(line.contains("DECKHAND_NODE_ID") && line.contains("node_id"), "{line}");
+    assert!(
+        line.contains("DECKHAND_NODE_ID") && line.contains("node_id"),
+        "{line}"
+    );
 }
 
 #[test]
 fn key_prefix_is_trimmed() {
-    let text = GOOD.replace("url = \"memory://\"", "url = \"memory://\"\nkey_prefix = \" deckard_v2: \"");
-    assert_eq!(parse_text(&text).expect("valid").store.key_prefix, "deckard_v2");
+    let text = GOOD.replace(
+        "url = \"memory://\"",
+        "url = \"memory://\"\nkey_prefix = \" deckard_v2: \"",
+    );
+    assert_eq!(
+        parse_text(&text).expect("valid").store.key_prefix,
+        "deckard_v2"
+    );
 }
 
 #[test]
@@ -105,14 +129,20 @@ fn bad_duration_names_key() {
 fn duplicate_member_ids_are_rejected() {
     let text = GOOD.replace("id = 2\nraft_addr", "id = 1\nraft_addr");
     let line = error_line(&text);
-    assert!(line.contains("cluster.members[1].id") && line.contains("duplicate"), "{line}");
+    assert!(
+        line.contains("cluster.members[1].id") && line.contains("duplicate"),
+        "{line}"
+    );
 }
 
 #[test]
 fn node_id_must_be_a_member() {
     let text = GOOD.replace("node_id = 2", "node_id = 7");
     let line = error_line(&text);
-    assert!(line.contains("key `node_id`") && line.contains("not among"), "{line}");
+    assert!(
+        line.contains("key `node_id`") && line.contains("not among"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -124,7 +154,9 @@ fn missing_required_key_is_named() {
 
 #[test]
 fn election_timeouts_must_be_ordered() {
-    let text = format!("{GOOD}\n[raft]\nelection_timeout_min = \"300ms\"\nelection_timeout_max = \"200ms\"\n");
+    let text = format!(
+        "{GOOD}\n[raft]\nelection_timeout_min = \"300ms\"\nelection_timeout_max = \"200ms\"\n"
+    );
     let line = error_line(&text);
     assert!(line.contains("raft.election_timeout_max"), "{line}");
 }
@@ -133,18 +165,29 @@ fn election_timeouts_must_be_ordered() {
 fn store_scheme_is_checked() {
     let text = GOOD.replace("memory://", "postgres://x");
     let line = error_line(&text);
-    assert!(line.contains("store.url") && line.contains("unknown scheme"), "{line}");
+    assert!(
+        line.contains("store.url") && line.contains("unknown scheme"),
+        "{line}"
+    );
 }
 
 #[test]
 fn address_without_port_is_rejected() {
-    let text = GOOD.replace("admin_addr = \"127.0.0.1:7202\"\nmetrics", "admin_addr = \"127.0.0.1\"\nmetrics");
+    let text = GOOD.replace(
+        "admin_addr = \"127.0.0.1:7202\"\nmetrics",
+        "admin_addr = \"127.0.0.1\"\nmetrics",
+    );
     let line = error_line(&text);
     assert!(line.contains("key `admin_addr`"), "{line}");
 }
 
 #[test]
 fn missing_file_is_named() {
-    let e = load_with_env(Path::new("/nonexistent/deckhand.toml"), Vec::new()).expect_err("missing");
-    assert!(e.to_string().starts_with("/nonexistent/deckhand.toml: cannot read"), "{e}");
+    let e =
+        load_with_env(Path::new("/nonexistent/deckhand.toml"), Vec::new()).expect_err("missing");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/deckhand.toml: cannot read"),
+        "{e}"
+    );
 }

@@ -88,7 +88,12 @@ async fn probe(channels: &Channels, cluster: &str, id: NodeId, addr: &str) -> Pr
 }
 
 /// Runs until this node is part of an initialized cluster, or shutdown.
-pub async fn run(raft: Raft, config: NodeConfig, channels: Channels, mut shutdown: ShutdownListener) {
+pub async fn run(
+    raft: Raft,
+    config: NodeConfig,
+    channels: Channels,
+    mut shutdown: ShutdownListener,
+) {
     let members = initial_members(&config);
     let cluster = config.cluster.name.clone();
     let mut attempts: u64 = 0;
@@ -106,7 +111,10 @@ pub async fn run(raft: Raft, config: NodeConfig, channels: Channels, mut shutdow
                 return;
             }
         }
-        let others: Vec<_> = members.iter().filter(|(id, _)| **id != config.node_id).collect();
+        let others: Vec<_> = members
+            .iter()
+            .filter(|(id, _)| **id != config.node_id)
+            .collect();
         let outcomes = futures::future::join_all(
             others
                 .iter()
@@ -123,7 +131,9 @@ pub async fn run(raft: Raft, config: NodeConfig, channels: Channels, mut shutdow
             }
         }
         if someone_initialized {
-            tracing::info!("another initial member already has cluster state; waiting to be replicated to");
+            tracing::info!(
+                "another initial member already has cluster state; waiting to be replicated to"
+            );
             return;
         }
         if waiting_for.is_empty() {
@@ -147,4 +157,3 @@ pub async fn run(raft: Raft, config: NodeConfig, channels: Channels, mut shutdow
         }
     }
 }
-

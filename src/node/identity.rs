@@ -54,10 +54,11 @@ pub fn claim(dir: &Path, expected: &Identity) -> Result<(), IdentityError> {
     let file = dir.join(IDENTITY_FILE);
     match fs::read(&file) {
         Ok(bytes) => {
-            let found: Identity = serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
-                path: file.clone(),
-                reason: e.to_string(),
-            })?;
+            let found: Identity =
+                serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
+                    path: file.clone(),
+                    reason: e.to_string(),
+                })?;
             if &found != expected {
                 return Err(IdentityError::OwnedByOther {
                     dir: dir.to_path_buf(),
@@ -74,9 +75,15 @@ pub fn claim(dir: &Path, expected: &Identity) -> Result<(), IdentityError> {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
             let mut entries = fs::read_dir(dir).map_err(io_err(dir))?;
             if entries.next().is_some() {
-                return Err(IdentityError::Foreign { dir: dir.to_path_buf() });
+                return Err(IdentityError::Foreign {
+                    dir: dir.to_path_buf(),
+                });
             }
-            write_durably(&file, &serde_json::to_vec_pretty(expected).unwrap_or_default()).map_err(io_err(&file))
+            write_durably(
+                &file,
+                &serde_json::to_vec_pretty(expected).unwrap_or_default(),
+            )
+            .map_err(io_err(&file))
         }
         Err(e) => Err(io_err(&file)(e)),
     }

@@ -101,11 +101,13 @@ impl Listeners {
 }
 
 async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr).await.map_err(|source| NodeError::Bind {
-        key,
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            key,
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// A running node.
@@ -175,7 +177,8 @@ impl Node {
         let shutdown = Shutdown::new();
         let mut tasks = Vec::new();
 
-        let raft_service = RaftRpc::new(raft.clone(), config.node_id, config.cluster.name.clone()).into_server();
+        let raft_service =
+            RaftRpc::new(raft.clone(), config.node_id, config.cluster.name.clone()).into_server();
         let mut stop = shutdown.listener();
         let incoming = TcpListenerStream::new(listeners.raft);
         tasks.push((
@@ -191,7 +194,11 @@ impl Node {
             }),
         ));
 
-        let admin_service = AdminService::new(raft.clone(), state_machine.clone(), config.cluster.name.clone());
+        let admin_service = AdminService::new(
+            raft.clone(),
+            state_machine.clone(),
+            config.cluster.name.clone(),
+        );
         tasks.push((
             "admin server",
             spawn_admin_server(admin_service, listeners.admin, shutdown.listener()).await,
@@ -208,7 +215,12 @@ impl Node {
         ));
         tasks.push((
             "role watcher",
-            tokio::spawn(watch_role(raft.clone(), config.cluster.shards, shutdown.listener())),
+            tokio::spawn(watch_role(
+                raft.clone(),
+                state_machine.clone(),
+                config.cluster.shards,
+                shutdown.listener(),
+            )),
         ));
 
         tracing::info!(
@@ -282,7 +294,9 @@ impl Node {
             .await;
         match moved {
             Ok(m) => tracing::info!(new_leader = ?m.current_leader, "leadership handed off"),
-            Err(e) => tracing::warn!(error = %e, "successor did not take over in time; stopping anyway"),
+            Err(e) => {
+                tracing::warn!(error = %e, "successor did not take over in time; stopping anyway")
+            }
         }
     }
 
@@ -294,7 +308,10 @@ impl Node {
         self.shutdown.trigger();
         for (name, task) in self.tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout(SERVER_DRAIN_DEADLINE, task).await.is_err() {
+            if tokio::time::timeout(SERVER_DRAIN_DEADLINE, task)
+                .await
+                .is_err()
+            {
                 tracing::warn!(task = name, "did not stop in time; aborting");
                 abort.abort();
             }
@@ -310,16 +327,18 @@ impl Node {
 fn best_successor(metrics: &RaftMetrics) -> Option<NodeId> {
     let voters = metrics.membership_config.membership().voter_ids();
     let replication = metrics.replication.as_ref();
-    voters
-        .filter(|id| *id != metrics.id)
-        .max_by_key(|id| {
-            replication
-                .and_then(|r| r.get(id))
-                .and_then(|matched| matched.as_ref().map(|log_id| log_id.index()))
-        })
+    voters.filter(|id| *id != metrics.id).max_by_key(|id| {
+        replication
+            .and_then(|r| r.get(id))
+            .and_then(|matched| matched.as_ref().map(|log_id| log_id.index()))
+    })
 }
 
-async fn spawn_admin_server(admin: AdminService, listener: TcpListener, mut stop: ShutdownListener) -> JoinHandle<()> {
+async fn spawn_admin_server(
+    admin: AdminService,
+    listener: TcpListener,
+    mut stop: ShutdownListener,
+) -> JoinHandle<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<crate::proto::admin::admin_server::AdminServer<AdminService>>()
@@ -360,7 +379,12 @@ async fn spawn_admin_server(admin: AdminService, listener: TcpListener, mut stop
 }
 
 /// Logs role changes, and as a new leader records the shard count once.
-async fn watch_role(raft: Raft, shard_count: u32, mut stop: ShutdownListener) {
+async fn watch_role(
+    raft: Raft,
+    state_machine: StateMachineStore,
+    shard_count: u32,
+    mut stop: ShutdownListener,
+) {
     let mut rx = raft.metrics();
     let mut last: Option<(ServerState, Option<NodeId>)> = None;
     loop {
@@ -377,7 +401,12 @@ async fn watch_role(raft: Raft, shard_count: u32, mut stop: ShutdownListener) {
                 "role changed"
             );
             if state == ServerState::Leader && !was_leader {
-                tokio::spawn(record_shard_count(raft.clone(), shard_count));
+                tokio::spawn(record_shard_count(
+                    raft.clone(),
+                    state_machine.clone(),
+                    shard_count,
+                    term,
+                ));
             }
             last = Some((state, leader));
         }
@@ -388,19 +417,44 @@ async fn watch_role(raft: Raft, shard_count: u32, mut stop: ShutdownListener) {
     }
 }
 
-/// Proposes `InitCluster` if the replicated state has no shard count yet.
-async fn record_shard_count(raft: Raft, shard_count: u32) {
-    // Only the applied state tells whether a previous leader recorded it;
-    // re-proposing the same count is harmless (see `cluster`).
-    let command = Command::InitCluster { shard_count };
-    match raft.client_write(command).await {
-        Ok(resp) => match resp.response() {
-            crate::cluster::CommandResult::Rejected(why) => {
-                tracing::warn!(configured = shard_count, reason = %why, "cluster.shards in the config differs from the cluster's")
+/// Proposes `InitCluster` unless the applied state already has the count.
+///
+/// A just-elected leader refuses writes until its leadership is established,
+/// so this retries for as long as this node leads in the same term.
+async fn record_shard_count(
+    raft: Raft,
+    state_machine: StateMachineStore,
+    shard_count: u32,
+    term: u64,
+) {
+    let still_leading = |m: &RaftMetrics| m.state == ServerState::Leader && m.current_term == term;
+    loop {
+        let recorded = state_machine.applied().await.cluster.shard_count;
+        if recorded == shard_count {
+            return;
+        }
+        if recorded != 0 {
+            tracing::warn!(
+                configured = shard_count,
+                cluster = recorded,
+                "cluster.shards in the config differs from the cluster's; the cluster's count stays"
+            );
+            return;
+        }
+        match raft
+            .client_write(Command::InitCluster { shard_count })
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(shard_count, "shard count recorded");
+                return;
             }
-            _ => tracing::debug!(shard_count, "shard count recorded"),
-        },
-        Err(e) => tracing::debug!(error = %e, "could not record shard count (no longer leader?)"),
+            Err(e) => tracing::debug!(error = %e, "shard count not recorded yet"),
+        }
+        if !still_leading(&raft.metrics().borrow_watched()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

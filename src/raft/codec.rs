@@ -29,7 +29,10 @@ pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<RaftPayload
         })
 }
 
-pub fn decode<T: DeserializeOwned>(what: &'static str, payload: &RaftPayload) -> Result<T, CodecError> {
+pub fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    payload: &RaftPayload,
+) -> Result<T, CodecError> {
     serde_json::from_slice(&payload.data).map_err(|source| CodecError {
         action: "decode",
         what,

@@ -14,8 +14,8 @@ use std::time::Duration;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
@@ -38,7 +38,10 @@ pub struct Channels {
 impl Channels {
     /// The channel to `addr`, created (lazily connecting) on first use.
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut map = self.by_addr.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self
+            .by_addr
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = map.get(addr) {
             return Ok(channel.clone());
         }
@@ -108,9 +111,9 @@ impl PeerConnection {
     }
 
     fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
-        self.client
-            .clone()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&self.error(format!("bad address: {e}")))))
+        self.client.clone().map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&self.error(format!("bad address: {e}"))))
+        })
     }
 
     /// Maps a transport failure: refused or unreachable peers back off
@@ -118,7 +121,9 @@ impl PeerConnection {
     fn status_error(&self, status: tonic::Status) -> RPCError<TypeConfig> {
         let err = self.error(format!("{}: {}", status.code(), status.message()));
         match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => RPCError::Unreachable(Unreachable::new(&err)),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                RPCError::Unreachable(Unreachable::new(&err))
+            }
             _ => RPCError::Network(NetworkError::new(&err)),
         }
     }
@@ -145,7 +150,9 @@ impl PeerConnection {
         let mut request = tonic::Request::new(payload);
         request.set_timeout(option.hard_ttl());
         tracing::trace!(target_node = self.target, rpc = what, "sending Raft RPC");
-        let response = rpc(client, request).await.map_err(|s| self.status_error(s))?;
+        let response = rpc(client, request)
+            .await
+            .map_err(|s| self.status_error(s))?;
         codec::decode(what, response.get_ref()).map_err(|e| self.codec_error(e))
     }
 }
@@ -169,8 +176,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call("vote", &rpc, &option, |mut c, r| async move { c.vote(r).await })
-            .await
+        self.call(
+            "vote",
+            &rpc,
+            &option,
+            |mut c, r| async move { c.vote(r).await },
+        )
+        .await
     }
 
     async fn pre_vote(
@@ -178,8 +190,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call("pre-vote", &rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
-            .await
+        self.call("pre-vote", &rpc, &option, |mut c, r| async move {
+            c.pre_vote(r).await
+        })
+        .await
     }
 
     async fn full_snapshot(

@@ -40,10 +40,16 @@ fn raft_error(e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl RaftService for RaftRpc {
-    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let req = codec::decode("append entries", request.get_ref())?;
         let resp = self.raft.append_entries(req).await.map_err(raft_error)?;
-        Ok(Response::new(codec::encode("append entries response", &resp)?))
+        Ok(Response::new(codec::encode(
+            "append entries response",
+            &resp,
+        )?))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -52,13 +58,19 @@ impl RaftService for RaftRpc {
         Ok(Response::new(codec::encode("vote response", &resp)?))
     }
 
-    async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn pre_vote(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let req = codec::decode("pre-vote", request.get_ref())?;
         let resp = self.raft.pre_vote(req).await.map_err(raft_error)?;
         Ok(Response::new(codec::encode("pre-vote response", &resp)?))
     }
 
-    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let transfer: SnapshotTransfer = codec::decode("snapshot", request.get_ref())?;
         let (vote, snapshot) = transfer.into_parts();
         let resp = self
@@ -69,13 +81,26 @@ impl RaftService for RaftRpc {
         Ok(Response::new(codec::encode("snapshot response", &resp)?))
     }
 
-    async fn transfer_leader(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let req = codec::decode("transfer leader", request.get_ref())?;
-        let resp = self.raft.handle_transfer_leader(req).await.map_err(raft_error)?;
-        Ok(Response::new(codec::encode("transfer leader response", &resp)?))
+        let resp = self
+            .raft
+            .handle_transfer_leader(req)
+            .await
+            .map_err(raft_error)?;
+        Ok(Response::new(codec::encode(
+            "transfer leader response",
+            &resp,
+        )?))
     }
 
-    async fn probe(&self, request: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+    async fn probe(
+        &self,
+        request: Request<ProbeRequest>,
+    ) -> Result<Response<ProbeResponse>, Status> {
         tracing::debug!(from_cluster = %request.get_ref().cluster_name, "probe");
         let initialized = self.raft.is_initialized().await.map_err(raft_error)?;
         Ok(Response::new(ProbeResponse {

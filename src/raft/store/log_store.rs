@@ -55,7 +55,9 @@ impl LogStore {
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
-        self.meta.insert(key, to_json(value)?).map_err(io::Error::other)?;
+        self.meta
+            .insert(key, to_json(value)?)
+            .map_err(io::Error::other)?;
         Ok(())
     }
 
@@ -96,7 +98,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         for item in self.log.range((start, end)) {
             let (key, bytes) = item.map_err(io::Error::other)?;
             let entry: Entry = from_json(&bytes)?;
-            assert_eq!(key_index(&key)?, entry.index(), "log key and entry index differ");
+            assert_eq!(
+                key_index(&key)?,
+                entry.index(),
+                "log key and entry index differ"
+            );
             entries.push(entry);
         }
         Ok(entries)
@@ -148,7 +154,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_COMMITTED)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -162,7 +172,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             let index = entry.index();
             if let Some(next) = expected_next {
-                assert_eq!(index, next, "non-contiguous append: got index {index}, expected {next}");
+                assert_eq!(
+                    index, next,
+                    "non-contiguous append: got index {index}, expected {next}"
+                );
             }
             expected_next = Some(index + 1);
             batch.insert(&index_key(index), to_json(&entry)?);

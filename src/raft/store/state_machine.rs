@@ -111,14 +111,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
     {
         let mut state = self.applied.write().await;
         let mut responders = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             if let Some(last) = &state.last_applied {
-                assert!(last.index() < log_id.index(), "entry {log_id} applied after {last}");
+                assert!(
+                    last.index() < log_id.index(),
+                    "entry {log_id} applied after {last}"
+                );
             }
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::None,
@@ -128,7 +133,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     result
                 }
                 EntryPayload::Membership(membership) => {
-                    state.last_membership = StoredMembership::new(Some(log_id.clone()), membership.clone());
+                    state.last_membership =
+                        StoredMembership::new(Some(log_id.clone()), membership.clone());
                     CommandResult::None
                 }
             };
@@ -150,7 +156,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let new_state: AppliedState = from_json(&snapshot)?;
         if new_state.last_applied != meta.last_log_id {
             return Err(super::invalid_data(format!(

@@ -10,7 +10,9 @@ use crate::raft::TypeConfig;
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("create temp dir");
         let (log, sm) = open(&dir.path().join("raft")).expect("open sled store");
         Ok((dir, log, sm))
@@ -19,5 +21,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuil
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_store_passes_openraft_suite() {
-    Suite::test_all(SledBuilder).await.expect("openraft storage suite");
+    Suite::test_all(SledBuilder)
+        .await
+        .expect("openraft storage suite");
 }

@@ -1,0 +1,195 @@
+//! Multi-node clusters in one process: election, failover, restart from disk.
+
+mod common;
+
+use common::{wait_until, TestCluster};
+use deckhand::cluster::Command;
+use deckhand::node::Node;
+use openraft::ServerState;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_fail_over_and_recover_from_disk() {
+    let mut cluster = TestCluster::start(3).await;
+    let first = cluster.wait_for_leader().await;
+    assert_eq!(cluster.leaders(), vec![first], "exactly one leader");
+
+    // The first leader records the configured shard count in the replicated state.
+    let node = &cluster.nodes[&first];
+    wait_until("the shard count is applied on the leader", || async {
+        (node.state_machine.applied().await.cluster.shard_count == 16).then_some(())
+    })
+    .await;
+    let term_before = node.metrics().current_term;
+
+    // Stop the leader abruptly: the survivors elect a new one and agree on it.
+    cluster.crash(first).await;
+    let second = cluster.wait_for_leader().await;
+    assert_ne!(second, first);
+    assert_eq!(
+        cluster.leaders(),
+        vec![second],
+        "exactly one leader among survivors"
+    );
+    assert!(cluster.nodes[&second].metrics().current_term > term_before);
+
+    // Commit something new while the old leader is down.
+    let leader = &cluster.nodes[&second].raft;
+    leader
+        .client_write(Command::InitCluster { shard_count: 16 })
+        .await
+        .expect("survivors commit");
+    let committed = cluster.nodes[&second]
+        .metrics()
+        .last_applied
+        .expect("applied");
+
+    // The old leader comes back from its data dir as a follower and catches up.
+    cluster.restart(first).await;
+    let returned = &cluster.nodes[&first];
+    returned
+        .raft
+        .wait(Some(common::DEADLINE))
+        .metrics(
+            |m| m.state == ServerState::Follower && m.current_leader == Some(second),
+            "restarted node follows the new leader",
+        )
+        .await
+        .expect("restarted node follows");
+    returned
+        .raft
+        .wait(Some(common::DEADLINE))
+        .applied_index_at_least(Some(committed.index()), "restarted node catches up")
+        .await
+        .expect("restarted node applies the new entries");
+    let leader_state = cluster.nodes[&second].state_machine.applied().await;
+    wait_until("restarted node has the leader's applied state", || async {
+        let state = returned.state_machine.applied().await;
+        (state.cluster == leader_state.cluster
+            && state.last_membership == leader_state.last_membership
+            && state.last_applied.as_ref().map(|l| l.index()) >= Some(committed.index()))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        cluster.wait_for_leader().await,
+        second,
+        "the returning node does not disturb the leader"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_keep_a_leader_with_two_stopped() {
+    let mut cluster = TestCluster::start(5).await;
+    let first = cluster.wait_for_leader().await;
+    // Stop the leader and one follower: three of five remain, still a majority.
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != first)
+        .expect("a follower");
+    cluster.crash(first).await;
+    cluster.crash(follower).await;
+    let leader = cluster.wait_for_leader().await;
+    assert!(leader != first && leader != follower);
+    assert_eq!(cluster.leaders(), vec![leader]);
+    cluster.nodes[&leader]
+        .raft
+        .client_write(Command::InitCluster { shard_count: 16 })
+        .await
+        .expect("three of five commit");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_in_reverse_order_form_one_cluster() {
+    let (mut cluster, mut listeners) = TestCluster::prepare(3).await;
+    for id in [3, 2, 1] {
+        let l = listeners.remove(&id).expect("listeners");
+        cluster.start_node_with(id, l).await;
+        if id != 1 {
+            // Until every initial member is up, nobody may initialize.
+            let node = &cluster.nodes[&id];
+            assert!(!node.raft.is_initialized().await.expect("raft running"));
+        }
+    }
+    let leader = cluster.wait_for_leader().await;
+    assert_eq!(cluster.leaders(), vec![leader]);
+    let metrics = cluster.metrics();
+    let voters: Vec<_> = metrics[&leader]
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_of_leader_hands_off_leadership() {
+    let mut cluster = TestCluster::start(3).await;
+    let first = cluster.wait_for_leader().await;
+    let term = cluster.nodes[&first].metrics().current_term;
+    let node = cluster.nodes.remove(&first).expect("leader");
+    node.shutdown().await;
+    // A successor in a later term leads and the survivors agree on it. (How
+    // fast that happens is measured by scripts/failover.sh, not asserted.)
+    let successor = cluster.wait_for_leader().await;
+    assert_ne!(successor, first);
+    assert!(cluster.nodes[&successor].metrics().current_term > term);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_never_reinitializes_and_keeps_the_vote() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .expect("a follower");
+    let before = cluster.nodes[&follower].metrics();
+    cluster.crash(follower).await;
+    cluster.restart(follower).await;
+    let node = &cluster.nodes[&follower];
+    let after = node.metrics();
+    assert!(node.raft.is_initialized().await.expect("running"));
+    assert!(
+        after.vote.leader_id().term >= before.vote.leader_id().term,
+        "vote survived the restart"
+    );
+    assert!(after.last_log_index >= before.last_applied.as_ref().map(|l| l.index()));
+    cluster.wait_for_leader().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_refuses_a_port_in_use_and_another_nodes_data() {
+    let (cluster, _listeners) = TestCluster::prepare(2).await;
+    // The prepared listeners still hold node 1's ports.
+    let err = Node::start(cluster.configs[&1].clone())
+        .await
+        .err()
+        .expect("port in use");
+    assert_eq!(err.config_key(), "raft_addr");
+    assert!(!cluster.data_dir(1).exists(), "nothing was written");
+
+    // Node 2's config pointed at node 1's data dir is refused, untouched.
+    let (other, listeners) = TestCluster::prepare(2).await;
+    let mut listeners = listeners;
+    let l1 = listeners.remove(&1).expect("listeners");
+    let mut other = other;
+    other.start_node_with(1, l1).await;
+    let node1_dir = other.data_dir(1);
+    other.crash(1).await;
+    let mut config = other.configs[&2].clone();
+    config.data_dir = node1_dir.clone();
+    let l2 = listeners.remove(&2).expect("listeners");
+    let err = Node::start_with(config, l2)
+        .await
+        .err()
+        .expect("foreign data dir");
+    assert_eq!(err.config_key(), "data_dir");
+    assert!(err.to_string().contains("belongs to node 1"), "{err}");
+}

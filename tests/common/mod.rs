@@ -1,0 +1,209 @@
+//! In-process cluster harness: real gRPC on loopback, real sled directories.
+//!
+//! Every node's sockets are bound on port 0 first and the addresses read
+//! back, so tests run in parallel. Waiting is always "poll a condition until a
+//! deadline", never a fixed sleep.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use deckhand::config::{
+    ClusterConfig, LogConfig, MemberConfig, NodeConfig, RaftTuning, StoreConfig,
+};
+use deckhand::node::{Listeners, Node};
+use deckhand::raft::{NodeId, RaftMetrics};
+use openraft::ServerState;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+/// Generous deadline for anything an election is involved in: tests share
+/// two cores with other tests' clusters.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Raft timing for tests: ten times the production defaults, so a loaded
+/// machine does not cause spurious elections.
+pub fn test_raft_tuning() -> RaftTuning {
+    RaftTuning {
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(1000),
+        election_timeout_max: Duration::from_millis(2000),
+    }
+}
+
+pub struct TestCluster {
+    /// Holds every node's data dir; removed when the cluster is dropped.
+    pub dir: TempDir,
+    pub configs: BTreeMap<NodeId, NodeConfig>,
+    pub nodes: BTreeMap<NodeId, Node>,
+}
+
+async fn loopback_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback port 0")
+}
+
+fn addr(l: &TcpListener) -> SocketAddr {
+    l.local_addr().expect("local addr")
+}
+
+impl TestCluster {
+    /// Configs and bound sockets for `n` nodes, nothing started.
+    pub async fn prepare(n: u64) -> (Self, BTreeMap<NodeId, Listeners>) {
+        init_test_logging();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut listeners = BTreeMap::new();
+        let mut members = Vec::new();
+        for id in 1..=n {
+            let l = Listeners {
+                raft: loopback_listener().await,
+                admin: loopback_listener().await,
+            };
+            members.push(MemberConfig {
+                id,
+                raft_addr: addr(&l.raft).to_string(),
+                admin_addr: addr(&l.admin).to_string(),
+            });
+            listeners.insert(id, l);
+        }
+        let configs = members
+            .iter()
+            .map(|m| {
+                let config = NodeConfig {
+                    node_id: m.id,
+                    data_dir: dir.path().join(format!("node{}", m.id)),
+                    raft_addr: m.raft_addr.clone(),
+                    admin_addr: m.admin_addr.clone(),
+                    metrics_addr: "127.0.0.1:0".into(),
+                    cluster: ClusterConfig {
+                        name: "test".into(),
+                        shards: 16,
+                        members: members.clone(),
+                    },
+                    raft: test_raft_tuning(),
+                    store: StoreConfig {
+                        url: "memory://".into(),
+                        key_prefix: "deckard_v1".into(),
+                    },
+                    log: LogConfig::default(),
+                };
+                (m.id, config)
+            })
+            .collect();
+        let cluster = Self {
+            dir,
+            configs,
+            nodes: BTreeMap::new(),
+        };
+        (cluster, listeners)
+    }
+
+    /// Starts `n` nodes in id order.
+    pub async fn start(n: u64) -> Self {
+        let (mut cluster, listeners) = Self::prepare(n).await;
+        for (id, l) in listeners {
+            cluster.start_node_with(id, l).await;
+        }
+        cluster
+    }
+
+    pub async fn start_node_with(&mut self, id: NodeId, listeners: Listeners) {
+        let config = self.configs[&id].clone();
+        let node = Node::start_with(config, listeners)
+            .await
+            .expect("node starts");
+        self.nodes.insert(id, node);
+    }
+
+    /// Restarts a stopped node on its old addresses and data dir.
+    pub async fn restart(&mut self, id: NodeId) {
+        assert!(!self.nodes.contains_key(&id), "node {id} is still running");
+        let config = self.configs[&id].clone();
+        let node = Node::start(config).await.expect("node restarts");
+        self.nodes.insert(id, node);
+    }
+
+    /// Stops a node abruptly: no leadership handoff.
+    pub async fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).expect("node is running");
+        node.crash().await;
+    }
+
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.configs[&id].data_dir.clone()
+    }
+
+    pub fn metrics(&self) -> BTreeMap<NodeId, RaftMetrics> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| (*id, n.metrics()))
+            .collect()
+    }
+
+    /// The leader every running node agrees on, if they all agree and it is running.
+    pub fn agreed_leader(&self) -> Option<NodeId> {
+        let metrics = self.metrics();
+        let first = metrics.values().next()?.current_leader?;
+        let all_agree = metrics.values().all(|m| m.current_leader == Some(first));
+        let leader_leads = metrics
+            .get(&first)
+            .is_some_and(|m| m.state == ServerState::Leader);
+        (all_agree && leader_leads).then_some(first)
+    }
+
+    /// Waits until every running node agrees on one running leader.
+    pub async fn wait_for_leader(&self) -> NodeId {
+        wait_until("all running nodes agree on a leader", || async {
+            self.agreed_leader()
+        })
+        .await
+    }
+
+    pub fn leaders(&self) -> Vec<NodeId> {
+        self.metrics()
+            .into_iter()
+            .filter(|(_, m)| m.state == ServerState::Leader)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    pub async fn shutdown(self) {
+        for (_, node) in self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics at [`DEADLINE`].
+pub async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs to the test's captured output when `RUST_LOG` is set.
+pub fn init_test_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
