@@ -99,7 +99,7 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// A `tracing` filter, e.g. `info` or `deckhand=debug,info`. `RUST_LOG` wins when set.
+    /// A `tracing` filter, e.g. `info,openraft=warn` or `deckhand=debug,info`. `RUST_LOG` wins when set.
     #[serde(default = "default_log_level")]
     pub level: String,
     /// `text` or `json`.
@@ -135,7 +135,7 @@ fn default_key_prefix() -> String {
     "deckard_v1".into()
 }
 fn default_log_level() -> String {
-    "info".into()
+    "info,openraft=warn".into()
 }
 fn default_log_format() -> String {
     "text".into()

@@ -5,6 +5,9 @@ mod common;
 use common::{wait_until, TestCluster};
 use deckhand::cluster::Command;
 use deckhand::node::Node;
+use deckhand::raft::store;
+use openraft::storage::RaftLogStorage;
+use openraft::RaftLogReader;
 use openraft::ServerState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,15 +154,33 @@ async fn restart_never_reinitializes_and_keeps_the_vote() {
         .expect("a follower");
     let before = cluster.nodes[&follower].metrics();
     cluster.crash(follower).await;
+
+    // The vote and log are on disk: read them back from the stopped node's sled.
+    {
+        let (mut log, _sm) = store::open(&cluster.data_dir(follower).join("raft"))
+            .expect("open stopped node's storage");
+        let vote = log
+            .read_vote()
+            .await
+            .expect("read vote")
+            .expect("a vote was stored");
+        assert!(
+            vote.leader_id().term >= before.vote.leader_id().term,
+            "vote survived the crash"
+        );
+        let state = log.get_log_state().await.expect("log state");
+        assert!(
+            state.last_log_id.map(|l| l.index()) >= before.last_applied.as_ref().map(|l| l.index()),
+            "applied entries survived the crash"
+        );
+    }
+
     cluster.restart(follower).await;
     let node = &cluster.nodes[&follower];
-    let after = node.metrics();
-    assert!(node.raft.is_initialized().await.expect("running"));
     assert!(
-        after.vote.leader_id().term >= before.vote.leader_id().term,
-        "vote survived the restart"
+        node.raft.is_initialized().await.expect("running"),
+        "restart found its state"
     );
-    assert!(after.last_log_index >= before.last_applied.as_ref().map(|l| l.index()));
     cluster.wait_for_leader().await;
     cluster.shutdown().await;
 }

@@ -81,7 +81,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let state = self.applied().await;
         let data = to_json(&state)?;
         let meta = SnapshotMeta {
-            last_log_id: state.last_applied.clone(),
+            last_log_id: state.last_applied,
             last_membership: state.last_membership.clone(),
         };
         let stored = StoredSnapshot {
@@ -106,7 +106,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let state = self.applied.read().await;
-        Ok((state.last_applied.clone(), state.last_membership.clone()))
+        Ok((state.last_applied, state.last_membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -133,8 +133,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     result
                 }
                 EntryPayload::Membership(membership) => {
-                    state.last_membership =
-                        StoredMembership::new(Some(log_id.clone()), membership.clone());
+                    state.last_membership = StoredMembership::new(Some(log_id), membership.clone());
                     CommandResult::None
                 }
             };

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Measures leader failover: kill -9 the leader of a local 3-node cluster and
+# time until both survivors report the same new leader. Repeats KILLS times
+# (default 10), restarting the killed node in between, and prints the median
+# and max. Uses the local-3 ports (7101-7103, 7201-7203) with data in a fresh
+# temporary directory, so stop a running local-3 cluster first.
+#
+#   scripts/failover.sh            # release build, 10 kills
+#   KILLS=20 scripts/failover.sh
+#   DECKHAND_BIN=target/debug/deckhand scripts/failover.sh
+#
+# Output: one line per kill, then a summary line, and JSON in
+# bench/failover.json.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+kills=${KILLS:-10}
+if [ -z "${DECKHAND_BIN:-}" ]; then
+  cargo build --release --quiet
+  export DECKHAND_BIN="$root/target/release/deckhand"
+fi
+bin=$DECKHAND_BIN
+
+work=$(mktemp -d)
+cfg="$work/local-3"
+mkdir -p "$cfg"
+for f in cluster-config/local-3/node*.toml; do
+  n=$(basename "$f" .toml)
+  sed "s|^data_dir = .*|data_dir = \"$work/data/$n\"|" "$f" > "$cfg/$n.toml"
+done
+export DECKHAND_RUN_DIR="$work/run"
+cleanup() { scripts/cluster.sh stop "$cfg" >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+admins=(127.0.0.1:7201 127.0.0.1:7202 127.0.0.1:7203)
+
+leader_seen_by() {  # admin address -> leader id or empty
+  "$bin" ctl --addr "$1" status --json 2>/dev/null | sed -n 's/^ *"leader_id": *\([0-9][0-9]*\).*/\1/p'
+}
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+scripts/cluster.sh start "$cfg" >/dev/null
+times=()
+for i in $(seq 1 "$kills"); do
+  # Settle: all three nodes agree on one leader.
+  deadline=$(( $(now_ms) + 30000 ))
+  while :; do
+    l1=$(leader_seen_by "${admins[0]}"); l2=$(leader_seen_by "${admins[1]}"); l3=$(leader_seen_by "${admins[2]}")
+    if [ -n "$l1" ] && [ "$l1" = "$l2" ] && [ "$l2" = "$l3" ]; then break; fi
+    [ "$(now_ms)" -lt "$deadline" ] || { echo "failover.sh: cluster did not settle" >&2; exit 1; }
+    sleep 0.05
+  done
+  old=$l1
+  pid=$(cat "$DECKHAND_RUN_DIR/node$old.pid")
+  kill -9 "$pid"
+  start=$(now_ms)
+  survivors=()
+  for a in "${admins[@]}"; do [ "$a" = "127.0.0.1:720$old" ] || survivors+=("$a"); done
+  deadline=$(( start + 30000 ))
+  while :; do
+    a=$(leader_seen_by "${survivors[0]}"); b=$(leader_seen_by "${survivors[1]}")
+    if [ -n "$a" ] && [ "$a" != "$old" ] && [ "$a" = "$b" ]; then break; fi
+    [ "$(now_ms)" -lt "$deadline" ] || { echo "failover.sh: no new leader within 30 s" >&2; exit 1; }
+  done
+  elapsed=$(( $(now_ms) - start ))
+  times+=("$elapsed")
+  echo "kill $i: leader $old killed, node $a leads after ${elapsed} ms"
+  scripts/cluster.sh start "$cfg" >/dev/null   # restarts the killed node
+done
+
+sorted=($(printf '%s\n' "${times[@]}" | sort -n))
+count=${#sorted[@]}
+if [ $((count % 2)) -eq 1 ]; then
+  median=${sorted[$((count / 2))]}
+else
+  median=$(( (sorted[count / 2 - 1] + sorted[count / 2]) / 2 ))
+fi
+max=${sorted[$((count - 1))]}
+echo "leader failover after kill -9 over $count kills: median ${median} ms, max ${max} ms"
+mkdir -p bench
+printf '{"kills": %d, "median_ms": %d, "max_ms": %d, "samples_ms": [%s]}\n' \
+  "$count" "$median" "$max" "$(IFS=,; echo "${times[*]}")" > bench/failover.json

@@ -1,0 +1,306 @@
+//! The real `deckhand` binary: scripts/cluster.sh, `ctl`, signals, bad input.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_deckhand");
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free loopback port: bound on port 0, read back, released for a child
+/// process to bind.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("addr").port()
+}
+
+struct Ports {
+    raft: u16,
+    admin: u16,
+    metrics: u16,
+}
+
+/// Writes node configs for `n` nodes with free ports and absolute data dirs.
+fn write_configs(dir: &Path, n: u64) -> Vec<Ports> {
+    let ports: Vec<Ports> = (0..n)
+        .map(|_| Ports {
+            raft: free_port(),
+            admin: free_port(),
+            metrics: free_port(),
+        })
+        .collect();
+    let members: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "[[cluster.members]]\nid = {}\nraft_addr = \"127.0.0.1:{}\"\nadmin_addr = \"127.0.0.1:{}\"\n",
+                i + 1,
+                p.raft,
+                p.admin
+            )
+        })
+        .collect();
+    let tuning = common::test_raft_tuning();
+    for (i, p) in ports.iter().enumerate() {
+        let id = i + 1;
+        let text = format!(
+            "node_id = {id}\ndata_dir = \"{data}\"\nraft_addr = \"127.0.0.1:{}\"\nadmin_addr = \"127.0.0.1:{}\"\nmetrics_addr = \"127.0.0.1:{}\"\n\n[cluster]\nname = \"cli-test\"\n{members}\n[raft]\nheartbeat_interval = \"{}ms\"\nelection_timeout_min = \"{}ms\"\nelection_timeout_max = \"{}ms\"\n\n[store]\nurl = \"memory://\"\n",
+            p.raft,
+            p.admin,
+            p.metrics,
+            tuning.heartbeat_interval.as_millis(),
+            tuning.election_timeout_min.as_millis(),
+            tuning.election_timeout_max.as_millis(),
+            data = dir.join(format!("data/node{id}")).display(),
+        );
+        std::fs::write(dir.join(format!("node{id}.toml")), text).expect("write config");
+    }
+    ports
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run command")
+}
+
+fn ctl_status(admin: u16) -> Output {
+    run(Command::new(BIN).args([
+        "ctl",
+        "--addr",
+        &format!("127.0.0.1:{admin}"),
+        "status",
+        "--json",
+    ]))
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ctl printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// stderr as text, asserting it is exactly one line.
+fn one_error_line(output: &Output) -> String {
+    assert!(!output.status.success(), "command should fail");
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one error line, got: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn cluster_script_starts_reports_and_stops_three_nodes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config_dir = tmp.path().join("cfg");
+    std::fs::create_dir_all(&config_dir).expect("mkdir");
+    let ports = write_configs(&config_dir, 3);
+    let script = repo_root().join("scripts/cluster.sh");
+    let script_cmd = |action: &str| {
+        let mut cmd = Command::new(&script);
+        cmd.arg(action)
+            .arg(&config_dir)
+            .env("DECKHAND_BIN", BIN)
+            .env("DECKHAND_RUN_DIR", tmp.path().join("run"))
+            .env("START_TIMEOUT", "60");
+        cmd
+    };
+
+    let started = run(&mut script_cmd("start"));
+    assert!(
+        started.status.success(),
+        "cluster.sh start failed: {}{}",
+        String::from_utf8_lossy(&started.stdout),
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(String::from_utf8_lossy(&started.stdout).contains("is up: leader is node"));
+
+    // Every node reports the same leader and all three members.
+    let leader = common_leader(&ports);
+    let status = json(&ctl_status(ports[1].admin));
+    let members = status["members"].as_array().expect("members list");
+    assert_eq!(members.len(), 3);
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(m["id"], i as u64 + 1);
+        assert_eq!(m["voter"], true);
+        assert_eq!(m["admin_addr"], format!("127.0.0.1:{}", ports[i].admin));
+    }
+    assert_eq!(status["leader_id"], leader);
+    for key in ["term", "commit_index", "applied_index"] {
+        assert!(status[key].is_u64(), "{key} missing: {status}");
+    }
+
+    let pids: Vec<String> = (1..=3)
+        .map(|i| {
+            std::fs::read_to_string(tmp.path().join(format!("run/node{i}.pid"))).expect("pid file")
+        })
+        .collect();
+    let stopped = run(&mut script_cmd("stop"));
+    assert!(stopped.status.success());
+    for pid in pids {
+        let alive = Path::new(&format!("/proc/{}", pid.trim())).exists();
+        assert!(!alive, "node pid {pid} still running after stop");
+    }
+    // Graceful stops log an orderly shutdown.
+    let log = std::fs::read_to_string(tmp.path().join("run/node1.log")).expect("log");
+    assert!(log.contains("node stopped"), "{log}");
+}
+
+/// Waits until all nodes answer `status` with one common leader id.
+fn common_leader(ports: &[Ports]) -> u64 {
+    let start = Instant::now();
+    loop {
+        let leaders: Vec<Option<u64>> = ports
+            .iter()
+            .map(|p| {
+                let out = ctl_status(p.admin);
+                out.status
+                    .success()
+                    .then(|| json(&out)["leader_id"].as_u64())
+                    .flatten()
+            })
+            .collect();
+        if let Some(Some(first)) = leaders.first() {
+            if leaders.iter().all(|l| *l == Some(*first)) {
+                return *first;
+            }
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "nodes never agreed on a leader: {leaders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn single_node_exits_zero_on_sigterm() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ports = write_configs(tmp.path(), 1);
+    let mut child = Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(tmp.path().join("node1.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn node");
+    // A one-node cluster initializes itself and leads.
+    assert_eq!(common_leader(&ports), 1);
+    let killed = run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    assert!(killed.status.success());
+    let status = child.wait().expect("wait for node");
+    assert!(status.success(), "node exited with {status}");
+    assert!(tmp.path().join("data/node1/deckhand-node.json").exists());
+}
+
+#[test]
+fn bad_config_files_fail_with_one_line_naming_file_and_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write_configs(tmp.path(), 2);
+    let good = std::fs::read_to_string(tmp.path().join("node1.toml")).expect("read");
+    let cases = [
+        ("missing.toml", None, "cannot read config file"),
+        (
+            "syntax.toml",
+            Some("node_id = = 1\n".to_string()),
+            "not valid TOML at line 1",
+        ),
+        (
+            "unknown.toml",
+            Some(good.replace("[store]", "[store]\nurll = \"x\"")),
+            "urll",
+        ),
+        (
+            "dup.toml",
+            Some(good.replace("id = 2\nraft_addr", "id = 1\nraft_addr")),
+            "duplicate node id 1",
+        ),
+        (
+            "notmember.toml",
+            Some(good.replace("node_id = 1", "node_id = 9")),
+            "key `node_id`",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = tmp.path().join(name);
+        if let Some(text) = text {
+            std::fs::write(&path, text).expect("write");
+        }
+        let out = run(Command::new(BIN).arg("node").arg("--config").arg(&path));
+        let line = one_error_line(&out);
+        assert!(
+            line.contains(&path.display().to_string()),
+            "{name}: no file in: {line}"
+        );
+        assert!(
+            line.contains(expected),
+            "{name}: expected {expected:?} in: {line}"
+        );
+    }
+    assert!(
+        !tmp.path().join("data").exists(),
+        "a rejected config touched no data"
+    );
+}
+
+#[test]
+fn port_in_use_and_foreign_data_dir_fail_without_touching_data() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ports = write_configs(tmp.path(), 2);
+    let config = tmp.path().join("node1.toml");
+
+    // Someone else holds node 1's admin port.
+    let holder = TcpListener::bind(("127.0.0.1", ports[0].admin)).expect("hold port");
+    let out = run(Command::new(BIN).arg("node").arg("--config").arg(&config));
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("key `admin_addr`") && line.contains("cannot bind"),
+        "{line}"
+    );
+    assert!(!tmp.path().join("data/node1").exists());
+    drop(holder);
+
+    // Node 1's data dir, claimed by node 2's identity.
+    std::fs::create_dir_all(tmp.path().join("data/node1")).expect("mkdir");
+    let identity = tmp.path().join("data/node1/deckhand-node.json");
+    std::fs::write(&identity, r#"{"node_id":2,"cluster_name":"cli-test"}"#).expect("write");
+    let out = run(Command::new(BIN).arg("node").arg("--config").arg(&config));
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("key `data_dir`") && line.contains("belongs to node 2"),
+        "{line}"
+    );
+    let entries: Vec<_> = std::fs::read_dir(tmp.path().join("data/node1"))
+        .expect("ls")
+        .collect();
+    assert_eq!(entries.len(), 1, "only the identity file is there");
+}
+
+#[test]
+fn ctl_against_nothing_fails_with_one_line() {
+    let port = free_port();
+    let out =
+        run(Command::new(BIN).args(["ctl", "--addr", &format!("127.0.0.1:{port}"), "status"]));
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("cannot reach") && line.contains(&port.to_string()),
+        "{line}"
+    );
+
+    let out = run(Command::new(BIN).args(["ctl", "--addr", "not an address", "members"]));
+    let line = one_error_line(&out);
+    assert!(line.contains("not a valid admin address"), "{line}");
+}
