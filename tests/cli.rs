@@ -20,6 +20,7 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+#[derive(Clone, Copy)]
 struct Ports {
     raft: u16,
     admin: u16,
@@ -142,6 +143,34 @@ fn cluster_script_starts_reports_and_stops_three_nodes() {
         assert!(status[key].is_u64(), "{key} missing: {status}");
     }
 
+    // kill -9 the leader process: the survivors agree on a new leader.
+    let pid_of = |id: u64| {
+        std::fs::read_to_string(tmp.path().join(format!("run/node{id}.pid")))
+            .expect("pid file")
+            .trim()
+            .to_string()
+    };
+    let killed = run(Command::new("kill").args(["-KILL", &pid_of(leader)]));
+    assert!(killed.status.success());
+    let survivors: Vec<Ports> = ports
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != leader)
+        .map(|(_, p)| *p)
+        .collect();
+    // Until their election timeout fires the survivors still name the dead
+    // leader; wait for them to agree on another one.
+    let new_leader = common_leader_except(&survivors, Some(leader));
+
+    // `start` again brings the killed node back from its data dir; it follows.
+    let restarted = run(&mut script_cmd("start"));
+    assert!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+    assert_eq!(common_leader(&ports), new_leader);
+
     let pids: Vec<String> = (1..=3)
         .map(|i| {
             std::fs::read_to_string(tmp.path().join(format!("run/node{i}.pid"))).expect("pid file")
@@ -160,6 +189,11 @@ fn cluster_script_starts_reports_and_stops_three_nodes() {
 
 /// Waits until all nodes answer `status` with one common leader id.
 fn common_leader(ports: &[Ports]) -> u64 {
+    common_leader_except(ports, None)
+}
+
+/// Waits until all nodes agree on one leader other than `excluded`.
+fn common_leader_except(ports: &[Ports], excluded: Option<u64>) -> u64 {
     let start = Instant::now();
     loop {
         let leaders: Vec<Option<u64>> = ports
@@ -173,7 +207,7 @@ fn common_leader(ports: &[Ports]) -> u64 {
             })
             .collect();
         if let Some(Some(first)) = leaders.first() {
-            if leaders.iter().all(|l| *l == Some(*first)) {
+            if Some(*first) != excluded && leaders.iter().all(|l| *l == Some(*first)) {
                 return *first;
             }
         }

@@ -1,0 +1,104 @@
+//! The admin address: status over gRPC, health, reflection; and bad input on
+//! the internal Raft address.
+
+mod common;
+
+use common::TestCluster;
+use deckhand::proto::admin::admin_client::AdminClient;
+use deckhand::proto::admin::StatusRequest;
+use deckhand::proto::raft::raft_service_client::RaftServiceClient;
+use deckhand::proto::raft::RaftPayload;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_address_serves_status_health_and_reflection() {
+    let cluster = TestCluster::start(1).await;
+    let leader = cluster.wait_for_leader().await;
+    let admin = channel(cluster.nodes[&leader].admin_addr()).await;
+
+    let status = AdminClient::new(admin.clone())
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.node_id, 1);
+    assert_eq!(status.role, "leader");
+    assert_eq!(status.leader_id, Some(1));
+    assert_eq!(status.members.len(), 1);
+    assert!(status.members[0].voter);
+
+    let mut health = HealthClient::new(admin.clone());
+    for service in ["", "deckhand.admin.v1.Admin"] {
+        let resp = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(
+            resp.status,
+            ServingStatus::Serving as i32,
+            "service {service:?}"
+        );
+    }
+
+    let mut reflection = ServerReflectionClient::new(admin);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("one response").expect("ok");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response: {response:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["deckhand.admin.v1.Admin", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_raft_address_is_invalid_argument() {
+    let cluster = TestCluster::start(1).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut raft = RaftServiceClient::new(channel(cluster.nodes[&leader].raft_addr()).await);
+    let garbage = RaftPayload {
+        data: b"\xff not json".to_vec(),
+    };
+    let err = raft
+        .append_entries(garbage.clone())
+        .await
+        .expect_err("rejected");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let err = raft.vote(garbage).await.expect_err("rejected");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // The node is unharmed.
+    assert_eq!(cluster.wait_for_leader().await, leader);
+    cluster.shutdown().await;
+}
