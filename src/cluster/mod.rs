@@ -11,21 +11,37 @@
 //! openraft's own membership entries, not here. High-rate data (queue lists,
 //! statistics, heartbeats) never goes through the log.
 //!
+//! Submodules: [`shards`] (queue hashing, per-shard ownership and epochs),
+//! [`planner`] (the leader's assignment plan), [`lease`] (lease and liveness
+//! arithmetic on monotonic instants).
+//!
 //! # Invariants
 //!
 //! - `shard_count` is `0` until the first [`Command::InitCluster`] is applied,
 //!   and never changes afterwards: a second `InitCluster` with another count is
 //!   rejected, one with the same count is a no-op (a new leader may re-propose it).
+//! - `shards.len() == shard_count` at all times.
 //! - `last_index` is the log index of the last applied command and only grows.
+//! - Every shard change sets that shard's epoch to the index of the entry
+//!   making it (see [`shards`]), so epochs only grow.
 //!
 //! # Not done here (yet)
 //!
-//! Shard ownership with epochs and task settings arrive with their issues; they
-//! extend [`Command`] and [`ClusterState`] and keep this module free of I/O.
+//! Task settings arrive with the tasks issue; they extend [`Command`] and
+//! [`ClusterState`] and keep this module free of I/O.
+
+pub mod lease;
+pub mod planner;
+pub mod shards;
+
+use std::collections::BTreeSet;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::raft::NodeId;
+pub use shards::{shard_of, Move, ShardState};
 
 /// The most shards a cluster may be created with. Shards are planned and
 /// reported individually, so the count stays small enough to list.
@@ -38,12 +54,20 @@ pub enum Command {
     /// Records the shard count chosen at cluster creation. Proposed by the
     /// first leader (and by any later leader that finds it missing).
     InitCluster { shard_count: u32 },
+    /// Assignments and releases planned by the leader, applied in order.
+    Moves { moves: Vec<Move> },
+    /// Marks a node drained (it owns no shards until undrained) or undrained.
+    SetDrained { node: NodeId, drained: bool },
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::InitCluster { shard_count } => write!(f, "InitCluster(shards={shard_count})"),
+            Command::Moves { moves } => write!(f, "Moves({} moves)", moves.len()),
+            Command::SetDrained { node, drained } => {
+                write!(f, "SetDrained(node={node}, drained={drained})")
+            }
         }
     }
 }
@@ -56,6 +80,11 @@ pub enum CommandResult {
     #[default]
     None,
     Applied,
+    /// How many moves took effect and how many were skipped as stale.
+    Moved {
+        applied: usize,
+        skipped: usize,
+    },
     Rejected(String),
 }
 
@@ -64,6 +93,10 @@ pub enum CommandResult {
 pub struct ClusterState {
     /// Number of shards, fixed at cluster creation; 0 until recorded.
     pub shard_count: u32,
+    /// Ownership of every shard, indexed by shard number.
+    pub shards: Vec<ShardState>,
+    /// Nodes that must own no shards (`ctl drain`), until undrained.
+    pub drained: BTreeSet<NodeId>,
     /// Log index of the last command applied to this state.
     pub last_index: u64,
 }
@@ -77,9 +110,49 @@ impl ClusterState {
             self.last_index
         );
         self.last_index = index;
-        match command {
+        let result = match command {
             Command::InitCluster { shard_count } => self.init_cluster(*shard_count),
+            Command::Moves { moves } => self.apply_moves(moves, index),
+            Command::SetDrained { node, drained } => {
+                if *drained {
+                    self.drained.insert(*node);
+                } else {
+                    self.drained.remove(node);
+                }
+                CommandResult::Applied
+            }
+        };
+        assert_eq!(
+            self.shards.len(),
+            self.shard_count as usize,
+            "shard table size"
+        );
+        result
+    }
+
+    fn apply_moves(&mut self, moves: &[Move], index: u64) -> CommandResult {
+        let (mut applied, mut skipped) = (0, 0);
+        for m in moves {
+            let ok = self
+                .shards
+                .get_mut(m.shard() as usize)
+                .is_some_and(|shard| shard.apply(m, index));
+            if ok {
+                applied += 1;
+            } else {
+                skipped += 1;
+            }
         }
+        CommandResult::Moved { applied, skipped }
+    }
+
+    /// The shards `node` owns, in shard order.
+    pub fn owned_by(&self, node: NodeId) -> impl Iterator<Item = (u32, &ShardState)> {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(move |(_, s)| s.owner == Some(node))
+            .map(|(i, s)| (i as u32, s))
     }
 
     fn init_cluster(&mut self, shard_count: u32) -> CommandResult {
@@ -90,6 +163,7 @@ impl ClusterState {
         }
         if self.shard_count == 0 {
             self.shard_count = shard_count;
+            self.shards = vec![ShardState::default(); shard_count as usize];
             return CommandResult::Applied;
         }
         if self.shard_count == shard_count {
@@ -114,6 +188,7 @@ mod tests {
             CommandResult::Applied
         );
         assert_eq!(state.shard_count, 128);
+        assert_eq!(state.shards.len(), 128);
         // Same count again: accepted, unchanged.
         assert_eq!(
             state.apply(2, &Command::InitCluster { shard_count: 128 }),
@@ -138,6 +213,77 @@ mod tests {
             ));
         }
         assert_eq!(state.shard_count, 0);
+    }
+
+    #[test]
+    fn moves_set_epochs_to_the_entry_index_and_skip_stale_ones() {
+        let mut state = ClusterState::default();
+        state.apply(1, &Command::InitCluster { shard_count: 4 });
+        let moves = vec![
+            Move::Assign {
+                shard: 0,
+                to: 2,
+                expected_epoch: 0,
+            },
+            Move::Assign {
+                shard: 1,
+                to: 3,
+                expected_epoch: 0,
+            },
+            Move::Assign {
+                shard: 9,
+                to: 3,
+                expected_epoch: 0,
+            },
+        ];
+        assert_eq!(
+            state.apply(2, &Command::Moves { moves }),
+            CommandResult::Moved {
+                applied: 2,
+                skipped: 1
+            }
+        );
+        assert_eq!(state.shards[0].owner, Some(2));
+        assert_eq!(state.shards[0].epoch, 2);
+        assert_eq!(
+            state.owned_by(3).map(|(i, _)| i).collect::<Vec<_>>(),
+            vec![1]
+        );
+        // A plan made before entry 2 is stale now.
+        let stale = vec![Move::Assign {
+            shard: 0,
+            to: 3,
+            expected_epoch: 0,
+        }];
+        assert_eq!(
+            state.apply(3, &Command::Moves { moves: stale }),
+            CommandResult::Moved {
+                applied: 0,
+                skipped: 1
+            }
+        );
+        assert_eq!(state.shards[0].owner, Some(2));
+    }
+
+    #[test]
+    fn drain_and_undrain() {
+        let mut state = ClusterState::default();
+        state.apply(
+            1,
+            &Command::SetDrained {
+                node: 2,
+                drained: true,
+            },
+        );
+        assert!(state.drained.contains(&2));
+        state.apply(
+            2,
+            &Command::SetDrained {
+                node: 2,
+                drained: false,
+            },
+        );
+        assert!(state.drained.is_empty());
     }
 
     #[test]

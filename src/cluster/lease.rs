@@ -1,0 +1,202 @@
+//! Lease and liveness arithmetic (DESIGN.md §2), on monotonic instants only.
+//!
+//! - A follower's [`Lease`] runs for `lease` from the **send** time of its
+//!   last heartbeat that the leader acknowledged. Measuring from the send
+//!   time, not the receive time, means the follower's lease always ends no
+//!   later than the leader believes it does.
+//! - The leader's [`Liveness`] treats a node as gone once it has heard
+//!   nothing from it for `lease + margin` by the leader's own clock. The
+//!   margin covers clock-rate differences between the two machines.
+//! - A new leader has heard nothing yet: every node counts as heard at the
+//!   moment leadership began, so nothing is reassigned for one full
+//!   `lease + margin` after an election.
+//!
+//! Only `Instant` (monotonic) is used: wall-clock jumps cannot shorten or
+//! stretch a lease. A paused process keeps the monotonic clock running, so
+//! after the pause its lease is seen as expired (and fencing covers the
+//! operation that was already in flight).
+//!
+//! Invariants: a lease's expiry only moves forward within one leader term;
+//! acknowledgements from an older term than one already seen are ignored.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::raft::NodeId;
+
+/// A follower's right to run its shards.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    duration: Duration,
+    valid_until: Option<Instant>,
+    /// Highest leader term an acknowledgement came from.
+    term: u64,
+}
+
+impl Lease {
+    pub fn new(duration: Duration) -> Self {
+        Self {
+            duration,
+            valid_until: None,
+            term: 0,
+        }
+    }
+
+    /// Records an acknowledged heartbeat sent at `sent_at` by a leader of
+    /// `term`. Returns false if the acknowledgement is from an older term.
+    pub fn renew(&mut self, sent_at: Instant, term: u64) -> bool {
+        if term < self.term {
+            return false;
+        }
+        if term > self.term {
+            self.term = term;
+        }
+        let until = sent_at + self.duration;
+        let previous = self.valid_until;
+        self.valid_until = Some(previous.map_or(until, |p| p.max(until)));
+        debug_assert!(self.valid_until >= previous);
+        true
+    }
+
+    /// Gives the lease up at once (shutdown, fenced, or leadership moved away).
+    pub fn revoke(&mut self) {
+        self.valid_until = None;
+    }
+
+    pub fn is_valid(&self, now: Instant) -> bool {
+        self.valid_until.is_some_and(|until| now < until)
+    }
+
+    /// Time left, or `None` when expired or never granted.
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.valid_until
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+}
+
+/// The leader's view of which nodes are still heard from.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    /// `lease + margin`: silence longer than this means the node is gone.
+    timeout: Duration,
+    /// When this node became leader; stands in for "last heard" of anyone
+    /// not heard since.
+    since: Instant,
+    last_heard: BTreeMap<NodeId, Instant>,
+}
+
+impl Liveness {
+    pub fn new(lease: Duration, margin: Duration, leader_since: Instant) -> Self {
+        Self {
+            timeout: lease + margin,
+            since: leader_since,
+            last_heard: BTreeMap::new(),
+        }
+    }
+
+    /// Records a heartbeat from `node` received at `at`.
+    pub fn heard(&mut self, node: NodeId, at: Instant) {
+        let entry = self.last_heard.entry(node).or_insert(at);
+        *entry = (*entry).max(at);
+    }
+
+    /// How long `node` has been silent, as far as this leader can tell.
+    pub fn silent_for(&self, node: NodeId, now: Instant) -> Duration {
+        let last = self
+            .last_heard
+            .get(&node)
+            .copied()
+            .unwrap_or(self.since)
+            .max(self.since);
+        now.saturating_duration_since(last)
+    }
+
+    /// False once `node` has been silent for longer than `lease + margin`.
+    pub fn is_live(&self, node: NodeId, now: Instant) -> bool {
+        self.silent_for(node, now) <= self.timeout
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn lease_runs_from_send_time() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(1000 * MS);
+        assert!(!lease.is_valid(t0));
+        assert!(lease.renew(t0, 1));
+        // Acknowledged late: still counted from t0.
+        assert!(lease.is_valid(t0 + 999 * MS));
+        assert!(!lease.is_valid(t0 + 1000 * MS));
+        assert_eq!(lease.remaining(t0 + 400 * MS), Some(600 * MS));
+        assert_eq!(lease.remaining(t0 + 1000 * MS), None);
+    }
+
+    #[test]
+    fn lease_never_moves_backwards_and_ignores_older_terms() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(1000 * MS);
+        lease.renew(t0 + 500 * MS, 3);
+        // An acknowledgement of an earlier heartbeat arrives late.
+        lease.renew(t0, 3);
+        assert!(lease.is_valid(t0 + 1400 * MS));
+        // A deposed leader of term 2 cannot extend it.
+        assert!(!lease.renew(t0 + 900 * MS, 2));
+        assert!(!lease.is_valid(t0 + 1500 * MS));
+        lease.revoke();
+        assert!(!lease.is_valid(t0 + 600 * MS));
+    }
+
+    #[test]
+    fn new_leader_waits_a_full_timeout_before_calling_anyone_gone() {
+        let t0 = Instant::now();
+        let live = Liveness::new(1000 * MS, 300 * MS, t0);
+        assert!(live.is_live(7, t0 + 1300 * MS));
+        assert!(!live.is_live(7, t0 + 1301 * MS));
+    }
+
+    #[test]
+    fn liveness_follows_last_heartbeat() {
+        let t0 = Instant::now();
+        let mut live = Liveness::new(1000 * MS, 300 * MS, t0);
+        live.heard(2, t0 + 2000 * MS);
+        live.heard(2, t0 + 1000 * MS); // reordered delivery does not go back
+        assert_eq!(live.silent_for(2, t0 + 2500 * MS), 500 * MS);
+        assert!(live.is_live(2, t0 + 3300 * MS));
+        assert!(!live.is_live(2, t0 + 3301 * MS));
+    }
+
+    #[test]
+    fn follower_lease_ends_before_leader_calls_it_gone() {
+        // Send at t, received at t + d: the follower stops at t + lease, the
+        // leader reassigns after t + d + lease + margin.
+        let t = Instant::now();
+        for delay in [0, 5, 150] {
+            let mut lease = Lease::new(1000 * MS);
+            lease.renew(t, 1);
+            let mut live = Liveness::new(1000 * MS, 300 * MS, t);
+            live.heard(3, t + delay * MS);
+            let mut now = t;
+            while live.is_live(3, now) {
+                now += MS;
+            }
+            assert!(
+                !lease.is_valid(now),
+                "lease still valid when the leader reassigns"
+            );
+        }
+    }
+}

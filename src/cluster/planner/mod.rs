@@ -1,0 +1,146 @@
+//! The leader's shard planner: which shard should move where, now.
+//!
+//! Pure and deterministic: the same input always gives the same plan.
+//!
+//! # Rules
+//!
+//! - Only `eligible` nodes receive shards (the caller makes that the live,
+//!   undrained followers, or the leader alone when no follower is live).
+//! - **Balanced:** when nothing is in flight, eligible owners differ by at
+//!   most one shard.
+//! - **Sticky:** a node keeps what it owns up to its target; the nodes that
+//!   own the most get the `+1` targets, so a join or a loss moves only the
+//!   shards that must move.
+//! - **Two-phase for live owners:** a shard is taken from a node that may
+//!   still be running it only by a `Release`; it is assigned to its next
+//!   owner once that node confirmed it stopped, or is gone. A gone node's
+//!   shards are reassigned directly, all at once.
+//! - **Rate-limited:** at most `max_releases` releases per plan, so a
+//!   rebalance or drain is spread over several rounds.
+//!
+//! Every move is a compare-and-set on the epoch the planner saw (see
+//! [`super::shards::Move`]), so a stale plan is harmless.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::shards::{Move, ShardState};
+use crate::raft::NodeId;
+
+/// What the planner knows about the cluster right now.
+pub struct PlanInput<'a> {
+    pub shards: &'a [ShardState],
+    /// Nodes that may receive shards.
+    pub eligible: &'a BTreeSet<NodeId>,
+    /// Nodes whose shards can be taken without confirmation: silent for
+    /// longer than `lease + margin`, or handed their shards back.
+    pub gone: &'a BTreeSet<NodeId>,
+    /// Whether `node` has reported that it no longer runs `shard` (with an
+    /// applied index at or past the shard's release).
+    pub stopped: &'a dyn Fn(u32, NodeId, &ShardState) -> bool,
+    pub max_releases: usize,
+}
+
+/// The moves that bring the shard table closer to the rules above.
+pub fn plan(input: &PlanInput<'_>) -> Vec<Move> {
+    let eligible = input.eligible;
+    if eligible.is_empty() {
+        return Vec::new();
+    }
+    // Current load of every eligible node, and the shards that need an owner.
+    let mut load: BTreeMap<NodeId, Vec<u32>> = eligible.iter().map(|n| (*n, Vec::new())).collect();
+    let mut assignable = Vec::new();
+    let mut must_release = Vec::new();
+    let mut in_flight = 0usize;
+    for (i, shard) in input.shards.iter().enumerate() {
+        let i = i as u32;
+        match (shard.owner, shard.released_from) {
+            (Some(owner), _) if eligible.contains(&owner) => {
+                load.get_mut(&owner).map(|v| v.push(i));
+            }
+            (Some(owner), _) if input.gone.contains(&owner) => assignable.push(i),
+            (Some(_), _) => must_release.push(i),
+            (None, Some(prev)) => {
+                if input.gone.contains(&prev) || (input.stopped)(i, prev, shard) {
+                    assignable.push(i);
+                } else {
+                    in_flight += 1;
+                }
+            }
+            (None, None) => assignable.push(i),
+        }
+    }
+
+    // Targets: floor or ceil of the average; the most loaded get the ceilings.
+    let total = input.shards.len();
+    let k = eligible.len();
+    let (base, extra) = (total / k, total % k);
+    let mut by_load: Vec<NodeId> = eligible.iter().copied().collect();
+    by_load.sort_by_key(|n| (std::cmp::Reverse(load[n].len()), *n));
+    let target: BTreeMap<NodeId, usize> = by_load
+        .iter()
+        .enumerate()
+        .map(|(rank, n)| (*n, base + usize::from(rank < extra)))
+        .collect();
+
+    let mut moves = Vec::new();
+    let mut releases_left = input.max_releases;
+
+    // Shards held by live, ineligible nodes: release (rate-limited).
+    for &i in &must_release {
+        if releases_left == 0 {
+            break;
+        }
+        moves.push(Move::Release {
+            shard: i,
+            expected_epoch: input.shards[i as usize].epoch,
+        });
+        releases_left -= 1;
+    }
+
+    // Overloaded eligible nodes give up their highest-numbered surplus.
+    // Shards already in flight will land on underloaded nodes, so count them.
+    let mut surplus_needed = in_flight + must_release.len() + assignable.len();
+    for n in &by_load {
+        let owned = &load[n];
+        let over = owned.len().saturating_sub(target[n]);
+        for &i in owned.iter().rev().take(over) {
+            // Release only what the underloaded nodes can take.
+            let deficit: usize = eligible
+                .iter()
+                .map(|m| target[m].saturating_sub(load[m].len()))
+                .sum();
+            if releases_left == 0 || surplus_needed >= deficit {
+                break;
+            }
+            moves.push(Move::Release {
+                shard: i,
+                expected_epoch: input.shards[i as usize].epoch,
+            });
+            releases_left -= 1;
+            surplus_needed += 1;
+        }
+    }
+
+    // Assign what can be assigned, each to the node furthest below target.
+    let mut incoming: BTreeMap<NodeId, usize> = eligible.iter().map(|n| (*n, 0)).collect();
+    for &i in &assignable {
+        let to = eligible
+            .iter()
+            .copied()
+            .max_by_key(|n| {
+                let have = load[n].len() + incoming[n];
+                (target[n] as i64 - have as i64, std::cmp::Reverse(*n))
+            })
+            .expect("eligible is not empty");
+        *incoming.get_mut(&to).expect("eligible node") += 1;
+        moves.push(Move::Assign {
+            shard: i,
+            to,
+            expected_epoch: input.shards[i as usize].epoch,
+        });
+    }
+    moves
+}
+
+#[cfg(test)]
+mod tests;
