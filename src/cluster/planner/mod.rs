@@ -55,7 +55,9 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Move> {
         let i = i as u32;
         match (shard.owner, shard.released_from) {
             (Some(owner), _) if eligible.contains(&owner) => {
-                load.get_mut(&owner).map(|v| v.push(i));
+                if let Some(owned) = load.get_mut(&owner) {
+                    owned.push(i);
+                }
             }
             (Some(owner), _) if input.gone.contains(&owner) => assignable.push(i),
             (Some(_), _) => must_release.push(i),
@@ -99,16 +101,16 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Move> {
 
     // Overloaded eligible nodes give up their highest-numbered surplus.
     // Shards already in flight will land on underloaded nodes, so count them.
+    // Release only what the underloaded nodes can take.
+    let deficit: usize = eligible
+        .iter()
+        .map(|m| target[m].saturating_sub(load[m].len()))
+        .sum();
     let mut surplus_needed = in_flight + must_release.len() + assignable.len();
     for n in &by_load {
         let owned = &load[n];
         let over = owned.len().saturating_sub(target[n]);
         for &i in owned.iter().rev().take(over) {
-            // Release only what the underloaded nodes can take.
-            let deficit: usize = eligible
-                .iter()
-                .map(|m| target[m].saturating_sub(load[m].len()))
-                .sum();
             if releases_left == 0 || surplus_needed >= deficit {
                 break;
             }
