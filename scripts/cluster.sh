@@ -57,11 +57,11 @@ binary() {
   echo "$bin"
 }
 
-# Is the pid in $1 alive and one of our deckhand node processes?
+# Is the pid in $1 alive and a node started from this config directory?
 our_process() {
   local pid=$1
   kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "deckhand node --config"
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF " node --config $config_dir/"
 }
 
 node_name() { basename "$1" .toml; }

@@ -5,6 +5,11 @@ pub mod raft {
     tonic::include_proto!("deckhand.raft.v1");
 }
 
+/// Internal worker coordination (`raft_addr`).
+pub mod worker {
+    tonic::include_proto!("deckhand.worker.v1");
+}
+
 /// Public admin service (`admin_addr`).
 pub mod admin {
     tonic::include_proto!("deckhand.admin.v1");
