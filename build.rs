@@ -7,7 +7,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("deckhand_descriptor.bin"))
-        .compile_protos(&["proto/raft.proto", "proto/worker.proto", "proto/admin.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/raft.proto",
+                "proto/worker.proto",
+                "proto/admin.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

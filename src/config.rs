@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub raft: RaftTuning,
+    #[serde(default)]
+    pub worker: WorkerTuning,
     pub store: StoreConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -86,6 +88,47 @@ impl Default for RaftTuning {
     }
 }
 
+/// Shard ownership timing (DESIGN.md §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTuning {
+    /// How often a follower heartbeats the leader (renewing its lease).
+    #[serde(default = "default_worker_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How long a follower may work after the send time of its last acknowledged heartbeat.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// Extra silence the leader waits beyond `lease` before reassigning a node's shards.
+    #[serde(default = "default_lease_margin", with = "humantime_serde")]
+    pub lease_margin: Duration,
+    /// Pause between two work passes over a shard's queues.
+    #[serde(default = "default_pass_interval", with = "humantime_serde")]
+    pub pass_interval: Duration,
+    /// How often the leader plans shard moves (also on every relevant event).
+    #[serde(default = "default_plan_interval", with = "humantime_serde")]
+    pub plan_interval: Duration,
+    /// Most shards taken from live owners per planning round (rate limit).
+    #[serde(default = "default_max_releases")]
+    pub max_releases_per_round: usize,
+    /// How often the leader scans the store for queues.
+    #[serde(default = "default_discovery_interval", with = "humantime_serde")]
+    pub discovery_interval: Duration,
+}
+
+impl Default for WorkerTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: default_worker_heartbeat(),
+            lease: default_lease(),
+            lease_margin: default_lease_margin(),
+            pass_interval: default_pass_interval(),
+            plan_interval: default_plan_interval(),
+            max_releases_per_round: default_max_releases(),
+            discovery_interval: default_discovery_interval(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -130,6 +173,27 @@ fn default_election_min() -> Duration {
 }
 fn default_election_max() -> Duration {
     Duration::from_millis(300)
+}
+fn default_worker_heartbeat() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_lease_margin() -> Duration {
+    Duration::from_millis(300)
+}
+fn default_pass_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_plan_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_releases() -> usize {
+    32
+}
+fn default_discovery_interval() -> Duration {
+    Duration::from_millis(500)
 }
 fn default_key_prefix() -> String {
     "deckard_v1".into()
@@ -192,6 +256,37 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     (
         "DECKHAND_RAFT_ELECTION_TIMEOUT_MAX",
         "raft.election_timeout_max",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_WORKER_HEARTBEAT_INTERVAL",
+        "worker.heartbeat_interval",
+        EnvKind::String,
+    ),
+    ("DECKHAND_WORKER_LEASE", "worker.lease", EnvKind::String),
+    (
+        "DECKHAND_WORKER_LEASE_MARGIN",
+        "worker.lease_margin",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_WORKER_PASS_INTERVAL",
+        "worker.pass_interval",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_WORKER_PLAN_INTERVAL",
+        "worker.plan_interval",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_WORKER_MAX_RELEASES_PER_ROUND",
+        "worker.max_releases_per_round",
+        EnvKind::Integer,
+    ),
+    (
+        "DECKHAND_WORKER_DISCOVERY_INTERVAL",
+        "worker.discovery_interval",
         EnvKind::String,
     ),
     ("DECKHAND_STORE_URL", "store.url", EnvKind::String),
@@ -429,6 +524,31 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
                 humantime::format_duration(raft.election_timeout_min)
             ),
         );
+    }
+    let worker = &config.worker;
+    for (key, d) in [
+        ("worker.heartbeat_interval", worker.heartbeat_interval),
+        ("worker.lease", worker.lease),
+        ("worker.pass_interval", worker.pass_interval),
+        ("worker.plan_interval", worker.plan_interval),
+        ("worker.discovery_interval", worker.discovery_interval),
+    ] {
+        if d.is_zero() {
+            return err(key, "must be greater than zero".into());
+        }
+    }
+    if worker.heartbeat_interval * 2 > worker.lease {
+        return err(
+            "worker.lease",
+            format!(
+                "{} must be at least twice worker.heartbeat_interval ({}), or one lost heartbeat stops all work",
+                humantime::format_duration(worker.lease),
+                humantime::format_duration(worker.heartbeat_interval)
+            ),
+        );
+    }
+    if worker.max_releases_per_round == 0 {
+        return err("worker.max_releases_per_round", "must be at least 1".into());
     }
     let url = &config.store.url;
     if !(url.starts_with("redis://") || url == "memory://") {

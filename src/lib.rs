@@ -13,3 +13,4 @@ pub mod proto;
 pub mod raft;
 pub mod shutdown;
 pub mod store;
+pub mod worker;

@@ -48,6 +48,20 @@ enum CtlCommand {
     Status,
     /// The cluster's members and their addresses.
     Members,
+    /// Every shard: owner, epoch, the owner's lease, queues, work passes.
+    Shards,
+    /// Move all of a node's shards away; it owns none until `undrain`.
+    Drain {
+        /// The node id to drain.
+        node: u64,
+    },
+    /// Let a drained node own shards again.
+    Undrain {
+        /// The node id to undrain.
+        node: u64,
+    },
+    /// Plan and apply shard moves now.
+    Rebalance,
 }
 
 fn main() -> ExitCode {
@@ -130,6 +144,10 @@ async fn run_ctl(addr: String, json: bool, command: CtlCommand) -> ExitCode {
         match command {
             CtlCommand::Status => ctl.status(json).await,
             CtlCommand::Members => ctl.members(json).await,
+            CtlCommand::Shards => ctl.shards(json).await,
+            CtlCommand::Drain { node } => ctl.drain(node, true, json).await,
+            CtlCommand::Undrain { node } => ctl.drain(node, false, json).await,
+            CtlCommand::Rebalance => ctl.rebalance(json).await,
         }
     }
     .await;

@@ -6,7 +6,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::view;
 use crate::proto::admin::admin_client::AdminClient;
-use crate::proto::admin::{MembersRequest, StatusRequest};
+use crate::proto::admin::{
+    DrainRequest, MembersRequest, RebalanceRequest, ShardsRequest, StatusRequest,
+};
 
 /// Default admin address when neither `--addr` nor `DECKHAND_ADDR` is given.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7201";
@@ -105,4 +107,62 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+impl Ctl {
+    pub async fn shards(&mut self, json: bool) -> Result<String, CtlError> {
+        let resp = self
+            .client
+            .shards(ShardsRequest {})
+            .await
+            .map_err(|s| self.rpc_error(s))?
+            .into_inner();
+        Ok(if json {
+            serde_json::to_string_pretty(&view::shards_json(&resp))?
+        } else {
+            view::shards_text(&resp)
+        })
+    }
+
+    /// Drains (or undrains) `node`.
+    pub async fn drain(
+        &mut self,
+        node: u64,
+        drained: bool,
+        json: bool,
+    ) -> Result<String, CtlError> {
+        let request = DrainRequest { node_id: node };
+        let resp = if drained {
+            self.client.drain(request).await
+        } else {
+            self.client.undrain(request).await
+        }
+        .map_err(|s| self.rpc_error(s))?
+        .into_inner();
+        let verb = if drained { "drained" } else { "undrained" };
+        Ok(if json {
+            serde_json::json!({ "node": node, "drained": drained, "shards_owned": resp.shards_owned }).to_string()
+        } else if drained {
+            format!(
+                "node {node} {verb}; its {} shard(s) are moving to other nodes",
+                resp.shards_owned
+            )
+        } else {
+            format!("node {node} {verb}; it will receive shards at the next rebalance")
+        })
+    }
+
+    pub async fn rebalance(&mut self, json: bool) -> Result<String, CtlError> {
+        let resp = self
+            .client
+            .rebalance(RebalanceRequest {})
+            .await
+            .map_err(|s| self.rpc_error(s))?
+            .into_inner();
+        Ok(if json {
+            serde_json::json!({ "moves": resp.moves }).to_string()
+        } else {
+            format!("{} shard move(s) committed", resp.moves)
+        })
+    }
 }

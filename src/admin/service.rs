@@ -1,13 +1,35 @@
-//! The admin gRPC service: decode, read node state, encode.
+//! The admin gRPC service: decode, read node state or call the coordinator,
+//! encode.
+//!
+//! Reads about this node (`Status`, `Members`) are answered locally. Requests
+//! only the leader can answer (`Shards` and every mutation) are forwarded to
+//! the leader once; a forwarded request that lands on a non-leader (the
+//! leader changed meanwhile) is answered `UNAVAILABLE` naming the leader
+//! instead of being forwarded again.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use openraft::async_runtime::watch::WatchReceiver;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::status;
+use crate::proto::admin::admin_client::AdminClient;
 use crate::proto::admin::admin_server::{Admin, AdminServer};
-use crate::proto::admin::{MembersRequest, MembersResponse, StatusRequest, StatusResponse};
+use crate::proto::admin::{
+    DrainRequest, DrainResponse, MembersRequest, MembersResponse, RebalanceRequest,
+    RebalanceResponse, ShardInfo, ShardsRequest, ShardsResponse, StatusRequest, StatusResponse,
+};
+use crate::raft::network::Channels;
 use crate::raft::store::StateMachineStore;
-use crate::raft::Raft;
+use crate::raft::{NodeId, Raft};
+use crate::worker::coordinator::Coordinator;
+use crate::worker::service::coord_status;
+use crate::worker::WorkerShared;
+
+/// Metadata key marking a request already forwarded by a follower.
+const FORWARDED: &str = "x-deckhand-forwarded";
 
 /// Admin API handlers for one node.
 #[derive(Clone)]
@@ -15,14 +37,33 @@ pub struct AdminService {
     raft: Raft,
     state_machine: StateMachineStore,
     cluster_name: String,
+    worker: Arc<WorkerShared>,
+    coordinator: Coordinator,
+    channels: Channels,
+}
+
+/// Where a leader-only request is answered.
+enum Route {
+    Here,
+    Leader(AdminClient<Channel>),
 }
 
 impl AdminService {
-    pub fn new(raft: Raft, state_machine: StateMachineStore, cluster_name: String) -> Self {
+    pub fn new(
+        raft: Raft,
+        state_machine: StateMachineStore,
+        cluster_name: String,
+        worker: Arc<WorkerShared>,
+        coordinator: Coordinator,
+        channels: Channels,
+    ) -> Self {
         Self {
             raft,
             state_machine,
             cluster_name,
+            worker,
+            coordinator,
+            channels,
         }
     }
 
@@ -35,6 +76,69 @@ impl AdminService {
     fn metrics(&self) -> crate::raft::RaftMetrics {
         self.raft.metrics().borrow_watched().clone()
     }
+
+    fn node_id(&self) -> NodeId {
+        self.worker.node_id
+    }
+
+    /// Answer here if this node leads; otherwise forward to the leader once.
+    fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        let m = self.metrics();
+        match m.current_leader {
+            Some(leader) if leader == self.node_id() => Ok(Route::Here),
+            Some(leader) => {
+                let addr = m
+                    .membership_config
+                    .membership()
+                    .get_node(&leader)
+                    .map(|n| n.admin_addr.clone())
+                    .ok_or_else(|| {
+                        Status::unavailable(format!("leader {leader} has no known admin address"))
+                    })?;
+                if request.metadata().contains_key(FORWARDED) {
+                    return Err(Status::unavailable(format!(
+                        "this node is not the leader; the leader is node {leader} (admin address {addr})"
+                    )));
+                }
+                let channel = self.channels.get(&addr).map_err(|e| {
+                    Status::unavailable(format!("cannot reach leader {leader}: {e}"))
+                })?;
+                Ok(Route::Leader(AdminClient::new(channel)))
+            }
+            None => Err(Status::unavailable(
+                "no leader elected yet (election in progress); try again shortly",
+            )),
+        }
+    }
+}
+
+/// A copy of `message` marked as forwarded.
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+fn lease_state(
+    shard: &crate::cluster::ShardState,
+    report: Option<&crate::worker::coordinator::Report>,
+) -> (String, u64) {
+    if shard.released_from.is_some() {
+        return ("released".into(), 0);
+    }
+    let Some(report) = report else {
+        return ("unknown".into(), 0);
+    };
+    let left = report
+        .lease_remaining
+        .saturating_sub(report.received_at.elapsed());
+    if left.is_zero() {
+        ("expired".into(), 0)
+    } else {
+        ("valid".into(), left.as_millis() as u64)
+    }
 }
 
 #[tonic::async_trait]
@@ -45,12 +149,17 @@ impl Admin for AdminService {
     ) -> Result<Response<StatusResponse>, Status> {
         tracing::debug!("admin status");
         let metrics = self.metrics();
-        let shard_count = self.state_machine.applied().await.cluster.shard_count;
-        Ok(Response::new(status::status(
-            &metrics,
-            &self.cluster_name,
-            shard_count,
-        )))
+        let applied = self.state_machine.latest();
+        let mut resp = status::status(&metrics, &self.cluster_name, applied.cluster.shard_count);
+        resp.shards_owned = applied.cluster.owned_by(self.node_id()).count() as u32;
+        resp.shards_running = self.worker.running().len() as u32;
+        resp.lease_remaining_ms = self
+            .worker
+            .lease_remaining()
+            .map_or(0, |d| d.as_millis() as u64);
+        resp.fenced_writes = self.worker.stats.fenced_writes.load(Ordering::Relaxed);
+        resp.drained = applied.cluster.drained.contains(&self.node_id());
+        Ok(Response::new(resp))
     }
 
     async fn members(
@@ -62,6 +171,101 @@ impl Admin for AdminService {
         Ok(Response::new(MembersResponse {
             members: status::members(&metrics),
             leader_id: metrics.current_leader,
+        }))
+    }
+
+    async fn shards(
+        &self,
+        request: Request<ShardsRequest>,
+    ) -> Result<Response<ShardsResponse>, Status> {
+        tracing::debug!("admin shards");
+        if let Route::Leader(mut client) = self.route(&request)? {
+            return client.shards(forwarded(request.into_inner())).await;
+        }
+        let state = self.state_machine.latest();
+        let reports = self.coordinator.reports();
+        let queues = self.coordinator.queue_counts();
+        let shards = state
+            .cluster
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let i = i as u32;
+                let report = s.owner.and_then(|o| reports.get(&o));
+                let (lease, lease_remaining_ms) = lease_state(s, report);
+                let passes = report
+                    .and_then(|r| r.running.get(&i))
+                    .filter(|(epoch, _)| *epoch == s.epoch)
+                    .map_or(0, |(_, passes)| *passes);
+                ShardInfo {
+                    shard: i,
+                    owner: s.owner,
+                    epoch: s.epoch,
+                    lease,
+                    lease_remaining_ms,
+                    queues: queues.get(&i).copied().unwrap_or(0) as u32,
+                    passes,
+                    released_from: s.released_from,
+                }
+            })
+            .collect();
+        Ok(Response::new(ShardsResponse {
+            leader_id: self.node_id(),
+            shards,
+            drained: state.cluster.drained.iter().copied().collect(),
+        }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<DrainRequest>,
+    ) -> Result<Response<DrainResponse>, Status> {
+        tracing::debug!(node = request.get_ref().node_id, "admin drain");
+        if let Route::Leader(mut client) = self.route(&request)? {
+            return client.drain(forwarded(request.into_inner())).await;
+        }
+        let node = request.into_inner().node_id;
+        let owned = self
+            .coordinator
+            .set_drained(node, true)
+            .await
+            .map_err(coord_status)?;
+        Ok(Response::new(DrainResponse {
+            shards_owned: owned,
+        }))
+    }
+
+    async fn undrain(
+        &self,
+        request: Request<DrainRequest>,
+    ) -> Result<Response<DrainResponse>, Status> {
+        tracing::debug!(node = request.get_ref().node_id, "admin undrain");
+        if let Route::Leader(mut client) = self.route(&request)? {
+            return client.undrain(forwarded(request.into_inner())).await;
+        }
+        let node = request.into_inner().node_id;
+        let owned = self
+            .coordinator
+            .set_drained(node, false)
+            .await
+            .map_err(coord_status)?;
+        Ok(Response::new(DrainResponse {
+            shards_owned: owned,
+        }))
+    }
+
+    async fn rebalance(
+        &self,
+        request: Request<RebalanceRequest>,
+    ) -> Result<Response<RebalanceResponse>, Status> {
+        tracing::debug!("admin rebalance");
+        if let Route::Leader(mut client) = self.route(&request)? {
+            return client.rebalance(forwarded(request.into_inner())).await;
+        }
+        let moves = self.coordinator.plan_round().await.map_err(coord_status)?;
+        Ok(Response::new(RebalanceResponse {
+            moves: moves as u32,
         }))
     }
 }

@@ -52,5 +52,6 @@ pub fn status(metrics: &RaftMetrics, cluster_name: &str, shard_count: u32) -> St
         leader_admin_addr,
         cluster_name: cluster_name.to_string(),
         shard_count,
+        ..Default::default()
     }
 }

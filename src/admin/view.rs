@@ -5,7 +5,7 @@ use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::Table;
 use serde::Serialize;
 
-use crate::proto::admin::{Member, MembersResponse, StatusResponse};
+use crate::proto::admin::{Member, MembersResponse, ShardsResponse, StatusResponse};
 
 #[derive(Debug, Serialize)]
 pub struct MemberView {
@@ -27,7 +27,90 @@ pub struct StatusView {
     pub cluster_name: String,
     pub shard_count: u32,
     pub leader_admin_addr: Option<String>,
+    pub shards_owned: u32,
+    pub shards_running: u32,
+    pub lease_remaining_ms: u64,
+    pub fenced_writes: u64,
+    pub drained: bool,
     pub members: Vec<MemberView>,
+}
+
+/// One row of `ctl shards --json`.
+#[derive(Debug, Serialize)]
+pub struct ShardView {
+    pub shard: u32,
+    pub owner: Option<u64>,
+    pub epoch: u64,
+    pub lease: String,
+    pub lease_remaining_ms: u64,
+    pub queues: u32,
+    pub passes: u64,
+    pub released_from: Option<u64>,
+}
+
+pub fn shards_json(r: &ShardsResponse) -> Vec<ShardView> {
+    r.shards
+        .iter()
+        .map(|s| ShardView {
+            shard: s.shard,
+            owner: s.owner,
+            epoch: s.epoch,
+            lease: s.lease.clone(),
+            lease_remaining_ms: s.lease_remaining_ms,
+            queues: s.queues,
+            passes: s.passes,
+            released_from: s.released_from,
+        })
+        .collect()
+}
+
+pub fn shards_text(r: &ShardsResponse) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["SHARD", "OWNER", "EPOCH", "LEASE", "QUEUES", "PASSES"]);
+    for s in &r.shards {
+        let owner = match (s.owner, s.released_from) {
+            (Some(o), _) => o.to_string(),
+            (None, Some(from)) => format!("- (from {from})"),
+            (None, None) => "-".to_string(),
+        };
+        let lease = if s.lease == "valid" {
+            format!("valid ({} ms)", s.lease_remaining_ms)
+        } else {
+            s.lease.clone()
+        };
+        table.add_row([
+            s.shard.to_string(),
+            owner,
+            s.epoch.to_string(),
+            lease,
+            s.queues.to_string(),
+            s.passes.to_string(),
+        ]);
+    }
+    let mut per_owner: std::collections::BTreeMap<String, usize> =
+        std::collections::BTreeMap::new();
+    for s in &r.shards {
+        *per_owner
+            .entry(
+                s.owner
+                    .map_or_else(|| "unowned".into(), |o| format!("node {o}")),
+            )
+            .or_default() += 1;
+    }
+    let summary: Vec<String> = per_owner.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let drained = if r.drained.is_empty() {
+        String::new()
+    } else {
+        format!("; drained: {:?}", r.drained)
+    };
+    format!(
+        "{table}
+{} shards ({}){drained}",
+        r.shards.len(),
+        summary.join(", ")
+    )
 }
 
 impl From<&Member> for MemberView {
@@ -55,6 +138,11 @@ impl From<&StatusResponse> for StatusView {
             shard_count: s.shard_count,
             leader_admin_addr: (!s.leader_admin_addr.is_empty())
                 .then(|| s.leader_admin_addr.clone()),
+            shards_owned: s.shards_owned,
+            shards_running: s.shards_running,
+            lease_remaining_ms: s.lease_remaining_ms,
+            fenced_writes: s.fenced_writes,
+            drained: s.drained,
             members: s.members.iter().map(MemberView::from).collect(),
         }
     }
@@ -108,6 +196,24 @@ pub fn status_text(s: &StatusResponse) -> String {
         ("commit index", opt(s.commit_index)),
         ("applied index", opt(s.applied_index)),
         ("shards", shards),
+        (
+            "owned here",
+            format!(
+                "{} ({} running){}",
+                s.shards_owned,
+                s.shards_running,
+                if s.drained { ", drained" } else { "" }
+            ),
+        ),
+        (
+            "lease",
+            if s.lease_remaining_ms > 0 {
+                format!("valid ({} ms left)", s.lease_remaining_ms)
+            } else {
+                "none".to_string()
+            },
+        ),
+        ("fenced writes", s.fenced_writes.to_string()),
     ] {
         out.push_str(&format!("{k:<14} {v}\n"));
     }

@@ -10,14 +10,18 @@
 //!    health and reflection on `admin_addr`.
 //! 5. [`bootstrap`] the cluster on first start; watch the role and, as
 //!    leader, record the configured shard count if the state has none.
+//! 6. Start the worker (shard runner and heartbeats) and the coordinator
+//!    (leader-only planning and discovery).
 //!
 //! # Shutdown
 //!
-//! [`Node::shutdown`] is graceful: a leader first hands leadership to the most
-//! up-to-date voter and waits (bounded) until another node leads, so the
-//! cluster does not sit out an election timeout; then servers stop, Raft
-//! stops and sled is synced. [`Node::crash`] skips the handoff (tests use it
-//! to stand in for `kill -9` inside one process).
+//! [`Node::shutdown`] is graceful: the node retires its worker (gives up its
+//! lease, waits for every shard task to exit), a leader hands leadership to
+//! the most up-to-date voter and waits (bounded) until another node leads,
+//! then the node tells the leader it handed its shards back so they move at
+//! once instead of after a lease timeout; then servers stop, Raft stops and
+//! sled is synced. [`Node::crash`] skips all of that (tests use it to stand
+//! in for `kill -9` inside one process).
 //!
 //! # Invariants
 //!
@@ -43,12 +47,19 @@ use tonic::transport::Server;
 use crate::admin::service::AdminService;
 use crate::cluster::Command;
 use crate::config::NodeConfig;
+use crate::proto::worker::worker_service_client::WorkerServiceClient;
+use crate::proto::worker::HandBackRequest;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::raft::network::{Channels, NetworkFactory};
 use crate::raft::service::RaftRpc;
 use crate::raft::store::{self, StateMachineStore};
 use crate::raft::{NodeId, Raft, RaftMetrics};
 use crate::shutdown::{Shutdown, ShutdownListener};
+use crate::store::SharedStore;
+use crate::worker::coordinator::Coordinator;
+use crate::worker::heartbeat::HeartbeatLoop;
+use crate::worker::service::WorkerRpc;
+use crate::worker::{runner, WorkerSettings, WorkerShared};
 
 /// How long a leader waits for its successor before shutting down anyway.
 const HANDOFF_DEADLINE: Duration = Duration::from_secs(3);
@@ -71,6 +82,8 @@ pub enum NodeError {
     RaftConfig(String),
     #[error("raft failed: {0}")]
     Raft(String),
+    #[error("queue store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl NodeError {
@@ -81,6 +94,7 @@ impl NodeError {
             NodeError::DataDir(_) | NodeError::Storage(_) => "data_dir",
             NodeError::RaftConfig(_) => "raft",
             NodeError::Raft(_) => "data_dir",
+            NodeError::Store(_) => "store.url",
         }
     }
 }
@@ -114,6 +128,12 @@ async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, NodeError> {
 pub struct Node {
     pub raft: Raft,
     pub state_machine: StateMachineStore,
+    /// This node's shard work (lease, running shards, counters, test hooks).
+    pub worker: Arc<WorkerShared>,
+    /// Leader-side coordination (idle while following).
+    pub coordinator: Coordinator,
+    /// Channels to peers; tests use them to inject partitions.
+    pub channels: Channels,
     node_id: NodeId,
     raft_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -132,6 +152,16 @@ impl Node {
 
     /// Starts the node on already bound sockets (tests bind port 0 first).
     pub async fn start_with(config: NodeConfig, listeners: Listeners) -> Result<Self, NodeError> {
+        Self::start_with_store(config, listeners, None).await
+    }
+
+    /// Like [`Self::start_with`], with a queue store shared by the caller
+    /// (in-process clusters share one embedded store); `None` opens `store.url`.
+    pub async fn start_with_store(
+        config: NodeConfig,
+        listeners: Listeners,
+        store: Option<SharedStore>,
+    ) -> Result<Self, NodeError> {
         let local_addr = |l: &TcpListener, key| {
             l.local_addr().map_err(|source| NodeError::Bind {
                 key,
@@ -149,6 +179,10 @@ impl Node {
                 cluster_name: config.cluster.name.clone(),
             },
         )?;
+        let queue_store = match store {
+            Some(s) => s,
+            None => crate::store::open(&config.store.url)?,
+        };
         let (log_store, state_machine) = store::open(&config.data_dir.join("raft"))?;
 
         let raft_config = openraft::Config {
@@ -177,8 +211,19 @@ impl Node {
         let shutdown = Shutdown::new();
         let mut tasks = Vec::new();
 
+        let settings = WorkerSettings::from_config(&config);
+        let worker = WorkerShared::new(config.node_id, queue_store.clone(), settings.clone());
+        let coordinator = Coordinator::new(
+            config.node_id,
+            raft.clone(),
+            state_machine.clone(),
+            queue_store,
+            settings,
+        );
+
         let raft_service =
             RaftRpc::new(raft.clone(), config.node_id, config.cluster.name.clone()).into_server();
+        let worker_service = WorkerRpc::new(coordinator.clone()).into_server();
         let mut stop = shutdown.listener();
         let incoming = TcpListenerStream::new(listeners.raft);
         tasks.push((
@@ -186,6 +231,7 @@ impl Node {
             tokio::spawn(async move {
                 let result = Server::builder()
                     .add_service(raft_service)
+                    .add_service(worker_service)
                     .serve_with_incoming_shutdown(incoming, async move { stop.recv().await })
                     .await;
                 if let Err(e) = result {
@@ -198,6 +244,9 @@ impl Node {
             raft.clone(),
             state_machine.clone(),
             config.cluster.name.clone(),
+            worker.clone(),
+            coordinator.clone(),
+            channels.clone(),
         );
         tasks.push((
             "admin server",
@@ -209,9 +258,32 @@ impl Node {
             tokio::spawn(bootstrap::run(
                 raft.clone(),
                 config.clone(),
-                channels,
+                channels.clone(),
                 shutdown.listener(),
             )),
+        ));
+        tasks.push((
+            "shard runner",
+            tokio::spawn(runner::run(
+                worker.clone(),
+                state_machine.subscribe(),
+                shutdown.listener(),
+            )),
+        ));
+        let heartbeats = HeartbeatLoop {
+            shared: worker.clone(),
+            raft: raft.clone(),
+            applied: state_machine.subscribe(),
+            coordinator: coordinator.clone(),
+            channels: channels.clone(),
+        };
+        tasks.push((
+            "heartbeat",
+            tokio::spawn(heartbeats.run(shutdown.listener())),
+        ));
+        tasks.push((
+            "coordinator",
+            tokio::spawn(coordinator.clone().run(shutdown.listener())),
         ));
         tasks.push((
             "role watcher",
@@ -233,6 +305,9 @@ impl Node {
         Ok(Self {
             raft,
             state_machine,
+            worker,
+            coordinator,
+            channels,
             node_id: config.node_id,
             raft_addr,
             admin_addr,
@@ -258,10 +333,73 @@ impl Node {
         self.raft.metrics().borrow_watched().clone()
     }
 
-    /// Graceful stop: hand off leadership, then stop everything.
+    /// Graceful stop: stop shard work, hand off leadership, hand the shards
+    /// back to the leader, then stop everything.
     pub async fn shutdown(self) {
+        self.retire_worker().await;
         self.hand_off_leadership().await;
+        self.hand_back_shards().await;
         self.stop().await;
+    }
+
+    /// Gives up the lease and waits until no shard task runs any more.
+    async fn retire_worker(&self) {
+        self.worker.retire();
+        let deadline = tokio::time::Instant::now() + SERVER_DRAIN_DEADLINE;
+        while !self.worker.running().is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "shard tasks still running at shutdown; the leader will wait out their lease"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Tells the leader this node runs nothing any more, so its shards move now.
+    async fn hand_back_shards(&self) {
+        let state = self.state_machine.latest();
+        let owns = state.cluster.owned_by(self.node_id).next().is_some()
+            || state
+                .cluster
+                .shards
+                .iter()
+                .any(|s| s.released_from == Some(self.node_id));
+        if !owns || !self.worker.running().is_empty() {
+            return;
+        }
+        let applied_index = state.applied_index();
+        let metrics = self.metrics();
+        let Some(leader) = metrics.current_leader.filter(|l| *l != self.node_id) else {
+            return;
+        };
+        let Some(addr) = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.raft_addr.clone())
+        else {
+            return;
+        };
+        let Ok(channel) = self.channels.get(&addr) else {
+            return;
+        };
+        let mut request = tonic::Request::new(HandBackRequest {
+            node_id: self.node_id,
+            applied_index,
+        });
+        request.set_timeout(HANDOFF_DEADLINE);
+        match WorkerServiceClient::new(channel).hand_back(request).await {
+            Ok(resp) => tracing::info!(
+                leader,
+                shards = resp.into_inner().shards,
+                "handed shards back"
+            ),
+            Err(status) => {
+                tracing::warn!(leader, error = %status.message(), "hand-back failed; the leader will wait out the lease")
+            }
+        }
     }
 
     /// Abrupt stop without handoff, standing in for a killed process.

@@ -6,7 +6,7 @@
 //! streams and reconnect on their own, so there is nothing to gain from a
 //! connection per RPC and a lot of handshakes to lose.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,11 +33,52 @@ pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 pub struct Channels {
     /// A std mutex: held only to look up or insert, never across an await.
     by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Fault injection for tests: addresses this node cannot reach. Checked
+    /// on every call, so a partition also cuts connections already open.
+    blocked: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Why no channel to an address can be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("{0}: unreachable (partitioned)")]
+    Blocked(String),
+    #[error("{addr}: bad address: {source}")]
+    BadAddress {
+        addr: String,
+        source: tonic::transport::Error,
+    },
 }
 
 impl Channels {
+    /// Cuts this node off from `addr` (outgoing calls fail as unreachable).
+    pub fn block(&self, addr: &str) {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string());
+    }
+
+    /// Heals every cut made by [`Self::block`].
+    pub fn unblock_all(&self) {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn is_blocked(&self, addr: &str) -> bool {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(addr)
+    }
+
     /// The channel to `addr`, created (lazily connecting) on first use.
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn get(&self, addr: &str) -> Result<Channel, ChannelError> {
+        if self.is_blocked(addr) {
+            return Err(ChannelError::Blocked(addr.to_string()));
+        }
         let mut map = self
             .by_addr
             .lock()
@@ -45,7 +86,11 @@ impl Channels {
         if let Some(channel) = map.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|source| ChannelError::BadAddress {
+                addr: addr.to_string(),
+                source,
+            })?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -71,26 +116,20 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
-        let client = self.channels.get(&node.raft_addr).map(|channel| {
-            RaftServiceClient::new(channel)
-                .max_decoding_message_size(MAX_RAFT_MESSAGE)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE)
-        });
         PeerConnection {
             target,
             addr: node.raft_addr.clone(),
-            client: client.map_err(|e| e.to_string()),
+            channels: self.channels.clone(),
         }
     }
 }
 
-/// openraft's handle on one peer.
+/// openraft's handle on one peer. Looks the channel up on every call (a map
+/// lookup and a clone), so partitions injected by tests take effect at once.
 pub struct PeerConnection {
     target: NodeId,
     addr: String,
-    /// `Err` when the peer's address does not parse; every RPC then reports
-    /// the peer unreachable, with the reason.
-    client: Result<RaftServiceClient<Channel>, String>,
+    channels: Channels,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,9 +150,14 @@ impl PeerConnection {
     }
 
     fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
-        self.client.clone().map_err(|e| {
-            RPCError::Unreachable(Unreachable::new(&self.error(format!("bad address: {e}"))))
-        })
+        self.channels
+            .get(&self.addr)
+            .map(|channel| {
+                RaftServiceClient::new(channel)
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE)
+            })
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&self.error(e.to_string()))))
     }
 
     /// Maps a transport failure: refused or unreachable peers back off

@@ -64,7 +64,12 @@ impl MemoryStore {
     }
 
     /// Checks and raises the fence, then runs `op` under the same lock.
-    fn fenced<T>(&self, queue: &str, fence: Fence, op: impl FnOnce() -> T) -> Result<T, StoreError> {
+    fn fenced<T>(
+        &self,
+        queue: &str,
+        fence: Fence,
+        op: impl FnOnce() -> T,
+    ) -> Result<T, StoreError> {
         validate_queue_name(queue)?;
         let mut inner = self.lock();
         let current = inner.fences.get(queue).copied().unwrap_or(0);
@@ -122,7 +127,11 @@ mod tests {
     async fn history_records_accepted_operations_only() {
         let store = MemoryStore::with_history();
         store.add_queue("q").expect("valid");
-        let fence = |epoch| Fence { shard: 0, epoch, node: 1 };
+        let fence = |epoch| Fence {
+            shard: 0,
+            epoch,
+            node: 1,
+        };
         store.touch("q", fence(5)).await.expect("accepted");
         assert!(store.touch("q", fence(4)).await.is_err());
         store.touch("q", fence(6)).await.expect("accepted");

@@ -40,7 +40,11 @@ pub struct Fence {
 pub enum StoreError {
     /// A newer owner has written to the queue; the caller must drop the shard.
     #[error("queue {queue:?}: fenced: epoch {epoch} is older than the queue's fence {fence}")]
-    Fenced { queue: String, epoch: u64, fence: u64 },
+    Fenced {
+        queue: String,
+        epoch: u64,
+        fence: u64,
+    },
     #[error("invalid queue name {queue:?}: {reason}")]
     InvalidQueue { queue: String, reason: String },
     /// The store cannot be reached or failed; retry later.
@@ -96,7 +100,9 @@ pub fn open(url: &str) -> Result<SharedStore, StoreError> {
             "{url}: the Redis store is not built yet in this version; use memory://"
         )));
     }
-    Err(StoreError::Unavailable(format!("{url}: unknown store scheme")))
+    Err(StoreError::Unavailable(format!(
+        "{url}: unknown store scheme"
+    )))
 }
 
 #[cfg(test)]

@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deckhand::config::{
-    ClusterConfig, LogConfig, MemberConfig, NodeConfig, RaftTuning, StoreConfig,
+    ClusterConfig, LogConfig, MemberConfig, NodeConfig, RaftTuning, StoreConfig, WorkerTuning,
 };
 use deckhand::node::{Listeners, Node};
 use deckhand::raft::{NodeId, RaftMetrics};
+use deckhand::store::memory::MemoryStore;
 use openraft::ServerState;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -35,9 +37,24 @@ pub fn test_raft_tuning() -> RaftTuning {
     }
 }
 
+/// Worker timing for tests: a lease long enough to survive a loaded machine.
+pub fn test_worker_tuning() -> WorkerTuning {
+    WorkerTuning {
+        heartbeat_interval: Duration::from_millis(200),
+        lease: Duration::from_millis(2000),
+        lease_margin: Duration::from_millis(500),
+        pass_interval: Duration::from_millis(50),
+        plan_interval: Duration::from_millis(100),
+        max_releases_per_round: 32,
+        discovery_interval: Duration::from_millis(200),
+    }
+}
+
 pub struct TestCluster {
     /// Holds every node's data dir; removed when the cluster is dropped.
     pub dir: TempDir,
+    /// The queue store every node shares, recording accepted operations.
+    pub store: MemoryStore,
     pub configs: BTreeMap<NodeId, NodeConfig>,
     pub nodes: BTreeMap<NodeId, Node>,
 }
@@ -86,6 +103,7 @@ impl TestCluster {
                         members: members.clone(),
                     },
                     raft: test_raft_tuning(),
+                    worker: test_worker_tuning(),
                     store: StoreConfig {
                         url: "memory://".into(),
                         key_prefix: "deckard_v1".into(),
@@ -97,6 +115,7 @@ impl TestCluster {
             .collect();
         let cluster = Self {
             dir,
+            store: MemoryStore::with_history(),
             configs,
             nodes: BTreeMap::new(),
         };
@@ -114,7 +133,8 @@ impl TestCluster {
 
     pub async fn start_node_with(&mut self, id: NodeId, listeners: Listeners) {
         let config = self.configs[&id].clone();
-        let node = Node::start_with(config, listeners)
+        let store: deckhand::store::SharedStore = Arc::new(self.store.clone());
+        let node = Node::start_with_store(config, listeners, Some(store))
             .await
             .expect("node starts");
         self.nodes.insert(id, node);
@@ -124,8 +144,10 @@ impl TestCluster {
     pub async fn restart(&mut self, id: NodeId) {
         assert!(!self.nodes.contains_key(&id), "node {id} is still running");
         let config = self.configs[&id].clone();
-        let node = Node::start(config).await.expect("node restarts");
-        self.nodes.insert(id, node);
+        let listeners = Listeners::bind(&config)
+            .await
+            .expect("rebind the node's ports");
+        self.start_node_with(id, listeners).await;
     }
 
     /// Stops a node abruptly: no leadership handoff.

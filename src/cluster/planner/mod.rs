@@ -144,5 +144,43 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Move> {
     moves
 }
 
+/// What decides which nodes may receive shards.
+pub struct Candidates<'a> {
+    pub leader: NodeId,
+    pub members: &'a BTreeSet<NodeId>,
+    pub drained: &'a BTreeSet<NodeId>,
+    /// Nodes that handed their shards back and have not heartbeated since.
+    pub departed: &'a BTreeSet<NodeId>,
+    /// Heard from at least once in this leader's term.
+    pub heard: &'a dyn Fn(NodeId) -> bool,
+    /// Not silent for longer than `lease + margin` (see `lease::Liveness`).
+    pub live: &'a dyn Fn(NodeId) -> bool,
+}
+
+/// The nodes that may receive shards now.
+///
+/// Live, undrained followers that have reported in this term. The leader only
+/// when no follower could still be alive: a follower that is live but has not
+/// reported yet (just after an election) is waited for, not replaced.
+pub fn eligible(c: &Candidates<'_>) -> BTreeSet<NodeId> {
+    let usable = |n: NodeId| {
+        c.members.contains(&n) && !c.drained.contains(&n) && !c.departed.contains(&n) && (c.live)(n)
+    };
+    let followers: BTreeSet<NodeId> = c
+        .members
+        .iter()
+        .copied()
+        .filter(|n| *n != c.leader && usable(*n) && (c.heard)(*n))
+        .collect();
+    if !followers.is_empty() {
+        return followers;
+    }
+    let may_come = c.members.iter().any(|n| *n != c.leader && usable(*n));
+    if may_come || !c.members.contains(&c.leader) || c.drained.contains(&c.leader) {
+        return BTreeSet::new();
+    }
+    BTreeSet::from([c.leader])
+}
+
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
-use super::{plan, PlanInput};
+use super::{eligible, plan, Candidates, PlanInput};
 use crate::cluster::shards::{Move, ShardState};
 use crate::raft::NodeId;
 
@@ -258,4 +258,59 @@ fn no_eligible_node_means_no_moves() {
         max_releases: 10,
     });
     assert!(moves.is_empty());
+}
+
+fn candidates_case(
+    members: &[NodeId],
+    drained: &[NodeId],
+    departed: &[NodeId],
+    heard: &[NodeId],
+    live: &[NodeId],
+) -> BTreeSet<NodeId> {
+    let (members, drained, departed) = (
+        node_set(members.to_vec()),
+        node_set(drained.to_vec()),
+        node_set(departed.to_vec()),
+    );
+    let (heard, live) = (node_set(heard.to_vec()), node_set(live.to_vec()));
+    eligible(&Candidates {
+        leader: 1,
+        members: &members,
+        drained: &drained,
+        departed: &departed,
+        heard: &|n| heard.contains(&n),
+        live: &|n| live.contains(&n),
+    })
+}
+
+#[test]
+fn eligible_prefers_reporting_followers_and_spares_the_leader() {
+    // Followers 2 and 3 report: they get the shards, not the leader.
+    assert_eq!(
+        candidates_case(&[1, 2, 3], &[], &[], &[1, 2, 3], &[1, 2, 3]),
+        node_set([2, 3])
+    );
+    // Drained and departed followers are out.
+    assert_eq!(
+        candidates_case(&[1, 2, 3], &[2], &[], &[1, 2, 3], &[1, 2, 3]),
+        node_set([3])
+    );
+    assert_eq!(
+        candidates_case(&[1, 2, 3], &[], &[3], &[1, 2, 3], &[1, 2, 3]),
+        node_set([2])
+    );
+    // Just elected: followers look live but have not reported: wait for them.
+    assert!(candidates_case(&[1, 2, 3], &[], &[], &[1], &[1, 2, 3]).is_empty());
+    // Every follower gone: the leader works alone. A one-node cluster likewise.
+    assert_eq!(
+        candidates_case(&[1, 2, 3], &[], &[], &[1], &[1]),
+        node_set([1])
+    );
+    assert_eq!(candidates_case(&[1], &[], &[], &[1], &[1]), node_set([1]));
+    // Every follower drained: the leader works; a drained leader does not.
+    assert_eq!(
+        candidates_case(&[1, 2, 3], &[2, 3], &[], &[1, 2, 3], &[1, 2, 3]),
+        node_set([1])
+    );
+    assert!(candidates_case(&[1], &[1], &[], &[1], &[1]).is_empty());
 }

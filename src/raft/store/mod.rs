@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use log_store::LogStore;
-pub use state_machine::StateMachineStore;
+pub use state_machine::{AppliedState, StateMachineStore};
 
 /// Errors opening the Raft storage.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use tokio::sync::RwLock;
+use tokio::sync::{watch, RwLock};
 
 use super::{from_json, to_json, Durable};
 use crate::cluster::{ClusterState, CommandResult};
@@ -44,6 +44,9 @@ pub struct StateMachineStore {
     /// The applied state, also held in memory so reads never touch sled.
     /// A tokio lock because apply holds it across the sled write.
     applied: Arc<RwLock<AppliedState>>,
+    /// Publishes every new applied state, so the worker reacts to ownership
+    /// changes as soon as they are applied instead of polling.
+    published: Arc<watch::Sender<Arc<AppliedState>>>,
     tree: sled::Tree,
     durable: Durable,
 }
@@ -54,11 +57,23 @@ impl StateMachineStore {
             Some(bytes) => from_json(&bytes)?,
             None => AppliedState::default(),
         };
+        let (published, _) = watch::channel(Arc::new(applied.clone()));
         Ok(Self {
             applied: Arc::new(RwLock::new(applied)),
+            published: Arc::new(published),
             tree,
             durable,
         })
+    }
+
+    /// Every applied state from now on (the current one first).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<AppliedState>> {
+        self.published.subscribe()
+    }
+
+    /// The latest published applied state, without waiting for the lock.
+    pub fn latest(&self) -> Arc<AppliedState> {
+        self.published.borrow().clone()
     }
 
     /// A copy of the applied state.
@@ -144,6 +159,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         // One write for the whole batch; answered only after it is in sled.
         self.persist(&state)?;
+        self.published.send_replace(Arc::new(state.clone()));
         drop(state);
         for (responder, result) in responders {
             responder.send(result);
@@ -177,6 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(io::Error::other)?;
         self.persist(&new_state)?;
         self.durable.sync_async().await?;
+        self.published.send_replace(Arc::new(new_state.clone()));
         *state = new_state;
         Ok(())
     }
@@ -192,6 +209,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             None => Ok(None),
         }
+    }
+}
+
+impl AppliedState {
+    /// Index of the last applied entry, 0 before any.
+    pub fn applied_index(&self) -> u64 {
+        self.last_applied.map_or(0, |id| id.index())
     }
 }
 

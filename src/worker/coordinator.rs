@@ -1,0 +1,522 @@
+//! Leader-only coordination: liveness, reports, queue discovery, planning.
+//!
+//! Runs on every node and does nothing unless the node leads. Its view
+//! ([`LeaderView`]) belongs to one leader term and is dropped when the term
+//! changes: a new leader starts knowing nothing, so by `cluster::lease` it
+//! waits one full `lease + margin` before calling anyone gone.
+//!
+//! Invariants:
+//! - A heartbeat is acknowledged only while this node leads and a quorum
+//!   acknowledged it within `leader_freshness`, so a deposed leader that has
+//!   not noticed yet cannot renew anyone's lease.
+//! - A live owner's shard is only released, never reassigned directly; it is
+//!   assigned again once that owner reported it stopped after applying the
+//!   release, or went silent for `lease + margin`, or handed its shards back.
+//! - One planning round at a time (the `planning` lock).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{Instant as _, ServerState};
+use tokio::sync::Notify;
+
+use super::{lock, WorkerSettings};
+use crate::cluster::lease::Liveness;
+use crate::cluster::planner::{self, Candidates, PlanInput};
+use crate::cluster::{shard_of, Command, CommandResult, Move, ShardState};
+use crate::proto::worker::{
+    GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, ShardQueues,
+};
+use crate::raft::store::StateMachineStore;
+use crate::raft::{NodeId, Raft, RaftMetrics};
+use crate::shutdown::ShutdownListener;
+use crate::store::SharedStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_admin: Option<String>,
+    },
+    #[error("node {0} is not a member of the cluster")]
+    UnknownNode(NodeId),
+    #[error("node {0} is the last live worker; draining it would leave no node to run shards")]
+    LastWorker(NodeId),
+    #[error("cluster is not initialized yet (no shard count recorded)")]
+    NotInitialized,
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// What a node last reported.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub received_at: Instant,
+    pub applied_index: u64,
+    /// shard -> (epoch, passes)
+    pub running: BTreeMap<u32, (u64, u64)>,
+    pub lease_remaining: Duration,
+    pub fenced_writes: u64,
+}
+
+/// A reassignment of a silent node's shards, kept for diagnostics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reassignment {
+    pub from: NodeId,
+    pub shard: u32,
+    /// How long `from` had been silent when the leader decided.
+    pub silent_for: Duration,
+    /// Whether `from` had handed its shards back (then no wait is needed).
+    pub handed_back: bool,
+}
+
+/// The leader's knowledge during one term.
+struct LeaderView {
+    term: u64,
+    liveness: Liveness,
+    reports: BTreeMap<NodeId, Report>,
+    departed: BTreeSet<NodeId>,
+}
+
+/// The queues found by the last discovery, by shard.
+#[derive(Default)]
+struct QueueIndex {
+    /// A hash of the contents, not a counter: versions from different
+    /// leaders compare correctly (equal contents, equal version; empty is 0).
+    version: u64,
+    by_shard: BTreeMap<u32, Vec<String>>,
+}
+
+/// FNV-1a over every (shard, queue) pair in order; 0 for no queues.
+fn content_version(by_shard: &BTreeMap<u32, Vec<String>>) -> u64 {
+    if by_shard.is_empty() {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (shard, queues) in by_shard {
+        feed(&shard.to_be_bytes());
+        for q in queues {
+            feed(q.as_bytes());
+            feed(&[0]);
+        }
+    }
+    h.max(1)
+}
+
+/// Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: NodeId,
+    raft: Raft,
+    state_machine: StateMachineStore,
+    store: SharedStore,
+    settings: WorkerSettings,
+    /// std mutexes: held for short, synchronous sections only.
+    view: Mutex<Option<LeaderView>>,
+    queues: Mutex<QueueIndex>,
+    reassignments: Mutex<Vec<Reassignment>>,
+    /// Serializes planning rounds (held across the Raft write).
+    planning: tokio::sync::Mutex<()>,
+    wake: Notify,
+}
+
+impl Coordinator {
+    pub fn new(
+        node_id: NodeId,
+        raft: Raft,
+        state_machine: StateMachineStore,
+        store: SharedStore,
+        settings: WorkerSettings,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                node_id,
+                raft,
+                state_machine,
+                store,
+                settings,
+                view: Mutex::new(None),
+                queues: Mutex::new(QueueIndex::default()),
+                reassignments: Mutex::new(Vec::new()),
+                planning: tokio::sync::Mutex::new(()),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    fn metrics(&self) -> RaftMetrics {
+        self.inner.raft.metrics().borrow_watched().clone()
+    }
+
+    fn not_leader(&self, m: &RaftMetrics) -> CoordError {
+        let leader_admin = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id))
+            .map(|n| n.admin_addr.clone());
+        CoordError::NotLeader {
+            leader: m.current_leader,
+            leader_admin,
+        }
+    }
+
+    /// Checks this node leads with a fresh quorum acknowledgement; returns the term.
+    fn leading(&self, m: &RaftMetrics) -> Result<u64, CoordError> {
+        if m.state != ServerState::Leader {
+            return Err(self.not_leader(m));
+        }
+        let single_voter = m.membership_config.membership().voter_ids().count() == 1;
+        let fresh = m
+            .last_quorum_acked
+            .as_ref()
+            .is_some_and(|t| t.elapsed() < self.inner.settings.leader_freshness);
+        if !(single_voter || fresh) {
+            return Err(self.not_leader(m));
+        }
+        Ok(m.current_term)
+    }
+
+    /// Runs `f` on the view of `term`, creating it (knowing nothing) on a new term.
+    fn with_view<T>(&self, term: u64, f: impl FnOnce(&mut LeaderView) -> T) -> T {
+        let mut guard = lock(&self.inner.view);
+        if guard.as_ref().is_none_or(|v| v.term != term) {
+            let s = &self.inner.settings;
+            *guard = Some(LeaderView {
+                term,
+                liveness: Liveness::new(s.lease, s.lease_margin, Instant::now()),
+                reports: BTreeMap::new(),
+                departed: BTreeSet::new(),
+            });
+            tracing::info!(term, "leading: tracking worker liveness from now");
+        }
+        f(guard.as_mut().expect("view was just ensured"))
+    }
+
+    fn queues_version(&self) -> u64 {
+        lock(&self.inner.queues).version
+    }
+
+    /// A follower's (or this node's own) heartbeat.
+    pub fn on_heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, CoordError> {
+        let m = self.metrics();
+        let term = self.leading(&m)?;
+        let node = req.node_id;
+        if m.membership_config.membership().get_node(&node).is_none() {
+            return Err(CoordError::UnknownNode(node));
+        }
+        let now = Instant::now();
+        let report = Report {
+            received_at: now,
+            applied_index: req.applied_index,
+            running: req
+                .running
+                .iter()
+                .map(|r| (r.shard, (r.epoch, r.passes)))
+                .collect(),
+            lease_remaining: Duration::from_millis(req.lease_remaining_ms),
+            fenced_writes: req.fenced_writes,
+        };
+        self.with_view(term, |view| {
+            view.liveness.heard(node, now);
+            if view.departed.remove(&node) {
+                tracing::info!(node, "node is back after handing its shards back");
+            }
+            view.reports.insert(node, report);
+        });
+        tracing::debug!(node, "heartbeat");
+        self.inner.wake.notify_one();
+        Ok(HeartbeatResponse {
+            leader_id: self.inner.node_id,
+            term,
+            queues_version: self.queues_version(),
+        })
+    }
+
+    /// The queues of the requested shards (every requested shard answered).
+    pub fn get_queues(&self, req: &GetQueuesRequest) -> GetQueuesResponse {
+        let index = lock(&self.inner.queues);
+        GetQueuesResponse {
+            version: index.version,
+            shards: req
+                .shards
+                .iter()
+                .map(|s| ShardQueues {
+                    shard: *s,
+                    queues: index.by_shard.get(s).cloned().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Queue count per shard, from the last discovery.
+    pub fn queue_counts(&self) -> BTreeMap<u32, usize> {
+        lock(&self.inner.queues)
+            .by_shard
+            .iter()
+            .map(|(s, q)| (*s, q.len()))
+            .collect()
+    }
+
+    /// Last reports by node (leader only; empty otherwise).
+    pub fn reports(&self) -> BTreeMap<NodeId, Report> {
+        lock(&self.inner.view)
+            .as_ref()
+            .map(|v| v.reports.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every reassignment of a silent or departed node's shards this process decided.
+    pub fn reassignments(&self) -> Vec<Reassignment> {
+        lock(&self.inner.reassignments).clone()
+    }
+
+    /// A node stopped all its shard work and is leaving: reassign now.
+    pub async fn hand_back(&self, node: NodeId, applied_index: u64) -> Result<u32, CoordError> {
+        let m = self.metrics();
+        let term = self.leading(&m)?;
+        if m.membership_config.membership().get_node(&node).is_none() {
+            return Err(CoordError::UnknownNode(node));
+        }
+        let owned = self
+            .inner
+            .state_machine
+            .latest()
+            .cluster
+            .owned_by(node)
+            .count() as u32;
+        self.with_view(term, |view| {
+            view.departed.insert(node);
+            let report = view.reports.entry(node).or_insert_with(|| Report {
+                received_at: Instant::now(),
+                applied_index,
+                running: BTreeMap::new(),
+                lease_remaining: Duration::ZERO,
+                fenced_writes: 0,
+            });
+            report.running.clear();
+            report.applied_index = report.applied_index.max(applied_index);
+        });
+        tracing::info!(node, shards = owned, "node handed its shards back");
+        self.plan_round().await?;
+        Ok(owned)
+    }
+
+    /// Marks `node` drained (or undrained) through Raft.
+    pub async fn set_drained(&self, node: NodeId, drained: bool) -> Result<u32, CoordError> {
+        let m = self.metrics();
+        let term = self.leading(&m)?;
+        let members: BTreeSet<NodeId> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        if !members.contains(&node) {
+            return Err(CoordError::UnknownNode(node));
+        }
+        let state = self.inner.state_machine.latest();
+        if drained {
+            let now = Instant::now();
+            let remaining = self.with_view(term, |view| {
+                members
+                    .iter()
+                    .filter(|n| {
+                        **n != node
+                            && !state.cluster.drained.contains(n)
+                            && !view.departed.contains(n)
+                    })
+                    .filter(|n| **n == self.inner.node_id || view.liveness.is_live(**n, now))
+                    .count()
+            });
+            if remaining == 0 {
+                return Err(CoordError::LastWorker(node));
+            }
+        }
+        let owned = state.cluster.owned_by(node).count() as u32;
+        self.write(Command::SetDrained { node, drained }).await?;
+        tracing::info!(node, drained, "drain state changed");
+        self.inner.wake.notify_one();
+        Ok(owned)
+    }
+
+    async fn write(&self, command: Command) -> Result<CommandResult, CoordError> {
+        self.inner
+            .raft
+            .client_write(command)
+            .await
+            .map(|r| r.response().clone())
+            .map_err(|e| CoordError::Raft(e.to_string()))
+    }
+
+    /// One planning round: compute moves from the current view and commit them.
+    pub async fn plan_round(&self) -> Result<usize, CoordError> {
+        let _planning = self.inner.planning.lock().await;
+        let m = self.metrics();
+        let term = match self.leading(&m) {
+            Ok(term) => term,
+            Err(e) => {
+                if m.state != ServerState::Leader {
+                    *lock(&self.inner.view) = None;
+                }
+                return Err(e);
+            }
+        };
+        let state = self.inner.state_machine.latest();
+        if state.cluster.shard_count == 0 {
+            return Err(CoordError::NotInitialized);
+        }
+        let members: BTreeSet<NodeId> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        let me = self.inner.node_id;
+        let now = Instant::now();
+        let (moves, reassigned) = self.with_view(term, |view| {
+            // This node hears itself through its own heartbeat loop; until it
+            // has, it still counts as live (it is running this code).
+            let live = |n: NodeId| n == me || view.liveness.is_live(n, now);
+            let heard = |n: NodeId| view.reports.contains_key(&n);
+            let eligible = planner::eligible(&Candidates {
+                leader: me,
+                members: &members,
+                drained: &state.cluster.drained,
+                departed: &view.departed,
+                heard: &heard,
+                live: &live,
+            });
+            let mut involved: BTreeSet<NodeId> = members.clone();
+            for s in &state.cluster.shards {
+                involved.extend(s.owner);
+                involved.extend(s.released_from);
+            }
+            let gone: BTreeSet<NodeId> = involved
+                .into_iter()
+                .filter(|n| view.departed.contains(n) || !live(*n))
+                .collect();
+            let reports = &view.reports;
+            let stopped = |shard: u32, node: NodeId, s: &ShardState| {
+                reports
+                    .get(&node)
+                    .is_some_and(|r| r.applied_index >= s.epoch && !r.running.contains_key(&shard))
+            };
+            let moves = planner::plan(&PlanInput {
+                shards: &state.cluster.shards,
+                eligible: &eligible,
+                gone: &gone,
+                stopped: &stopped,
+                max_releases: self.inner.settings.max_releases_per_round,
+            });
+            let reassigned: Vec<Reassignment> = moves
+                .iter()
+                .filter_map(|mv| match mv {
+                    Move::Assign { shard, .. } => {
+                        let s = &state.cluster.shards[*shard as usize];
+                        let from = s.owner.or(s.released_from)?;
+                        gone.contains(&from).then(|| Reassignment {
+                            from,
+                            shard: *shard,
+                            silent_for: view.liveness.silent_for(from, now),
+                            handed_back: view.departed.contains(&from),
+                        })
+                    }
+                    Move::Release { .. } => None,
+                })
+                .collect();
+            (moves, reassigned)
+        });
+        if moves.is_empty() {
+            return Ok(0);
+        }
+        for r in &reassigned {
+            debug_assert!(
+                r.handed_back
+                    || r.silent_for > self.inner.settings.lease + self.inner.settings.lease_margin,
+                "reassigned a live node's shard: {r:?}"
+            );
+        }
+        if !reassigned.is_empty() {
+            let from: BTreeSet<NodeId> = reassigned.iter().map(|r| r.from).collect();
+            tracing::info!(
+                ?from,
+                shards = reassigned.len(),
+                "reassigning shards of gone nodes"
+            );
+            lock(&self.inner.reassignments).extend(reassigned);
+        }
+        let count = moves.len();
+        match self.write(Command::Moves { moves }).await? {
+            CommandResult::Moved { applied, skipped } => {
+                tracing::info!(applied, skipped, "shard moves committed");
+                Ok(applied)
+            }
+            other => Ok(match other {
+                CommandResult::Rejected(_) => 0,
+                _ => count,
+            }),
+        }
+    }
+
+    /// Scans the store for queues and groups them by shard.
+    async fn discover(&self) {
+        let shard_count = self.inner.state_machine.latest().cluster.shard_count;
+        if shard_count == 0 {
+            return;
+        }
+        match self.inner.store.discover_queues().await {
+            Ok(queues) => {
+                let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+                for q in queues {
+                    by_shard
+                        .entry(shard_of(&q, shard_count))
+                        .or_default()
+                        .push(q);
+                }
+                for list in by_shard.values_mut() {
+                    list.sort();
+                }
+                let mut index = lock(&self.inner.queues);
+                if index.by_shard != by_shard {
+                    index.version = content_version(&by_shard);
+                    index.by_shard = by_shard;
+                    tracing::debug!(version = index.version, "queue discovery changed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "queue discovery failed"),
+        }
+    }
+
+    /// The leader's loops: planning and discovery. Idle on followers.
+    pub async fn run(self, mut stop: ShutdownListener) {
+        let settings = self.inner.settings.clone();
+        let mut next_discovery = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(settings.plan_interval) => {}
+                _ = self.inner.wake.notified() => {}
+                _ = stop.recv() => return,
+            }
+            let leads = self.metrics().state == ServerState::Leader;
+            if leads && Instant::now() >= next_discovery {
+                self.discover().await;
+                next_discovery = Instant::now() + settings.discovery_interval;
+            }
+            match self.plan_round().await {
+                Ok(_) | Err(CoordError::NotLeader { .. }) | Err(CoordError::NotInitialized) => {}
+                Err(e) => tracing::debug!(error = %e, "planning round failed"),
+            }
+        }
+    }
+}

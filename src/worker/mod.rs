@@ -1,0 +1,259 @@
+//! Shard work on every node, and the leader's coordination of it.
+//!
+//! # Design
+//!
+//! - [`runner`]: the node-local side. Watches the applied cluster state and
+//!   this node's lease; runs one task per owned shard while the lease is
+//!   valid; stops a shard's task as soon as it is moved away, the lease runs
+//!   out, or the store fences it.
+//! - [`heartbeat`]: renews the lease. Every `heartbeat_interval` the node
+//!   reports to the leader what it runs; an accepted reply renews the lease
+//!   from the *send* time (see `cluster::lease`).
+//! - [`coordinator`]: leader-only. Tracks liveness and reports, discovers
+//!   queues (one scan for the cluster), plans moves with `cluster::planner`
+//!   and commits them through Raft.
+//! - [`service`]: the internal gRPC face of the coordinator (`raft_addr`).
+//!
+//! # Invariants
+//!
+//! - A shard task performs a store operation only after checking, right
+//!   before it, that the lease is valid; every operation carries the shard's
+//!   epoch, so an operation delayed past that check (a pause) is still
+//!   rejected by the store once a newer owner has written.
+//! - A shard fenced at epoch `e` is never run again at epoch `e`.
+//! - The running set reported to the leader only loses a shard once that
+//!   shard's task has exited, so the leader's "stopped" is a fact.
+//!
+//! # Deliberately not done
+//!
+//! Per-queue tasks are a fenced `touch` until the Redis tasks land; they use
+//! the same store trait and fencing path the real tasks will.
+
+pub mod coordinator;
+pub mod heartbeat;
+pub mod runner;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use crate::cluster::lease::Lease;
+use crate::config::NodeConfig;
+use crate::raft::NodeId;
+use crate::store::SharedStore;
+
+/// Timing the worker and coordinator run with (from `[worker]` and `[raft]`).
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub heartbeat_interval: Duration,
+    pub lease: Duration,
+    pub lease_margin: Duration,
+    pub pass_interval: Duration,
+    pub plan_interval: Duration,
+    pub max_releases_per_round: usize,
+    pub discovery_interval: Duration,
+    /// A leader acknowledges heartbeats only if a quorum acknowledged it
+    /// within this long (so a deposed leader cannot renew leases).
+    pub leader_freshness: Duration,
+}
+
+impl WorkerSettings {
+    pub fn from_config(config: &NodeConfig) -> Self {
+        let w = &config.worker;
+        Self {
+            heartbeat_interval: w.heartbeat_interval,
+            lease: w.lease,
+            lease_margin: w.lease_margin,
+            pass_interval: w.pass_interval,
+            plan_interval: w.plan_interval,
+            max_releases_per_round: w.max_releases_per_round,
+            discovery_interval: w.discovery_interval,
+            leader_freshness: config.raft.election_timeout_min,
+        }
+    }
+}
+
+/// Counters a node keeps about its own work.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Store operations rejected because a newer owner had written.
+    pub fenced_writes: AtomicU64,
+    /// Store operations that failed for other reasons.
+    pub store_errors: AtomicU64,
+    /// Completed passes over a shard's queues.
+    pub passes: AtomicU64,
+}
+
+/// Test hook standing in for SIGSTOP: while frozen, heartbeats stop and
+/// every shard task parks right **after** its lease check and before its
+/// store operation, the worst moment for a pause.
+#[derive(Debug)]
+pub struct Freeze {
+    frozen: watch::Sender<bool>,
+    /// Tasks parked at the gate right now.
+    parked: AtomicUsize,
+}
+
+impl Default for Freeze {
+    fn default() -> Self {
+        Self {
+            frozen: watch::channel(false).0,
+            parked: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Freeze {
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        *self.frozen.borrow()
+    }
+
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::SeqCst)
+    }
+
+    /// Passes at once unless frozen; then waits for the thaw.
+    async fn gate(&self) {
+        if !self.is_frozen() {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        let mut rx = self.frozen.subscribe();
+        let _ = rx.wait_for(|frozen| !*frozen).await;
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A shard this node is running: its epoch and completed passes.
+#[derive(Debug, Clone)]
+pub struct RunningShard {
+    pub epoch: u64,
+    pub passes: Arc<AtomicU64>,
+}
+
+/// Queue names per shard, as last fetched from the leader's discovery.
+#[derive(Debug, Default, Clone)]
+pub struct QueueCache {
+    pub version: u64,
+    pub by_shard: BTreeMap<u32, Arc<Vec<String>>>,
+}
+
+/// State shared by the runner, the heartbeat loop and the node.
+pub struct WorkerShared {
+    pub node_id: NodeId,
+    pub store: SharedStore,
+    pub settings: WorkerSettings,
+    /// The lease. A std mutex: held for a read or an update, never across an await.
+    lease: Mutex<Lease>,
+    /// Shards with a live task (removed by the task itself when it exits).
+    running: Mutex<BTreeMap<u32, RunningShard>>,
+    /// shard -> epoch at which the store fenced us; never rerun at that epoch.
+    fenced: Mutex<BTreeMap<u32, u64>>,
+    queues: Mutex<QueueCache>,
+    /// Wakes the runner: lease, fencing or queue lists changed.
+    pub(crate) changed: Notify,
+    /// Wakes the heartbeat loop early (a task exited: tell the leader now).
+    pub(crate) report_now: Notify,
+    pub stats: WorkerStats,
+    pub freeze: Freeze,
+    /// Set once on graceful shutdown: no lease is renewed and no shard runs.
+    retired: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single read or update: poisoning leaves
+    // nothing half-done, so carry on.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WorkerShared {
+    pub fn new(node_id: NodeId, store: SharedStore, settings: WorkerSettings) -> Arc<Self> {
+        Arc::new(Self {
+            node_id,
+            store,
+            lease: Mutex::new(Lease::new(settings.lease)),
+            settings,
+            running: Mutex::new(BTreeMap::new()),
+            fenced: Mutex::new(BTreeMap::new()),
+            queues: Mutex::new(QueueCache::default()),
+            changed: Notify::new(),
+            report_now: Notify::new(),
+            stats: WorkerStats::default(),
+            freeze: Freeze::default(),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// Stops all shard work for good (graceful shutdown).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.revoke_lease();
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    pub fn lease_valid(&self) -> bool {
+        lock(&self.lease).is_valid(Instant::now())
+    }
+
+    pub fn lease_remaining(&self) -> Option<Duration> {
+        lock(&self.lease).remaining(Instant::now())
+    }
+
+    /// Records an acknowledged heartbeat sent at `sent_at` by a leader of `term`.
+    pub(crate) fn renew_lease(&self, sent_at: Instant, term: u64) {
+        if self.is_retired() {
+            return;
+        }
+        let was_valid = self.lease_valid();
+        let renewed = lock(&self.lease).renew(sent_at, term);
+        if renewed && !was_valid {
+            tracing::info!(node = self.node_id, term, "lease acquired");
+            self.changed.notify_one();
+        }
+    }
+
+    pub(crate) fn revoke_lease(&self) {
+        lock(&self.lease).revoke();
+        self.changed.notify_one();
+    }
+
+    pub fn running(&self) -> BTreeMap<u32, RunningShard> {
+        lock(&self.running).clone()
+    }
+
+    pub fn fenced_at(&self, shard: u32) -> Option<u64> {
+        lock(&self.fenced).get(&shard).copied()
+    }
+
+    pub fn queues(&self) -> QueueCache {
+        lock(&self.queues).clone()
+    }
+
+    pub(crate) fn set_queues(&self, cache: QueueCache) {
+        *lock(&self.queues) = cache;
+        self.changed.notify_one();
+    }
+
+    fn queues_of(&self, shard: u32) -> Arc<Vec<String>> {
+        lock(&self.queues)
+            .by_shard
+            .get(&shard)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
