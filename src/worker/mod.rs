@@ -249,11 +249,9 @@ impl WorkerShared {
         self.changed.notify_one();
     }
 
-    fn queues_of(&self, shard: u32) -> Arc<Vec<String>> {
-        lock(&self.queues)
-            .by_shard
-            .get(&shard)
-            .cloned()
-            .unwrap_or_default()
+    /// The shard's queues, or `None` while its list has not been fetched
+    /// (which is not the same as a shard without queues).
+    fn queues_of(&self, shard: u32) -> Option<Arc<Vec<String>>> {
+        lock(&self.queues).by_shard.get(&shard).cloned()
     }
 }

@@ -16,6 +16,8 @@ use crate::store::{Fence, StoreError};
 
 /// How long a task waits before retrying after a store error.
 const STORE_RETRY: Duration = Duration::from_millis(200);
+/// How long a task waits for its shard's queue list before asking again.
+const QUEUE_LIST_WAIT: Duration = Duration::from_millis(20);
 
 struct Task {
     epoch: u64,
@@ -167,8 +169,18 @@ async fn run_shard(
         node: shared.node_id,
     };
     while !cancel.is_cancelled() {
+        let Some(queues) = shared.queues_of(shard) else {
+            // Newly owned: ask for the queue list now rather than at the next
+            // heartbeat, and do not count an empty pass as work done.
+            shared.report_now.notify_one();
+            tokio::select! {
+                _ = tokio::time::sleep(QUEUE_LIST_WAIT) => {}
+                _ = cancel.cancelled() => {}
+            }
+            continue;
+        };
         let mut completed = true;
-        for queue in shared.queues_of(shard).iter() {
+        for queue in queues.iter() {
             if cancel.is_cancelled() || !shared.lease_valid() {
                 completed = false;
                 break;

@@ -229,3 +229,97 @@ pub fn init_test_logging() {
             .try_init();
     }
 }
+
+impl TestCluster {
+    /// Creates `n` queues named `q0..` in the shared store.
+    pub fn add_queues(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let q = format!("q{i}");
+                self.store.add_queue(&q).expect("valid queue name");
+                q
+            })
+            .collect()
+    }
+
+    /// The applied state on the current leader.
+    pub async fn leader_state(&self) -> Arc<deckhand::raft::store::AppliedState> {
+        let leader = self.wait_for_leader().await;
+        self.nodes[&leader].state_machine.latest()
+    }
+
+    /// Waits until every shard is owned by a follower, owners differ by at
+    /// most one shard, the leader owns none (when followers run), and every
+    /// owner is running exactly what it owns. Returns shard -> owner.
+    pub async fn wait_for_balanced_ownership(&self) -> BTreeMap<u32, NodeId> {
+        wait_until("shards are owned, balanced and running", || async {
+            let leader = self.agreed_leader()?;
+            let state = self.nodes[&leader].state_machine.latest();
+            let shards = &state.cluster.shards;
+            if shards.is_empty() || shards.iter().any(|s| s.owner.is_none()) {
+                return None;
+            }
+            let owners: BTreeMap<u32, NodeId> = shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i as u32, s.owner.expect("checked")))
+                .collect();
+            let followers: Vec<NodeId> = self
+                .nodes
+                .keys()
+                .copied()
+                .filter(|n| *n != leader)
+                .collect();
+            let counts: Vec<usize> = followers
+                .iter()
+                .map(|f| owners.values().filter(|o| *o == f).count())
+                .collect();
+            let leader_owns = owners.values().any(|o| *o == leader);
+            let (max, min) = (counts.iter().max()?, counts.iter().min()?);
+            if leader_owns && !followers.is_empty() || max - min > 1 {
+                return None;
+            }
+            // Each owner runs exactly its shards, at the assigned epochs.
+            for (id, node) in &self.nodes {
+                let running = node.worker.running();
+                let mine: BTreeMap<u32, u64> = shards
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.owner == Some(*id))
+                    .map(|(i, s)| (i as u32, s.epoch))
+                    .collect();
+                let runs: BTreeMap<u32, u64> = running.iter().map(|(s, r)| (*s, r.epoch)).collect();
+                if runs != mine {
+                    return None;
+                }
+            }
+            Some(owners)
+        })
+        .await
+    }
+}
+
+impl TestCluster {
+    /// Waits until every queue's fence in the store equals its shard's
+    /// current epoch: each owner has worked each of its queues.
+    pub async fn wait_for_queues_worked(&self, queues: &[String]) {
+        use deckhand::store::QueueStore;
+        wait_until(
+            "every queue was written under its owner's epoch",
+            || async {
+                let state = self.leader_state().await;
+                let count = state.cluster.shard_count;
+                for q in queues {
+                    let shard =
+                        &state.cluster.shards[deckhand::cluster::shard_of(q, count) as usize];
+                    shard.owner?;
+                    if self.store.fence_of(q).await.ok()? != shard.epoch {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,318 @@
+//! Shard ownership on in-process clusters: balance, crash, pause and fencing,
+//! drain, graceful hand-back.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use common::{test_worker_tuning, wait_until, TestCluster};
+use deckhand::cluster::shard_of;
+use deckhand::proto::admin::admin_client::AdminClient;
+use deckhand::proto::admin::{DrainRequest, ShardsRequest};
+use deckhand::raft::NodeId;
+use deckhand::store::QueueStore;
+use tonic::transport::Channel;
+
+async fn admin(cluster: &TestCluster, id: NodeId) -> AdminClient<Channel> {
+    let addr = cluster.nodes[&id].admin_addr();
+    AdminClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect admin")
+}
+
+fn shards_of(owners: &BTreeMap<u32, NodeId>, node: NodeId) -> BTreeSet<u32> {
+    owners
+        .iter()
+        .filter(|(_, o)| **o == node)
+        .map(|(s, _)| *s)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_split_every_shard_across_the_followers() {
+    let cluster = TestCluster::start(3).await;
+    let queues = cluster.add_queues(200);
+    let owners = cluster.wait_for_balanced_ownership().await;
+    let leader = cluster.wait_for_leader().await;
+    assert_eq!(owners.len(), 16);
+    assert!(
+        owners.values().all(|o| *o != leader),
+        "the leader owns no shard"
+    );
+    // Every queue is worked by its shard's owner: its fence carries that epoch.
+    let state = cluster.leader_state().await;
+    wait_until(
+        "every queue was written under its owner's epoch",
+        || async {
+            for q in &queues {
+                let shard = shard_of(q, 16) as usize;
+                let fence = cluster.store.fence_of(q).await.ok()?;
+                if fence != state.cluster.shards[shard].epoch {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    // `ctl shards` (the admin API) reports the same, from any node.
+    let follower = *owners.values().next().expect("an owner");
+    let shards = admin(&cluster, follower)
+        .await
+        .shards(ShardsRequest {})
+        .await
+        .expect("shards via a follower")
+        .into_inner();
+    assert_eq!(shards.leader_id, leader);
+    for info in &shards.shards {
+        assert_eq!(info.owner, Some(owners[&info.shard]));
+        assert!(info.queues > 0);
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_followers_shards_move_only_after_lease_and_margin() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.add_queues(100);
+    let owners = cluster.wait_for_balanced_ownership().await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = *owners.values().next().expect("an owner");
+    let lost = shards_of(&owners, victim);
+    let before = cluster.leader_state().await;
+
+    let crashed_at = Instant::now();
+    cluster.crash(victim).await;
+    let after = wait_until("the crashed node's shards have new owners", || async {
+        let state = cluster.nodes[&leader].state_machine.latest();
+        lost.iter()
+            .all(|s| {
+                state.cluster.shards[*s as usize]
+                    .owner
+                    .is_some_and(|o| o != victim)
+            })
+            .then_some(state)
+    })
+    .await;
+    let moved_after = crashed_at.elapsed();
+    for s in &lost {
+        let (old, new) = (
+            &before.cluster.shards[*s as usize],
+            &after.cluster.shards[*s as usize],
+        );
+        assert!(
+            new.epoch > old.epoch,
+            "shard {s}: epoch {} -> {}",
+            old.epoch,
+            new.epoch
+        );
+    }
+    // Safety bound, not a speed figure: the last heartbeat the leader got was
+    // at most one heartbeat interval before the crash.
+    let tuning = test_worker_tuning();
+    assert!(
+        moved_after >= tuning.lease + tuning.lease_margin - tuning.heartbeat_interval,
+        "reassigned after only {moved_after:?}"
+    );
+    let decisions: Vec<_> = cluster.nodes[&leader]
+        .coordinator
+        .reassignments()
+        .into_iter()
+        .filter(|r| r.from == victim)
+        .collect();
+    assert_eq!(decisions.len(), lost.len());
+    for d in decisions {
+        assert!(!d.handed_back);
+        assert!(d.silent_for > tuning.lease + tuning.lease_margin, "{d:?}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_follower_is_fenced_when_it_resumes() {
+    let cluster = TestCluster::start(3).await;
+    let queues = cluster.add_queues(200);
+    let shards_with_queues: BTreeSet<u32> = queues.iter().map(|q| shard_of(q, 16)).collect();
+    assert_eq!(shards_with_queues.len(), 16, "every shard has a queue");
+    let owners = cluster.wait_for_balanced_ownership().await;
+    cluster.wait_for_queues_worked(&queues).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = *owners.values().next().expect("an owner");
+    let node = &cluster.nodes[&victim];
+    let moved = shards_of(&owners, victim);
+
+    // Freeze it mid-operation: every shard task parked after its lease check.
+    node.worker.freeze.freeze();
+    wait_until("every shard task of the paused node is parked", || async {
+        (node.worker.freeze.parked() == moved.len()).then_some(())
+    })
+    .await;
+
+    // Its shards move; the new owners write every moved queue under a
+    // higher epoch (the store's fence shows it).
+    let state = wait_until("the paused node's shards moved and were worked", || async {
+        let state = cluster.nodes[&leader].state_machine.latest();
+        for s in &moved {
+            let shard = state.cluster.shards[*s as usize];
+            if shard.owner.is_none_or(|o| o == victim) {
+                return None;
+            }
+        }
+        for q in &queues {
+            let s = shard_of(q, 16);
+            if moved.contains(&s)
+                && cluster.store.fence_of(q).await.ok()? < state.cluster.shards[s as usize].epoch
+            {
+                return None;
+            }
+        }
+        Some(state)
+    })
+    .await;
+    assert_eq!(node.worker.stats.fenced_writes.load(Ordering::Relaxed), 0);
+
+    // Resume: the in-flight operations carry the old epochs and are rejected.
+    node.worker.freeze.thaw();
+    wait_until(
+        "the resumed node was fenced and dropped the moved shards",
+        || async {
+            let fenced = node.worker.stats.fenced_writes.load(Ordering::Relaxed);
+            let running = node.worker.running();
+            (fenced >= 1 && moved.iter().all(|s| !running.contains_key(s))).then_some(())
+        },
+    )
+    .await;
+    // No operation of the old owner was accepted after the new owner's.
+    for q in &queues {
+        let shard = shard_of(q, 16);
+        if moved.contains(&shard) {
+            let fence = cluster.store.fence_of(q).await.expect("fence");
+            assert!(fence >= state.cluster.shards[shard as usize].epoch);
+        }
+    }
+    assert_epochs_never_decrease(&cluster);
+    cluster.shutdown().await;
+}
+
+/// For every queue, the epochs the store accepted never decrease.
+fn assert_epochs_never_decrease(cluster: &TestCluster) {
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for op in cluster.store.history() {
+        let prev = last.insert(op.queue.clone(), op.epoch).unwrap_or(0);
+        assert!(
+            op.epoch >= prev,
+            "queue {} accepted epoch {} after {prev}",
+            op.queue,
+            op.epoch
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_every_shard_off_a_node_and_bad_drains_change_nothing() {
+    let cluster = TestCluster::start(3).await;
+    cluster.add_queues(50);
+    let owners = cluster.wait_for_balanced_ownership().await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<NodeId> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|n| *n != leader)
+        .collect();
+    let (drained, other) = (followers[0], followers[1]);
+    assert!(!shards_of(&owners, drained).is_empty());
+
+    // Sent to a follower: forwarded to the leader.
+    let mut via_follower = admin(&cluster, other).await;
+    via_follower
+        .drain(DrainRequest { node_id: drained })
+        .await
+        .expect("drain");
+    let shards = wait_until("the drained node owns nothing", || async {
+        let shards = via_follower
+            .clone()
+            .shards(ShardsRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        let owns_none = shards
+            .shards
+            .iter()
+            .all(|s| s.owner.is_some() && s.owner != Some(drained));
+        owns_none.then_some(shards)
+    })
+    .await;
+    assert_eq!(shards.drained, vec![drained]);
+    assert!(shards.shards.iter().all(|s| s.owner == Some(other)));
+
+    // Unknown node: NOT_FOUND. Draining the last live worker: FAILED_PRECONDITION.
+    let err = via_follower
+        .drain(DrainRequest { node_id: 42 })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    via_follower
+        .drain(DrainRequest { node_id: other })
+        .await
+        .expect("leader still works");
+    let err = via_follower
+        .drain(DrainRequest { node_id: leader })
+        .await
+        .expect_err("last worker");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    let state = cluster.leader_state().await;
+    assert!(
+        !state.cluster.drained.contains(&leader),
+        "refused drain changed nothing"
+    );
+
+    // Undrain both: the followers share the shards again.
+    via_follower
+        .undrain(DrainRequest { node_id: drained })
+        .await
+        .expect("undrain");
+    via_follower
+        .undrain(DrainRequest { node_id: other })
+        .await
+        .expect("undrain");
+    cluster.wait_for_balanced_ownership().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_follower_hands_its_shards_back() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.add_queues(50);
+    let owners = cluster.wait_for_balanced_ownership().await;
+    let leader = cluster.wait_for_leader().await;
+    let leaving = *owners.values().next().expect("an owner");
+    let lost = shards_of(&owners, leaving);
+    let node = cluster.nodes.remove(&leaving).expect("running");
+    node.shutdown().await;
+    wait_until("the stopped node's shards have new owners", || async {
+        let state = cluster.nodes[&leader].state_machine.latest();
+        lost.iter()
+            .all(|s| {
+                state.cluster.shards[*s as usize]
+                    .owner
+                    .is_some_and(|o| o != leaving)
+            })
+            .then_some(())
+    })
+    .await;
+    let decisions: Vec<_> = cluster.nodes[&leader]
+        .coordinator
+        .reassignments()
+        .into_iter()
+        .filter(|r| r.from == leaving)
+        .collect();
+    assert!(!decisions.is_empty());
+    assert!(
+        decisions.iter().all(|d| d.handed_back),
+        "moved by hand-back, not lease expiry: {decisions:?}"
+    );
+    cluster.shutdown().await;
+}
