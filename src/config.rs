@@ -551,11 +551,18 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
         return err("worker.max_releases_per_round", "must be at least 1".into());
     }
     let url = &config.store.url;
-    if !(url.starts_with("redis://") || url == "memory://") {
-        return err(
-            "store.url",
-            format!("{url:?} has an unknown scheme; expected redis://host:port/db or memory://"),
-        );
+    match crate::store::parse_memory_url(url) {
+        Some(Err(message)) => return err("store.url", message),
+        Some(Ok(_)) => {}
+        None if url.starts_with("redis://") => {}
+        None => {
+            return err(
+                "store.url",
+                format!(
+                    "{url:?} has an unknown scheme; expected redis://host:port/db or memory://"
+                ),
+            )
+        }
     }
     if config.store.key_prefix.is_empty() {
         return err(

@@ -143,6 +143,40 @@ fn cluster_script_starts_reports_and_stops_three_nodes() {
         assert!(status[key].is_u64(), "{key} missing: {status}");
     }
 
+    // Shards through any node's admin API; bad drains get one clear line.
+    let ctl = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["ctl", "--addr", &format!("127.0.0.1:{}", ports[1].admin)])
+            .args(args);
+        run(&mut cmd)
+    };
+    let shards = wait_for(|| {
+        let out = ctl(&["shards", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let table = json(&out);
+        let rows = table.as_array()?.clone();
+        rows.iter().all(|r| r["owner"].is_u64()).then_some(rows)
+    });
+    assert_eq!(shards.len(), 128);
+    assert!(
+        shards.iter().all(|r| r["owner"] != leader),
+        "the leader owns no shard"
+    );
+    for key in ["shard", "epoch", "lease", "queues"] {
+        assert!(!shards[0][key].is_null(), "{key} missing: {}", shards[0]);
+    }
+    let out = ctl(&["drain", "9"]);
+    let line = one_error_line(&out);
+    assert!(line.contains("node 9 is not a member"), "{line}");
+    let out = ctl(&["rebalance"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // kill -9 the leader process: the survivors agree on a new leader.
     let pid_of = |id: u64| {
         std::fs::read_to_string(tmp.path().join(format!("run/node{id}.pid")))
@@ -185,6 +219,21 @@ fn cluster_script_starts_reports_and_stops_three_nodes() {
     // Graceful stops log an orderly shutdown.
     let log = std::fs::read_to_string(tmp.path().join("run/node1.log")).expect("log");
     assert!(log.contains("node stopped"), "{log}");
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics at the deadline.
+fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "condition not met in time"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until all nodes answer `status` with one common leader id.

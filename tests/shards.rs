@@ -316,3 +316,29 @@ async fn a_gracefully_stopped_follower_hands_its_shards_back() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_without_a_leader_are_unavailable() {
+    // One node of three: it cannot form the cluster alone, so there is no leader.
+    let (mut cluster, mut listeners) = TestCluster::prepare(3).await;
+    let l = listeners.remove(&1).expect("listeners");
+    cluster.start_node_with(1, l).await;
+    let mut client = admin(&cluster, 1).await;
+    let err = client
+        .rebalance(deckhand::proto::admin::RebalanceRequest {})
+        .await
+        .expect_err("no leader");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert!(err.message().contains("no leader"), "{err}");
+    let err = client
+        .drain(DrainRequest { node_id: 2 })
+        .await
+        .expect_err("no leader");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    let err = client
+        .shards(ShardsRequest {})
+        .await
+        .expect_err("no leader");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    cluster.shutdown().await;
+}

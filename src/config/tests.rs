@@ -191,3 +191,18 @@ fn missing_file_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn memory_store_url_options_are_checked() {
+    let ok = GOOD.replace("memory://", "memory://?queues=500");
+    assert_eq!(
+        parse_text(&ok).expect("valid").store.url,
+        "memory://?queues=500"
+    );
+    let bad = GOOD.replace("memory://", "memory://?queues=lots");
+    let line = error_line(&bad);
+    assert!(
+        line.contains("store.url") && line.contains("queues must be a number"),
+        "{line}"
+    );
+}

@@ -90,10 +90,35 @@ pub fn validate_queue_name(queue: &str) -> Result<(), StoreError> {
     })
 }
 
+/// Parses `memory://` or `memory://?queues=N` (N empty queues `q0..`,
+/// for demos and measurements: each process has its own embedded store).
+pub fn parse_memory_url(url: &str) -> Option<Result<usize, String>> {
+    let rest = url.strip_prefix("memory://")?;
+    if rest.is_empty() {
+        return Some(Ok(0));
+    }
+    let Some(n) = rest.strip_prefix("?queues=") else {
+        return Some(Err(format!(
+            "{url:?}: the only memory:// option is ?queues=N"
+        )));
+    };
+    Some(
+        n.parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 1_000_000)
+            .ok_or_else(|| format!("{url:?}: queues must be a number from 0 to 1000000")),
+    )
+}
+
 /// Opens the store named by a config URL.
 pub fn open(url: &str) -> Result<SharedStore, StoreError> {
-    if url == "memory://" {
-        return Ok(Arc::new(memory::MemoryStore::new()));
+    if let Some(parsed) = parse_memory_url(url) {
+        let queues = parsed.map_err(StoreError::Unavailable)?;
+        let store = memory::MemoryStore::new();
+        for i in 0..queues {
+            store.add_queue(&format!("q{i}"))?;
+        }
+        return Ok(Arc::new(store));
     }
     if url.starts_with("redis://") {
         return Err(StoreError::Unavailable(format!(

@@ -376,6 +376,15 @@ impl Coordinator {
         if state.cluster.shard_count == 0 {
             return Err(CoordError::NotInitialized);
         }
+        // Plan only from a state that includes everything committed before
+        // this term: i.e. once an entry of this term has been applied. A plan
+        // from an older state would only be skipped by the compare-and-set.
+        let caught_up = state.last_applied.is_some_and(|l| {
+            l.leader_id.term == term && l.index() >= m.local_committed.map_or(0, |c| c.index())
+        });
+        if !caught_up {
+            return Ok(0);
+        }
         let members: BTreeSet<NodeId> = m
             .membership_config
             .membership()
@@ -515,7 +524,9 @@ impl Coordinator {
             }
             match self.plan_round().await {
                 Ok(_) | Err(CoordError::NotLeader { .. }) | Err(CoordError::NotInitialized) => {}
-                Err(e) => tracing::debug!(error = %e, "planning round failed"),
+                Err(e) => {
+                    tracing::debug!(node = self.inner.node_id, error = %e, "planning round failed")
+                }
             }
         }
     }

@@ -206,7 +206,11 @@ async fn run_shard(
             }
         }
         let pause = if completed {
-            passes.fetch_add(1, Ordering::Relaxed);
+            if passes.fetch_add(1, Ordering::Relaxed) == 0 {
+                // First pass at this epoch: tell the leader now, not at the
+                // next heartbeat (`ctl shards` shows the shard as worked).
+                shared.report_now.notify_one();
+            }
             shared.stats.passes.fetch_add(1, Ordering::Relaxed);
             shared.settings.pass_interval
         } else {

@@ -194,10 +194,13 @@ impl TestCluster {
             .collect()
     }
 
-    pub async fn shutdown(self) {
+    /// Stops every node gracefully. Returns the data directory, which is
+    /// deleted when the returned value is dropped.
+    pub async fn shutdown(self) -> TempDir {
         for (_, node) in self.nodes {
             node.shutdown().await;
         }
+        self.dir
     }
 }
 
@@ -321,5 +324,29 @@ impl TestCluster {
             },
         )
         .await
+    }
+}
+
+impl TestCluster {
+    /// Cuts `id` off from every other node, both ways (Raft and worker RPCs).
+    /// The node still reaches the store.
+    pub fn partition(&self, id: NodeId) {
+        let addr = |n: NodeId| self.configs[&n].raft_addr.clone();
+        for (other, node) in &self.nodes {
+            if *other == id {
+                for peer in self.configs.keys().filter(|p| **p != id) {
+                    node.channels.block(&addr(*peer));
+                }
+            } else {
+                node.channels.block(&addr(id));
+            }
+        }
+    }
+
+    /// Heals every partition.
+    pub fn heal(&self) {
+        for node in self.nodes.values() {
+            node.channels.unblock_all();
+        }
     }
 }
