@@ -342,3 +342,43 @@ async fn mutations_without_a_leader_are_unavailable() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_shorter_than_the_lease_moves_nothing() {
+    let cluster = TestCluster::start(3).await;
+    let queues = cluster.add_queues(100);
+    let owners = cluster.wait_for_balanced_ownership().await;
+    cluster.wait_for_queues_worked(&queues).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = *owners.values().next().expect("an owner");
+    let node = &cluster.nodes[&victim];
+    let tuning = test_worker_tuning();
+
+    node.worker.freeze.freeze();
+    tokio::time::sleep(tuning.lease / 2).await;
+    node.worker.freeze.thaw();
+
+    // Heartbeats resume: the leader hears the node again after the thaw.
+    let thawed = Instant::now();
+    wait_until("the leader hears the thawed node again", || async {
+        let report = cluster.nodes[&leader]
+            .coordinator
+            .reports()
+            .get(&victim)
+            .cloned()?;
+        (report.received_at > thawed).then_some(())
+    })
+    .await;
+    // A full lease + margin later, nothing has moved and nothing was fenced.
+    tokio::time::sleep(tuning.lease + tuning.lease_margin).await;
+    let state = cluster.leader_state().await;
+    for (shard, owner) in &owners {
+        assert_eq!(
+            state.cluster.shards[*shard as usize].owner,
+            Some(*owner),
+            "shard {shard} moved"
+        );
+    }
+    assert_eq!(node.worker.stats.fenced_writes.load(Ordering::Relaxed), 0);
+    cluster.shutdown().await;
+}

@@ -63,6 +63,8 @@ use crate::worker::{runner, WorkerSettings, WorkerShared};
 
 /// How long a leader waits for its successor before shutting down anyway.
 const HANDOFF_DEADLINE: Duration = Duration::from_secs(3);
+/// A leader hands off only if a quorum acknowledged it this recently.
+const HANDOFF_QUORUM_AGE: Duration = Duration::from_secs(1);
 /// How long servers get to finish in-flight requests on shutdown.
 const SERVER_DRAIN_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -416,6 +418,13 @@ impl Node {
             tracing::info!("no other voter to hand leadership to");
             return;
         };
+        // Without a quorum nobody can take over; do not wait for it.
+        let quorum = openraft::LinearizerOption::new(Some(HANDOFF_QUORUM_AGE), false)
+            .with_wait_timeout(Duration::ZERO);
+        if self.raft.get_read_linearizer(quorum).await.is_err() {
+            tracing::info!("no quorum reached recently; skipping the leadership handoff");
+            return;
+        }
         tracing::info!(to = target, "transferring leadership before shutdown");
         if let Err(e) = self.raft.trigger().transfer_leader(target).await {
             tracing::warn!(error = %e, "leadership transfer failed");
@@ -440,8 +449,10 @@ impl Node {
 
     async fn stop(self) {
         // Raft first, so nothing this node says after this point counts.
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown reported an error");
+        match tokio::time::timeout(SERVER_DRAIN_DEADLINE, self.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown reported an error"),
+            Err(_) => tracing::error!("raft did not shut down within {SERVER_DRAIN_DEADLINE:?}"),
         }
         self.shutdown.trigger();
         for (name, task) in self.tasks {

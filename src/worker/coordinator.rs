@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::{Instant as _, ServerState};
+use openraft::{LinearizerOption, ServerState};
 use tokio::sync::Notify;
 
 use super::{lock, WorkerSettings};
@@ -172,19 +172,24 @@ impl Coordinator {
     }
 
     /// Checks this node leads with a fresh quorum acknowledgement; returns the term.
-    fn leading(&self, m: &RaftMetrics) -> Result<u64, CoordError> {
+    ///
+    /// Asks the Raft core itself (its clock progress), not the metrics: the
+    /// metrics are republished only when something else changes, so their
+    /// `last_quorum_acked` can be old on a healthy, idle leader. The check
+    /// never waits for a new acknowledgement (`wait_timeout` zero).
+    async fn leading(&self, m: &RaftMetrics) -> Result<u64, CoordError> {
         if m.state != ServerState::Leader {
             return Err(self.not_leader(m));
         }
-        let single_voter = m.membership_config.membership().voter_ids().count() == 1;
-        let fresh = m
-            .last_quorum_acked
-            .as_ref()
-            .is_some_and(|t| t.elapsed() < self.inner.settings.leader_freshness);
-        if !(single_voter || fresh) {
-            return Err(self.not_leader(m));
+        let fresh = LinearizerOption::new(Some(self.inner.settings.leader_freshness), false)
+            .with_wait_timeout(Duration::ZERO);
+        match self.inner.raft.get_read_linearizer(fresh).await {
+            Ok(_) => Ok(m.current_term),
+            Err(e) => {
+                tracing::debug!(node = self.inner.node_id, error = %e, "leader without a fresh quorum acknowledgement");
+                Err(self.not_leader(m))
+            }
         }
-        Ok(m.current_term)
     }
 
     /// Runs `f` on the view of `term`, creating it (knowing nothing) on a new term.
@@ -208,9 +213,12 @@ impl Coordinator {
     }
 
     /// A follower's (or this node's own) heartbeat.
-    pub fn on_heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, CoordError> {
+    pub async fn on_heartbeat(
+        &self,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, CoordError> {
         let m = self.metrics();
-        let term = self.leading(&m)?;
+        let term = self.leading(&m).await?;
         let node = req.node_id;
         if m.membership_config.membership().get_node(&node).is_none() {
             return Err(CoordError::UnknownNode(node));
@@ -284,7 +292,7 @@ impl Coordinator {
     /// A node stopped all its shard work and is leaving: reassign now.
     pub async fn hand_back(&self, node: NodeId, applied_index: u64) -> Result<u32, CoordError> {
         let m = self.metrics();
-        let term = self.leading(&m)?;
+        let term = self.leading(&m).await?;
         if m.membership_config.membership().get_node(&node).is_none() {
             return Err(CoordError::UnknownNode(node));
         }
@@ -315,7 +323,7 @@ impl Coordinator {
     /// Marks `node` drained (or undrained) through Raft.
     pub async fn set_drained(&self, node: NodeId, drained: bool) -> Result<u32, CoordError> {
         let m = self.metrics();
-        let term = self.leading(&m)?;
+        let term = self.leading(&m).await?;
         let members: BTreeSet<NodeId> = m
             .membership_config
             .membership()
@@ -363,7 +371,7 @@ impl Coordinator {
     pub async fn plan_round(&self) -> Result<usize, CoordError> {
         let _planning = self.inner.planning.lock().await;
         let m = self.metrics();
-        let term = match self.leading(&m) {
+        let term = match self.leading(&m).await {
             Ok(term) => term,
             Err(e) => {
                 if m.state != ServerState::Leader {

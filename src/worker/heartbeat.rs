@@ -87,6 +87,7 @@ impl HeartbeatLoop {
         let reply = if leader == self.shared.node_id {
             self.coordinator
                 .on_heartbeat(report)
+                .await
                 .map_err(|e| e.to_string())
         } else {
             match &leader_addr {

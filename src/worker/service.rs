@@ -57,6 +57,7 @@ impl WorkerService for WorkerRpc {
         let resp = self
             .coordinator
             .on_heartbeat(request.into_inner())
+            .await
             .map_err(coord_status)?;
         Ok(Response::new(resp))
     }

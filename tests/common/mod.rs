@@ -134,9 +134,12 @@ impl TestCluster {
     pub async fn start_node_with(&mut self, id: NodeId, listeners: Listeners) {
         let config = self.configs[&id].clone();
         let store: deckhand::store::SharedStore = Arc::new(self.store.clone());
-        let node = Node::start_with_store(config, listeners, Some(store))
-            .await
-            .expect("node starts");
+        let node = within(
+            &format!("start node {id}"),
+            Node::start_with_store(config, listeners, Some(store)),
+        )
+        .await
+        .expect("node starts");
         self.nodes.insert(id, node);
     }
 
@@ -153,7 +156,7 @@ impl TestCluster {
     /// Stops a node abruptly: no leadership handoff.
     pub async fn crash(&mut self, id: NodeId) {
         let node = self.nodes.remove(&id).expect("node is running");
-        node.crash().await;
+        within(&format!("crash node {id}"), node.crash()).await;
     }
 
     pub fn data_dir(&self, id: NodeId) -> PathBuf {
@@ -197,10 +200,19 @@ impl TestCluster {
     /// Stops every node gracefully. Returns the data directory, which is
     /// deleted when the returned value is dropped.
     pub async fn shutdown(self) -> TempDir {
-        for (_, node) in self.nodes {
-            node.shutdown().await;
+        for (id, node) in self.nodes {
+            within(&format!("shut down node {id}"), node.shutdown()).await;
         }
         self.dir
+    }
+}
+
+/// Awaits `f`, panicking with `what` if it takes longer than [`DEADLINE`]:
+/// a hang becomes a failure that says where it happened.
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: did not finish within {DEADLINE:?}"),
     }
 }
 
