@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub raft: RaftTuning,
     #[serde(default)]
     pub worker: WorkerTuning,
+    #[serde(default)]
+    pub tasks: TaskTuning,
     pub store: StoreConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -127,6 +129,42 @@ impl Default for WorkerTuning {
             discovery_interval: default_discovery_interval(),
         }
     }
+}
+
+/// How the housekeeping tasks run on each owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskTuning {
+    /// Most elements one housekeeping call moves in one queue (a batch).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// How often a queue with nothing due is looked at again (new locks and
+    /// deadlines written by Deckard are found within this).
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Housekeeping calls in flight at once per shard.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for TaskTuning {
+    fn default() -> Self {
+        Self {
+            batch: default_batch(),
+            poll_interval: default_poll_interval(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+fn default_batch() -> usize {
+    500
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_concurrency() -> usize {
+    8
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +326,17 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         "DECKHAND_WORKER_DISCOVERY_INTERVAL",
         "worker.discovery_interval",
         EnvKind::String,
+    ),
+    ("DECKHAND_TASKS_BATCH", "tasks.batch", EnvKind::Integer),
+    (
+        "DECKHAND_TASKS_POLL_INTERVAL",
+        "tasks.poll_interval",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_TASKS_CONCURRENCY",
+        "tasks.concurrency",
+        EnvKind::Integer,
     ),
     ("DECKHAND_STORE_URL", "store.url", EnvKind::String),
     (
@@ -549,6 +598,22 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
     }
     if worker.max_releases_per_round == 0 {
         return err("worker.max_releases_per_round", "must be at least 1".into());
+    }
+    let tasks = &config.tasks;
+    if tasks.batch == 0 || tasks.batch > 4000 {
+        return err(
+            "tasks.batch",
+            format!("{} is outside 1..=4000", tasks.batch),
+        );
+    }
+    if tasks.poll_interval.is_zero() {
+        return err("tasks.poll_interval", "must be greater than zero".into());
+    }
+    if tasks.concurrency == 0 || tasks.concurrency > 1024 {
+        return err(
+            "tasks.concurrency",
+            format!("{} is outside 1..=1024", tasks.concurrency),
+        );
     }
     let url = &config.store.url;
     match crate::store::parse_memory_url(url) {

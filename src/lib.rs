@@ -13,4 +13,5 @@ pub mod proto;
 pub mod raft;
 pub mod shutdown;
 pub mod store;
+pub mod testing;
 pub mod worker;

@@ -143,11 +143,12 @@ async fn a_paused_follower_is_fenced_when_it_resumes() {
     let node = &cluster.nodes[&victim];
     let moved = shards_of(&owners, victim);
 
-    // Freeze it mid-operation: every shard task parked after its lease check.
+    // Freeze it mid-operation: every shard has a call parked after its lease check.
     node.worker.freeze.freeze();
-    wait_until("every shard task of the paused node is parked", || async {
-        (node.worker.freeze.parked() == moved.len()).then_some(())
-    })
+    wait_until(
+        "every shard of the paused node has a parked call",
+        || async { (node.worker.freeze.parked_shards() == moved).then_some(()) },
+    )
     .await;
 
     // Its shards move; the new owners write every moved queue under a

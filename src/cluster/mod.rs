@@ -33,6 +33,7 @@
 pub mod lease;
 pub mod planner;
 pub mod shards;
+pub mod tasks;
 
 use std::collections::BTreeSet;
 
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::raft::NodeId;
 pub use shards::{shard_of, Move, ShardState};
+pub use tasks::{TaskKind, TaskSettings, Tasks};
 
 /// The most shards a cluster may be created with. Shards are planned and
 /// reported individually, so the count stays small enough to list.
@@ -58,6 +60,10 @@ pub enum Command {
     Moves { moves: Vec<Move> },
     /// Marks a node drained (it owns no shards until undrained) or undrained.
     SetDrained { node: NodeId, drained: bool },
+    /// Pauses or resumes a housekeeping task on every node.
+    SetTaskPaused { task: TaskKind, paused: bool },
+    /// Makes every owner re-check all its queues for a task now.
+    TriggerTask { task: TaskKind },
 }
 
 impl fmt::Display for Command {
@@ -68,6 +74,10 @@ impl fmt::Display for Command {
             Command::SetDrained { node, drained } => {
                 write!(f, "SetDrained(node={node}, drained={drained})")
             }
+            Command::SetTaskPaused { task, paused } => {
+                write!(f, "SetTaskPaused({task}, paused={paused})")
+            }
+            Command::TriggerTask { task } => write!(f, "TriggerTask({task})"),
         }
     }
 }
@@ -97,6 +107,9 @@ pub struct ClusterState {
     pub shards: Vec<ShardState>,
     /// Nodes that must own no shards (`ctl drain`), until undrained.
     pub drained: BTreeSet<NodeId>,
+    /// Operator settings of the housekeeping tasks.
+    #[serde(default)]
+    pub tasks: Tasks,
     /// Log index of the last command applied to this state.
     pub last_index: u64,
 }
@@ -119,6 +132,14 @@ impl ClusterState {
                 } else {
                     self.drained.remove(node);
                 }
+                CommandResult::Applied
+            }
+            Command::SetTaskPaused { task, paused } => {
+                self.tasks.set_paused(*task, *paused);
+                CommandResult::Applied
+            }
+            Command::TriggerTask { task } => {
+                self.tasks.trigger(*task);
                 CommandResult::Applied
             }
         };

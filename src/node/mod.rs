@@ -183,7 +183,9 @@ impl Node {
         )?;
         let queue_store = match store {
             Some(s) => s,
-            None => crate::store::open(&config.store.url)?,
+            None => crate::store::open(&config.store.url, &config.store.key_prefix)
+                .await?
+                .as_queue_store(),
         };
         let (log_store, state_machine) = store::open(&config.data_dir.join("raft"))?;
 

@@ -1,6 +1,7 @@
-//! The contract every [`QueueStore`] must meet; run against each store.
+//! The contract every store must meet, run against each one with the same
+//! inputs: same resulting sets and scores, same fencing behaviour.
 
-use super::{Fence, QueueStore, StoreError};
+use super::{DeckardClient, Fence, HousekeepRequest, LockKind, QueueStore, StoreError};
 
 fn fence(epoch: u64) -> Fence {
     Fence {
@@ -10,57 +11,251 @@ fn fence(epoch: u64) -> Fence {
     }
 }
 
-/// Runs the contract. `create` makes an empty queue in the store under test.
-pub async fn run(store: &dyn QueueStore, create: &dyn Fn(&str)) {
-    create("orders");
-    create("billing::eu");
-    let mut queues = store.discover_queues().await.expect("discover");
-    queues.sort();
+fn req(now_ms: i64, batch: usize) -> HousekeepRequest {
+    HousekeepRequest {
+        now_ms,
+        batch,
+        unlock: true,
+        timeout: true,
+    }
+}
+
+fn ids(set: &[(String, f64)]) -> Vec<&str> {
+    set.iter().map(|(id, _)| id.as_str()).collect()
+}
+
+fn score_of(set: &[(String, f64)], id: &str) -> Option<f64> {
+    set.iter().find(|(i, _)| i == id).map(|(_, s)| *s)
+}
+
+/// Runs the whole contract on a store with empty data.
+pub async fn run(store: &dyn QueueStore, client: &dyn DeckardClient) {
+    deckard_client_semantics(client).await;
+    unlock_and_timeout(store, client).await;
+    batches_and_order(store, client).await;
+    fencing(store, client).await;
+    bad_names(store, client).await;
+}
+
+async fn deckard_client_semantics(c: &dyn DeckardClient) {
+    let q = "c::clients";
+    let items = vec![
+        ("m1".to_string(), 5.0),
+        ("m2".to_string(), 1.0),
+        ("m3".to_string(), 3.0),
+    ];
+    assert_eq!(c.add(q, &items).await.expect("add"), 3);
+    // Add skips ids already present.
+    assert_eq!(c.add(q, &items[..1]).await.expect("add again"), 0);
+    // Pull takes the lowest scores, deadline now + ack_deadline.
+    let pulled = c.pull(q, 2, 1000, 300).await.expect("pull");
+    assert_eq!(pulled, vec!["m2".to_string(), "m3".to_string()]);
+    let snap = c.snapshot(q).await.expect("snapshot");
+    assert_eq!(ids(&snap.active), vec!["m1"]);
     assert_eq!(
-        queues,
-        vec!["billing::eu".to_string(), "orders".to_string()]
+        snap.processing,
+        vec![("m2".to_string(), 1300.0), ("m3".to_string(), 1300.0)]
     );
+    // An id being processed is not added again.
+    assert_eq!(c.add(q, &[("m2".to_string(), 0.0)]).await.expect("add"), 0);
+    // Ack with a lock and a restore score; nack with a lock and no score.
+    assert!(c
+        .release(q, LockKind::Ack, "m2", 2000, 500, Some(42.0))
+        .await
+        .expect("ack"));
+    assert!(c
+        .release(q, LockKind::Nack, "m3", 2000, 700, None)
+        .await
+        .expect("nack"));
+    assert!(!c
+        .release(q, LockKind::Ack, "m2", 2000, 500, None)
+        .await
+        .expect("not processing"));
+    let snap = c.snapshot(q).await.expect("snapshot");
+    assert_eq!(snap.lock_ack, vec![("m2".to_string(), 2500.0)]);
+    assert_eq!(snap.lock_ack_score, vec![("m2".to_string(), 42.0)]);
+    assert_eq!(snap.lock_nack, vec![("m3".to_string(), 2700.0)]);
+    assert!(snap.lock_nack_score.is_empty());
+    // Without a lock: straight back to the active pool (default score: now for ack).
+    c.pull(q, 1, 3000, 300).await.expect("pull m1");
+    assert!(c
+        .release(q, LockKind::Ack, "m1", 3000, 0, None)
+        .await
+        .expect("ack"));
+    let snap = c.snapshot(q).await.expect("snapshot");
+    assert_eq!(score_of(&snap.active, "m1"), Some(3000.0));
+}
 
-    // A fresh queue accepts any epoch and raises its fence to it.
-    assert_eq!(store.fence_of("orders").await.expect("fence"), 0);
-    store.touch("orders", fence(10)).await.expect("first write");
-    assert_eq!(store.fence_of("orders").await.expect("fence"), 10);
+async fn unlock_and_timeout(s: &dyn QueueStore, c: &dyn DeckardClient) {
+    let q = "c::unlock";
+    let items: Vec<(String, f64)> = (0..4)
+        .map(|i| (format!("x{i}"), 100.0 + i as f64))
+        .collect();
+    c.add(q, &items).await.expect("add");
+    c.pull(q, 4, 1000, 300)
+        .await
+        .expect("pull all: deadline 1300");
+    // x0: ack-locked until 2500 with restore score 7; x1: ack-locked until 2400, no score;
+    // x2: nack-locked until 2300, no score; x3 stays in processing (deadline 1300).
+    c.release(q, LockKind::Ack, "x0", 2000, 500, Some(7.0))
+        .await
+        .expect("ack");
+    c.release(q, LockKind::Ack, "x1", 2000, 400, None)
+        .await
+        .expect("ack");
+    c.release(q, LockKind::Nack, "x2", 2000, 300, None)
+        .await
+        .expect("nack");
 
-    // The same epoch again is the same owner: accepted.
-    store.touch("orders", fence(10)).await.expect("same epoch");
+    // Before anything is due: nothing moves; the next due time is the timeout at 1300.
+    let out = s
+        .housekeep(q, req(1200, 100), fence(1))
+        .await
+        .expect("housekeep");
+    assert_eq!(out.moved(), 0);
+    assert_eq!(out.next_due_ms, Some(1300));
 
-    // An older epoch is rejected and changes nothing.
-    let err = store
-        .touch("orders", fence(9))
+    // At 2450: x3 timed out (score 0), x2 and x1 unlocked; x0 not yet.
+    let out = s
+        .housekeep(q, req(2450, 100), fence(1))
+        .await
+        .expect("housekeep");
+    assert_eq!(
+        (out.unlocked_ack, out.unlocked_nack, out.timed_out),
+        (1, 1, 1)
+    );
+    let mut late = out.unlock_lateness_ms.clone();
+    late.sort_unstable();
+    assert_eq!(late, vec![50, 150]);
+    assert_eq!(out.next_due_ms, Some(2500));
+    let snap = c.snapshot(q).await.expect("snapshot");
+    assert_eq!(score_of(&snap.active, "x3"), Some(0.0), "timeout: score 0");
+    assert_eq!(
+        score_of(&snap.active, "x2"),
+        Some(0.0),
+        "nack without score: 0"
+    );
+    assert_eq!(
+        score_of(&snap.active, "x1"),
+        Some(2450.0),
+        "ack without score: now"
+    );
+    assert_eq!(ids(&snap.lock_ack), vec!["x0"]);
+
+    // At 2500: x0 returns with its restore score, and its score record is gone.
+    let out = s
+        .housekeep(q, req(2500, 100), fence(1))
+        .await
+        .expect("housekeep");
+    assert_eq!(out.unlocked_ack, 1);
+    assert_eq!(out.unlock_lateness_ms, vec![0]);
+    assert_eq!(out.next_due_ms, None);
+    let snap = c.snapshot(q).await.expect("snapshot");
+    assert_eq!(score_of(&snap.active, "x0"), Some(7.0));
+    assert!(snap.lock_ack.is_empty() && snap.lock_ack_score.is_empty());
+    assert!(snap.lock_nack.is_empty() && snap.processing.is_empty());
+    // Every id is in exactly one set.
+    assert!(snap.placements().values().all(|sets| sets.len() == 1));
+}
+
+async fn batches_and_order(s: &dyn QueueStore, c: &dyn DeckardClient) {
+    let q = "c::batches";
+    let items: Vec<(String, f64)> = (0..10).map(|i| (format!("b{i}"), i as f64)).collect();
+    c.add(q, &items).await.expect("add");
+    c.pull(q, 10, 0, 0).await.expect("pull");
+    // Lock b_i until 1001 + 10 * i: b0 is the longest overdue.
+    for i in 0..10 {
+        c.release(q, LockKind::Ack, &format!("b{i}"), 1000 + 10 * i, 1, None)
+            .await
+            .expect("ack");
+    }
+    let out = s
+        .housekeep(q, req(5000, 4), fence(1))
+        .await
+        .expect("batch 1");
+    assert_eq!(out.unlocked_ack, 4);
+    assert!(out.more_due(5000), "due elements remain after a full batch");
+    let snap = c.snapshot(q).await.expect("snapshot");
+    let mut active = ids(&snap.active);
+    active.sort_unstable();
+    assert_eq!(
+        active,
+        vec!["b0", "b1", "b2", "b3"],
+        "longest overdue first"
+    );
+    // Draining in batches moves everything.
+    let mut total = 4;
+    while total < 10 {
+        total += s
+            .housekeep(q, req(5000, 4), fence(1))
+            .await
+            .expect("batch")
+            .moved();
+    }
+    assert_eq!(total, 10);
+    let out = s.housekeep(q, req(5000, 4), fence(1)).await.expect("empty");
+    assert_eq!((out.moved(), out.next_due_ms), (0, None));
+}
+
+async fn fencing(s: &dyn QueueStore, c: &dyn DeckardClient) {
+    let q = "c::fenced";
+    c.add(q, &[("f1".to_string(), 1.0)]).await.expect("add");
+    c.pull(q, 1, 0, 10).await.expect("pull: deadline 10");
+    assert_eq!(s.fence_of(q).await.expect("fence"), 0);
+    s.housekeep(q, req(0, 10), fence(10))
+        .await
+        .expect("first owner");
+    assert_eq!(s.fence_of(q).await.expect("fence"), 10);
+    // Same epoch again: the same owner, accepted.
+    s.housekeep(q, req(0, 10), fence(10))
+        .await
+        .expect("same epoch");
+    // An older epoch is rejected and changes nothing (f1 stays in processing).
+    let err = s
+        .housekeep(q, req(100, 10), fence(9))
         .await
         .expect_err("stale epoch");
     assert_eq!(
         err,
         StoreError::Fenced {
-            queue: "orders".into(),
+            queue: q.into(),
             epoch: 9,
             fence: 10
         }
     );
-    assert_eq!(store.fence_of("orders").await.expect("fence"), 10);
-
+    assert_eq!(s.fence_of(q).await.expect("fence"), 10);
+    assert_eq!(
+        ids(&c.snapshot(q).await.expect("snap").processing),
+        vec!["f1"]
+    );
     // A newer epoch takes over; the old one is now rejected for good.
-    store.touch("orders", fence(12)).await.expect("newer owner");
-    assert!(store
-        .touch("orders", fence(10))
+    let out = s
+        .housekeep(q, req(100, 10), fence(12))
+        .await
+        .expect("newer owner");
+    assert_eq!(out.timed_out, 1);
+    assert!(s
+        .housekeep(q, req(100, 10), fence(10))
         .await
         .expect_err("old owner")
         .is_fenced());
-
     // Fences are per queue.
-    store
-        .touch("billing::eu", fence(3))
+    s.housekeep("c::other", req(0, 10), fence(3))
         .await
         .expect("other queue");
+}
 
-    // Names Deckard rejects.
+async fn bad_names(s: &dyn QueueStore, c: &dyn DeckardClient) {
     for bad in ["", "a{b", "c}"] {
-        let err = store.touch(bad, fence(1)).await.expect_err("invalid name");
+        let err = s
+            .housekeep(bad, req(0, 1), fence(1))
+            .await
+            .expect_err("invalid name");
+        assert!(matches!(err, StoreError::InvalidQueue { .. }), "{err}");
+        let err = c
+            .add(bad, &[("x".into(), 1.0)])
+            .await
+            .expect_err("invalid name");
         assert!(matches!(err, StoreError::InvalidQueue { .. }), "{err}");
     }
 }

@@ -1,15 +1,22 @@
 //! The embedded in-memory queue store (demo, fast tests).
 //!
-//! One mutex guards all queues: every operation is atomic with its fence
-//! check, which is the whole point. Optionally records every accepted
-//! operation so tests can check the history.
+//! Holds Deckard's six sets per queue as sorted sets with Redis's ordering
+//! (score, then member). One mutex guards everything, so each operation is
+//! atomic with its fence check, exactly like one Lua script in Redis. It must
+//! behave like the Redis store; `store::contract` checks both.
+//!
+//! Optionally records every accepted fenced operation for history checks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{validate_queue_name, Fence, QueueStore, StoreError};
+use super::layout::SCORE_MIN;
+use super::{
+    validate_queue_name, DeckardClient, Fence, HousekeepOutcome, HousekeepRequest, LockKind,
+    QueueSnapshot, QueueStore, StoreError,
+};
 
-/// One accepted operation, in acceptance order.
+/// One accepted fenced operation, in acceptance order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcceptedOp {
     pub seq: u64,
@@ -19,10 +26,119 @@ pub struct AcceptedOp {
     pub node: u64,
 }
 
+/// A score with a total order (NaN never enters: scores come from our code).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Score(f64);
+
+impl Eq for Score {}
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// A Redis-like sorted set.
+#[derive(Debug, Default, Clone)]
+struct SortedSet {
+    by_score: BTreeSet<(Score, String)>,
+    scores: HashMap<String, f64>,
+}
+
+impl SortedSet {
+    fn add(&mut self, id: &str, score: f64) {
+        if let Some(old) = self.scores.insert(id.to_string(), score) {
+            self.by_score.remove(&(Score(old), id.to_string()));
+        }
+        self.by_score.insert((Score(score), id.to_string()));
+    }
+
+    fn remove(&mut self, id: &str) -> Option<f64> {
+        let score = self.scores.remove(id)?;
+        self.by_score.remove(&(Score(score), id.to_string()));
+        Some(score)
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.scores.contains_key(id)
+    }
+
+    fn score(&self, id: &str) -> Option<f64> {
+        self.scores.get(id).copied()
+    }
+
+    /// Up to `limit` members with score <= `max`, lowest first.
+    fn due(&self, max: f64, limit: usize) -> Vec<(String, f64)> {
+        self.by_score
+            .iter()
+            .take_while(|(s, _)| s.0 <= max)
+            .take(limit)
+            .map(|(s, id)| (id.clone(), s.0))
+            .collect()
+    }
+
+    fn first_score(&self) -> Option<f64> {
+        self.by_score.iter().next().map(|(s, _)| s.0)
+    }
+
+    fn lowest(&self, n: usize) -> Vec<String> {
+        self.by_score
+            .iter()
+            .take(n)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    fn items(&self) -> Vec<(String, f64)> {
+        self.by_score
+            .iter()
+            .map(|(s, id)| (id.clone(), s.0))
+            .collect()
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Queue {
+    fence: u64,
+    active: SortedSet,
+    processing: SortedSet,
+    lock_ack: SortedSet,
+    lock_ack_score: SortedSet,
+    lock_nack: SortedSet,
+    lock_nack_score: SortedSet,
+}
+
+impl Queue {
+    fn locks(&mut self, kind: LockKind) -> (&mut SortedSet, &mut SortedSet, &mut SortedSet) {
+        match kind {
+            LockKind::Ack => (
+                &mut self.lock_ack,
+                &mut self.lock_ack_score,
+                &mut self.active,
+            ),
+            LockKind::Nack => (
+                &mut self.lock_nack,
+                &mut self.lock_nack_score,
+                &mut self.active,
+            ),
+        }
+    }
+
+    fn holds(&self, id: &str) -> bool {
+        self.active.contains(id)
+            || self.processing.contains(id)
+            || self.lock_ack.contains(id)
+            || self.lock_nack.contains(id)
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    /// queue -> highest epoch that has written to it.
-    fences: BTreeMap<String, u64>,
+    queues: BTreeMap<String, Queue>,
     history: Option<Vec<AcceptedOp>>,
     next_seq: u64,
 }
@@ -38,7 +154,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// A store that records every accepted operation (see [`Self::history`]).
+    /// A store that records every accepted fenced operation (see [`Self::history`]).
     pub fn with_history() -> Self {
         let store = Self::default();
         store.lock().history = Some(Vec::new());
@@ -46,42 +162,96 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave a half-applied
-        // operation (each is one map update), so poisoning is not fatal.
+        // Each operation completes under the lock before releasing it; a
+        // panic inside one is a bug we surface elsewhere, not a torn write.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates an empty queue (as Deckard's API would on first use).
+    /// Creates an empty queue (as if Deckard had created it).
     pub fn add_queue(&self, queue: &str) -> Result<(), StoreError> {
         validate_queue_name(queue)?;
-        self.lock().fences.entry(queue.to_string()).or_insert(0);
+        self.lock().queues.entry(queue.to_string()).or_default();
         Ok(())
     }
 
-    /// Every accepted operation so far, if recording.
+    /// Every accepted fenced operation so far, if recording.
     pub fn history(&self) -> Vec<AcceptedOp> {
         self.lock().history.clone().unwrap_or_default()
     }
+}
 
-    /// Checks and raises the fence, then runs `op` under the same lock.
-    fn fenced<T>(
+fn unlock(
+    q: &mut Queue,
+    kind: LockKind,
+    req: &HousekeepRequest,
+    budget: &mut usize,
+    out: &mut HousekeepOutcome,
+) {
+    let default = match kind {
+        LockKind::Ack => req.now_ms as f64,
+        LockKind::Nack => SCORE_MIN,
+    };
+    let (lock, restore, active) = q.locks(kind);
+    let due = lock.due(req.now_ms as f64, *budget);
+    for (id, due_at) in &due {
+        lock.remove(id);
+        let score = restore.remove(id).unwrap_or(default);
+        active.add(id, score);
+        out.unlock_lateness_ms.push(req.now_ms - *due_at as i64);
+    }
+    *budget -= due.len();
+    match kind {
+        LockKind::Ack => out.unlocked_ack += due.len() as u64,
+        LockKind::Nack => out.unlocked_nack += due.len() as u64,
+    }
+}
+
+#[async_trait::async_trait]
+impl QueueStore for MemoryStore {
+    async fn discover_queues(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().queues.keys().cloned().collect())
+    }
+
+    async fn housekeep(
         &self,
         queue: &str,
+        req: HousekeepRequest,
         fence: Fence,
-        op: impl FnOnce() -> T,
-    ) -> Result<T, StoreError> {
+    ) -> Result<HousekeepOutcome, StoreError> {
         validate_queue_name(queue)?;
         let mut inner = self.lock();
-        let current = inner.fences.get(queue).copied().unwrap_or(0);
-        if fence.epoch < current {
+        let q = inner.queues.entry(queue.to_string()).or_default();
+        if fence.epoch < q.fence {
             return Err(StoreError::Fenced {
                 queue: queue.to_string(),
                 epoch: fence.epoch,
-                fence: current,
+                fence: q.fence,
             });
         }
-        inner.fences.insert(queue.to_string(), fence.epoch);
-        let result = op();
+        q.fence = fence.epoch;
+        let mut out = HousekeepOutcome::default();
+        let mut budget = req.batch;
+        if req.unlock {
+            unlock(q, LockKind::Ack, &req, &mut budget, &mut out);
+            unlock(q, LockKind::Nack, &req, &mut budget, &mut out);
+        }
+        if req.timeout {
+            let due = q.processing.due(req.now_ms as f64, budget);
+            for (id, _) in &due {
+                q.processing.remove(id);
+                q.active.add(id, SCORE_MIN);
+            }
+            out.timed_out = due.len() as u64;
+        }
+        let mut firsts = Vec::new();
+        if req.unlock {
+            firsts.extend(q.lock_ack.first_score());
+            firsts.extend(q.lock_nack.first_score());
+        }
+        if req.timeout {
+            firsts.extend(q.processing.first_score());
+        }
+        out.next_due_ms = firsts.into_iter().reduce(f64::min).map(|s| s as i64);
         let seq = inner.next_seq;
         inner.next_seq += 1;
         if let Some(history) = inner.history.as_mut() {
@@ -93,23 +263,104 @@ impl MemoryStore {
                 node: fence.node,
             });
         }
-        Ok(result)
-    }
-}
-
-#[async_trait::async_trait]
-impl QueueStore for MemoryStore {
-    async fn discover_queues(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self.lock().fences.keys().cloned().collect())
-    }
-
-    async fn touch(&self, queue: &str, fence: Fence) -> Result<(), StoreError> {
-        self.fenced(queue, fence, || ())
+        Ok(out)
     }
 
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError> {
         validate_queue_name(queue)?;
-        Ok(self.lock().fences.get(queue).copied().unwrap_or(0))
+        Ok(self.lock().queues.get(queue).map_or(0, |q| q.fence))
+    }
+}
+
+#[async_trait::async_trait]
+impl DeckardClient for MemoryStore {
+    async fn add(&self, queue: &str, items: &[(String, f64)]) -> Result<usize, StoreError> {
+        validate_queue_name(queue)?;
+        let mut inner = self.lock();
+        let q = inner.queues.entry(queue.to_string()).or_default();
+        let mut inserted = 0;
+        for (id, score) in items {
+            if !q.holds(id) {
+                q.active.add(id, *score);
+                inserted += 1;
+            }
+        }
+        Ok(inserted)
+    }
+
+    async fn pull(
+        &self,
+        queue: &str,
+        n: usize,
+        now_ms: i64,
+        ack_deadline_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        validate_queue_name(queue)?;
+        let mut inner = self.lock();
+        let q = inner.queues.entry(queue.to_string()).or_default();
+        let ids = q.active.lowest(n);
+        for id in &ids {
+            q.active.remove(id);
+            q.processing.add(id, (now_ms + ack_deadline_ms) as f64);
+        }
+        Ok(ids)
+    }
+
+    async fn release(
+        &self,
+        queue: &str,
+        kind: LockKind,
+        id: &str,
+        now_ms: i64,
+        lock_ms: i64,
+        score: Option<f64>,
+    ) -> Result<bool, StoreError> {
+        validate_queue_name(queue)?;
+        let mut inner = self.lock();
+        let q = inner.queues.entry(queue.to_string()).or_default();
+        if q.processing.remove(id).is_none() {
+            return Ok(false);
+        }
+        if lock_ms > 0 {
+            let (lock, restore, _) = q.locks(kind);
+            lock.add(id, (now_ms + lock_ms) as f64);
+            if let Some(score) = score {
+                restore.add(id, score);
+            }
+        } else {
+            let default = match kind {
+                LockKind::Ack => now_ms as f64,
+                LockKind::Nack => SCORE_MIN,
+            };
+            q.active.add(id, score.unwrap_or(default));
+        }
+        Ok(true)
+    }
+
+    async fn snapshot(&self, queue: &str) -> Result<QueueSnapshot, StoreError> {
+        validate_queue_name(queue)?;
+        let inner = self.lock();
+        let Some(q) = inner.queues.get(queue) else {
+            return Ok(QueueSnapshot::default());
+        };
+        Ok(QueueSnapshot {
+            active: q.active.items(),
+            processing: q.processing.items(),
+            lock_ack: q.lock_ack.items(),
+            lock_ack_score: q.lock_ack_score.items(),
+            lock_nack: q.lock_nack.items(),
+            lock_nack_score: q.lock_nack_score.items(),
+        })
+    }
+}
+
+impl MemoryStore {
+    /// The score of `id` in the active pool (tests).
+    pub fn active_score(&self, queue: &str, id: &str) -> Option<f64> {
+        self.lock()
+            .queues
+            .get(queue)
+            .and_then(|q| q.active.score(id))
     }
 }
 
@@ -120,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn memory_store_meets_the_contract() {
         let store = MemoryStore::new();
-        crate::store::contract::run(&store, &|q| store.add_queue(q).expect("valid queue")).await;
+        crate::store::contract::run(&store, &store).await;
     }
 
     #[tokio::test]
@@ -132,9 +383,15 @@ mod tests {
             epoch,
             node: 1,
         };
-        store.touch("q", fence(5)).await.expect("accepted");
-        assert!(store.touch("q", fence(4)).await.is_err());
-        store.touch("q", fence(6)).await.expect("accepted");
+        let req = HousekeepRequest {
+            now_ms: 0,
+            batch: 10,
+            unlock: true,
+            timeout: true,
+        };
+        store.housekeep("q", req, fence(5)).await.expect("accepted");
+        assert!(store.housekeep("q", req, fence(4)).await.is_err());
+        store.housekeep("q", req, fence(6)).await.expect("accepted");
         let epochs: Vec<_> = store.history().iter().map(|op| op.epoch).collect();
         assert_eq!(epochs, vec![5, 6]);
     }

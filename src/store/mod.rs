@@ -23,7 +23,9 @@
 //! - The Redis store in Deckard's key layout comes with the tasks issue and
 //!   must pass the same contract tests.
 
+pub mod layout;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -47,6 +49,9 @@ pub enum StoreError {
     },
     #[error("invalid queue name {queue:?}: {reason}")]
     InvalidQueue { queue: String, reason: String },
+    /// A key of the queue holds something that is not what Deckard puts there.
+    #[error("queue {queue:?}: unexpected data: {reason}")]
+    WrongType { queue: String, reason: String },
     /// The store cannot be reached or failed; retry later.
     #[error("queue store unavailable: {0}")]
     Unavailable(String),
@@ -58,21 +63,145 @@ impl StoreError {
     }
 }
 
-/// What the housekeeper needs from a queue store.
+/// Which lock set of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LockKind {
+    Ack,
+    Nack,
+}
+
+impl LockKind {
+    /// Deckard's `lock_type` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            LockKind::Ack => "ack",
+            LockKind::Nack => "nack",
+        }
+    }
+}
+
+/// What one housekeeping call on one queue may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HousekeepRequest {
+    /// Wall-clock milliseconds: elements due at or before it are moved.
+    pub now_ms: i64,
+    /// The most elements moved by this call, over all its tasks.
+    pub batch: usize,
+    /// UNLOCK: move due ack locks, then due nack locks, to the active pool.
+    pub unlock: bool,
+    /// TIMEOUT: move processing entries past their ack deadline to the active pool with score 0.
+    pub timeout: bool,
+}
+
+/// What a housekeeping call did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HousekeepOutcome {
+    pub unlocked_ack: u64,
+    pub unlocked_nack: u64,
+    pub timed_out: u64,
+    /// For every unlocked element: `now_ms` minus its unlock time, in ms.
+    pub unlock_lateness_ms: Vec<i64>,
+    /// The earliest due time still in the sets of the enabled tasks, if any.
+    pub next_due_ms: Option<i64>,
+}
+
+impl HousekeepOutcome {
+    pub fn moved(&self) -> u64 {
+        self.unlocked_ack + self.unlocked_nack + self.timed_out
+    }
+
+    /// True when due elements remain (the batch limit stopped the call).
+    pub fn more_due(&self, now_ms: i64) -> bool {
+        self.next_due_ms.is_some_and(|d| d <= now_ms)
+    }
+}
+
+/// The queue store as the housekeeper uses it. Every mutation is fenced.
 #[async_trait::async_trait]
 pub trait QueueStore: Send + Sync + 'static {
-    /// Every queue that exists now (one scan; the leader calls it for the cluster).
+    /// Every queue that may have housekeeping work (one scan for the cluster).
     async fn discover_queues(&self) -> Result<Vec<String>, StoreError>;
 
-    /// A fenced no-op: checks and raises the queue's fence, moves nothing.
-    /// Used by the shard worker until the real tasks exist.
-    async fn touch(&self, queue: &str, fence: Fence) -> Result<(), StoreError>;
+    /// Checks and raises the queue's fence, then runs the enabled tasks on it,
+    /// longest-overdue first, moving at most `batch` elements. Atomic.
+    async fn housekeep(
+        &self,
+        queue: &str,
+        req: HousekeepRequest,
+        fence: Fence,
+    ) -> Result<HousekeepOutcome, StoreError>;
 
     /// The queue's current fence (highest epoch that wrote to it), 0 if none.
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError>;
 }
 
+/// A queue's sets, for checks: `(id, score)` sorted by score then id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueSnapshot {
+    pub active: Vec<(String, f64)>,
+    pub processing: Vec<(String, f64)>,
+    pub lock_ack: Vec<(String, f64)>,
+    pub lock_ack_score: Vec<(String, f64)>,
+    pub lock_nack: Vec<(String, f64)>,
+    pub lock_nack_score: Vec<(String, f64)>,
+}
+
+impl QueueSnapshot {
+    /// Every id with the sets it is in (active, processing, lock_ack, lock_nack).
+    pub fn placements(&self) -> std::collections::BTreeMap<String, Vec<&'static str>> {
+        let mut out: std::collections::BTreeMap<String, Vec<&'static str>> = Default::default();
+        for (set, name) in [
+            (&self.active, "active"),
+            (&self.processing, "processing"),
+            (&self.lock_ack, "lock_ack"),
+            (&self.lock_nack, "lock_nack"),
+        ] {
+            for (id, _) in set {
+                out.entry(id.clone()).or_default().push(name);
+            }
+        }
+        out
+    }
+}
+
+/// What Deckard's API pods do to a queue (unfenced): used by `deckhand
+/// load`, the demo and tests to act like Deckard on the same data.
+#[async_trait::async_trait]
+pub trait DeckardClient: Send + Sync + 'static {
+    /// Inserts ids into the active pool unless present in any set. Returns how many.
+    async fn add(&self, queue: &str, items: &[(String, f64)]) -> Result<usize, StoreError>;
+    /// Moves up to `n` lowest-score ids to processing, deadline `now + ack_deadline_ms`.
+    async fn pull(
+        &self,
+        queue: &str,
+        n: usize,
+        now_ms: i64,
+        ack_deadline_ms: i64,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Ack (or nack) a processing id: with `lock_ms > 0` into the lock set until
+    /// `now + lock_ms`, recording `score` to restore when given; with no lock,
+    /// straight back to the active pool with `score` (default: now for ack, 0 for nack).
+    async fn release(
+        &self,
+        queue: &str,
+        kind: LockKind,
+        id: &str,
+        now_ms: i64,
+        lock_ms: i64,
+        score: Option<f64>,
+    ) -> Result<bool, StoreError>;
+    /// All sets of a queue.
+    async fn snapshot(&self, queue: &str) -> Result<QueueSnapshot, StoreError>;
+}
+
 pub type SharedStore = Arc<dyn QueueStore>;
+
+/// Current wall-clock time in ms since the epoch (compared with Deckard's scores).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Queue names Deckard would reject: empty, or containing the hash-tag
 /// braces that delimit the name in its Redis keys.
@@ -110,8 +239,10 @@ pub fn parse_memory_url(url: &str) -> Option<Result<usize, String>> {
     )
 }
 
-/// Opens the store named by a config URL.
-pub fn open(url: &str) -> Result<SharedStore, StoreError> {
+/// Opens the store named by a config URL with Deckard's key `prefix`.
+/// A Redis store that cannot be reached yet still opens: it connects (and
+/// reconnects) on use, and operations fail until Redis answers.
+pub async fn open(url: &str, prefix: &str) -> Result<Arc<dyn FullStoreDyn>, StoreError> {
     if let Some(parsed) = parse_memory_url(url) {
         let queues = parsed.map_err(StoreError::Unavailable)?;
         let store = memory::MemoryStore::new();
@@ -121,13 +252,26 @@ pub fn open(url: &str) -> Result<SharedStore, StoreError> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("redis://") {
-        return Err(StoreError::Unavailable(format!(
-            "{url}: the Redis store is not built yet in this version; use memory://"
-        )));
+        return Ok(Arc::new(redis::RedisStore::open(url, prefix).await?));
     }
     Err(StoreError::Unavailable(format!(
         "{url}: unknown store scheme"
     )))
+}
+
+/// Object-safe union of both store traits, with upcasts.
+pub trait FullStoreDyn: QueueStore + DeckardClient {
+    fn as_queue_store(self: Arc<Self>) -> SharedStore;
+    fn as_client(self: Arc<Self>) -> Arc<dyn DeckardClient>;
+}
+
+impl<T: QueueStore + DeckardClient> FullStoreDyn for T {
+    fn as_queue_store(self: Arc<Self>) -> SharedStore {
+        self
+    }
+    fn as_client(self: Arc<Self>) -> Arc<dyn DeckardClient> {
+        self
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,12 @@ pub struct WorkerSettings {
     /// A leader acknowledges heartbeats only if a quorum acknowledged it
     /// within this long (so a deposed leader cannot renew leases).
     pub leader_freshness: Duration,
+    /// Most elements per housekeeping call.
+    pub batch: usize,
+    /// Longest wait before a queue is looked at again.
+    pub poll_interval: Duration,
+    /// Housekeeping calls in flight at once per shard.
+    pub concurrency: usize,
 }
 
 impl WorkerSettings {
@@ -73,6 +79,9 @@ impl WorkerSettings {
             max_releases_per_round: w.max_releases_per_round,
             discovery_interval: w.discovery_interval,
             leader_freshness: config.raft.election_timeout_min,
+            batch: config.tasks.batch,
+            poll_interval: config.tasks.poll_interval,
+            concurrency: config.tasks.concurrency,
         }
     }
 }
@@ -86,6 +95,41 @@ pub struct WorkerStats {
     pub store_errors: AtomicU64,
     /// Completed passes over a shard's queues.
     pub passes: AtomicU64,
+    /// Housekeeping calls that succeeded.
+    pub calls: AtomicU64,
+    pub unlocked_ack: AtomicU64,
+    pub unlocked_nack: AtomicU64,
+    pub timed_out: AtomicU64,
+    /// Wall-clock ms of the last call and of the last successful one (0: never).
+    pub last_run_ms: AtomicU64,
+    pub last_success_ms: AtomicU64,
+    /// Unlock lateness of every unlocked element (ms after its unlock time).
+    pub lateness: Mutex<LatencySummary>,
+}
+
+/// A small fixed-bucket summary of lateness values (ms), for reports.
+#[derive(Debug, Clone, Default)]
+pub struct LatencySummary {
+    /// counts[i]: values in [BOUNDS[i-1], BOUNDS[i]); last: above all bounds.
+    pub counts: [u64; LATENESS_BOUNDS_MS.len() + 1],
+    pub max_ms: i64,
+    pub total: u64,
+}
+
+/// Upper bounds (ms) of the lateness buckets.
+pub const LATENESS_BOUNDS_MS: [i64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+
+impl LatencySummary {
+    pub fn record(&mut self, ms: i64) {
+        let ms = ms.max(0);
+        let i = LATENESS_BOUNDS_MS
+            .iter()
+            .position(|b| ms < *b)
+            .unwrap_or(LATENESS_BOUNDS_MS.len());
+        self.counts[i] += 1;
+        self.total += 1;
+        self.max_ms = self.max_ms.max(ms);
+    }
 }
 
 /// Test hook standing in for SIGSTOP: while frozen, heartbeats stop and
@@ -94,8 +138,10 @@ pub struct WorkerStats {
 #[derive(Debug)]
 pub struct Freeze {
     frozen: watch::Sender<bool>,
-    /// Tasks parked at the gate right now.
+    /// Calls parked at the gate right now.
     parked: AtomicUsize,
+    /// Parked calls per shard.
+    parked_shards: Mutex<BTreeMap<u32, usize>>,
 }
 
 impl Default for Freeze {
@@ -103,6 +149,7 @@ impl Default for Freeze {
         Self {
             frozen: watch::channel(false).0,
             parked: AtomicUsize::new(0),
+            parked_shards: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -124,14 +171,28 @@ impl Freeze {
         self.parked.load(Ordering::SeqCst)
     }
 
+    /// Shards with at least one call parked right now.
+    pub fn parked_shards(&self) -> std::collections::BTreeSet<u32> {
+        lock(&self.parked_shards).keys().copied().collect()
+    }
+
     /// Passes at once unless frozen; then waits for the thaw.
-    async fn gate(&self) {
+    async fn gate(&self, shard: u32) {
         if !self.is_frozen() {
             return;
         }
         self.parked.fetch_add(1, Ordering::SeqCst);
+        *lock(&self.parked_shards).entry(shard).or_default() += 1;
         let mut rx = self.frozen.subscribe();
         let _ = rx.wait_for(|frozen| !*frozen).await;
+        let mut shards = lock(&self.parked_shards);
+        if let Some(n) = shards.get_mut(&shard) {
+            *n -= 1;
+            if *n == 0 {
+                shards.remove(&shard);
+            }
+        }
+        drop(shards);
         self.parked.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -170,6 +231,28 @@ pub struct WorkerShared {
     pub freeze: Freeze,
     /// Set once on graceful shutdown: no lease is renewed and no shard runs.
     retired: AtomicBool,
+    /// Which tasks run, from the replicated state (set by the runner); shard
+    /// tasks watch it to react to pause, resume and trigger at once.
+    task_state: watch::Sender<TaskRunState>,
+}
+
+/// The replicated task settings as shard tasks need them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRunState {
+    pub unlock: bool,
+    pub timeout: bool,
+    /// Changes on every `ctl trigger`: shard tasks re-check all queues.
+    pub trigger_seq: u64,
+}
+
+impl Default for TaskRunState {
+    fn default() -> Self {
+        Self {
+            unlock: true,
+            timeout: true,
+            trigger_seq: 0,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -193,7 +276,25 @@ impl WorkerShared {
             stats: WorkerStats::default(),
             freeze: Freeze::default(),
             retired: AtomicBool::new(false),
+            task_state: watch::channel(TaskRunState::default()).0,
         })
+    }
+
+    pub fn task_state(&self) -> TaskRunState {
+        *self.task_state.borrow()
+    }
+
+    /// Updates the task settings; wakes shard tasks if they changed.
+    pub(crate) fn set_task_state(&self, state: TaskRunState) {
+        self.task_state.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
+    }
+
+    fn watch_task_state(&self) -> watch::Receiver<TaskRunState> {
+        self.task_state.subscribe()
     }
 
     /// Stops all shard work for good (graceful shutdown).

@@ -1,18 +1,21 @@
 //! Runs this node's shards: one task per owned shard while the lease holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{lock, RunningShard, WorkerShared};
+use super::{lock, RunningShard, TaskRunState, WorkerShared};
+use crate::cluster::TaskKind;
 use crate::raft::store::AppliedState;
 use crate::shutdown::ShutdownListener;
-use crate::store::{Fence, StoreError};
+use crate::store::{now_ms, Fence, HousekeepRequest, StoreError};
 
 /// How long a task waits before retrying after a store error.
 const STORE_RETRY: Duration = Duration::from_millis(200);
@@ -35,6 +38,12 @@ pub async fn run(
     let mut tasks: BTreeMap<u32, Task> = BTreeMap::new();
     loop {
         let state = applied.borrow_and_update().clone();
+        let settings = &state.cluster.tasks;
+        shared.set_task_state(TaskRunState {
+            unlock: !settings.get(TaskKind::Unlock).paused,
+            timeout: !settings.get(TaskKind::Timeout).paused,
+            trigger_seq: settings.trigger_seq(),
+        });
         let lease_ok = shared.lease_valid();
         let desired: BTreeMap<u32, u64> =
             if lease_ok && !stop.is_triggered() && !shared.is_retired() {
@@ -150,7 +159,90 @@ impl Drop for RunningGuard {
     }
 }
 
-/// One shard's work loop: passes over its queues until cancelled or fenced.
+/// What happened to one queue in one sweep.
+enum QueueResult {
+    /// Look again at this instant.
+    Next(Instant),
+    /// The store fenced us: drop the shard.
+    Fenced(StoreError),
+}
+
+/// One housekeeping call on one queue: lease check, (test) freeze point,
+/// fenced call, bookkeeping. Returns when to look at the queue again.
+async fn housekeep_queue(
+    shared: &WorkerShared,
+    queue: &str,
+    fence: Fence,
+    run: TaskRunState,
+) -> QueueResult {
+    let poll = shared.settings.poll_interval;
+    if !shared.lease_valid() {
+        return QueueResult::Next(Instant::now() + STORE_RETRY.min(poll));
+    }
+    // A pause here (after the lease check) is the dangerous one; the
+    // store's fence check is what makes it harmless.
+    shared.freeze.gate(fence.shard).await;
+    let now_ms = now_ms();
+    let req = HousekeepRequest {
+        now_ms,
+        batch: shared.settings.batch,
+        unlock: run.unlock,
+        timeout: run.timeout,
+    };
+    let stats = &shared.stats;
+    stats
+        .last_run_ms
+        .store(now_ms.max(0) as u64, Ordering::Relaxed);
+    match shared.store.housekeep(queue, req, fence).await {
+        Ok(out) => {
+            stats.calls.fetch_add(1, Ordering::Relaxed);
+            stats
+                .last_success_ms
+                .store(now_ms.max(0) as u64, Ordering::Relaxed);
+            stats
+                .unlocked_ack
+                .fetch_add(out.unlocked_ack, Ordering::Relaxed);
+            stats
+                .unlocked_nack
+                .fetch_add(out.unlocked_nack, Ordering::Relaxed);
+            stats.timed_out.fetch_add(out.timed_out, Ordering::Relaxed);
+            if !out.unlock_lateness_ms.is_empty() {
+                let mut summary = lock(&stats.lateness);
+                for l in &out.unlock_lateness_ms {
+                    summary.record(*l);
+                }
+            }
+            if out.moved() > 0 {
+                tracing::debug!(
+                    queue,
+                    acks = out.unlocked_ack,
+                    nacks = out.unlocked_nack,
+                    timeouts = out.timed_out,
+                    "housekept"
+                );
+            }
+            let next = if out.more_due(now_ms) {
+                // The batch limit stopped us: drain on.
+                Instant::now()
+            } else {
+                let until_due = out.next_due_ms.map_or(poll, |due| {
+                    Duration::from_millis((due - now_ms).max(0) as u64)
+                });
+                Instant::now() + until_due.min(poll)
+            };
+            QueueResult::Next(next)
+        }
+        Err(e @ StoreError::Fenced { .. }) => QueueResult::Fenced(e),
+        Err(e) => {
+            stats.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node = shared.node_id, queue, error = %e, "housekeeping failed; backing off");
+            QueueResult::Next(Instant::now() + STORE_RETRY)
+        }
+    }
+}
+
+/// One shard's work loop: keeps every queue of the shard on a schedule by
+/// due time, until cancelled or fenced.
 async fn run_shard(
     shared: Arc<WorkerShared>,
     shard: u32,
@@ -168,6 +260,9 @@ async fn run_shard(
         epoch,
         node: shared.node_id,
     };
+    let mut task_state = shared.watch_task_state();
+    let mut schedule: HashMap<String, Instant> = HashMap::new();
+    let mut seen_trigger = task_state.borrow().trigger_seq;
     while !cancel.is_cancelled() {
         let Some(queues) = shared.queues_of(shard) else {
             // Newly owned: ask for the queue list now rather than at the next
@@ -179,45 +274,57 @@ async fn run_shard(
             }
             continue;
         };
-        let mut completed = true;
-        for queue in queues.iter() {
-            if cancel.is_cancelled() || !shared.lease_valid() {
-                completed = false;
-                break;
+        let run = *task_state.borrow_and_update();
+        if run.trigger_seq != seen_trigger {
+            seen_trigger = run.trigger_seq;
+            schedule.clear();
+        }
+        schedule.retain(|q, _| queues.contains(q));
+        let now = Instant::now();
+        let due: Vec<String> = queues
+            .iter()
+            .filter(|q| schedule.get(*q).is_none_or(|t| *t <= now))
+            .cloned()
+            .collect();
+        let calls = due.into_iter().map(|q| {
+            let shared = shared.clone();
+            async move {
+                let result = housekeep_queue(&shared, &q, fence, run).await;
+                (q, result)
             }
-            // A pause here (after the lease check) is the dangerous one; the
-            // store's fence check is what makes it harmless.
-            shared.freeze.gate().await;
-            match shared.store.touch(queue, fence).await {
-                Ok(()) => {}
-                Err(e @ StoreError::Fenced { .. }) => {
+        });
+        let mut results =
+            futures::stream::iter(calls).buffer_unordered(shared.settings.concurrency);
+        while let Some((queue, result)) = results.next().await {
+            match result {
+                QueueResult::Next(at) => {
+                    schedule.insert(queue, at);
+                }
+                QueueResult::Fenced(e) => {
                     shared.stats.fenced_writes.fetch_add(1, Ordering::Relaxed);
                     lock(&shared.fenced).insert(shard, epoch);
                     tracing::info!(node = shared.node_id, shard, epoch, error = %e, "fenced: a newer owner wrote; dropping shard");
                     shared.changed.notify_one();
                     return;
                 }
-                Err(e) => {
-                    shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(node = shared.node_id, shard, queue = %queue, error = %e, "store operation failed");
-                    completed = false;
-                    break;
-                }
             }
         }
-        let pause = if completed {
-            if passes.fetch_add(1, Ordering::Relaxed) == 0 {
-                // First pass at this epoch: tell the leader now, not at the
-                // next heartbeat (`ctl shards` shows the shard as worked).
-                shared.report_now.notify_one();
-            }
-            shared.stats.passes.fetch_add(1, Ordering::Relaxed);
-            shared.settings.pass_interval
-        } else {
-            STORE_RETRY.min(shared.settings.pass_interval)
-        };
+        drop(results);
+        // One sweep done (the first one visits every queue of the shard).
+        if passes.fetch_add(1, Ordering::Relaxed) == 0 {
+            // First pass at this epoch: tell the leader now, not at the
+            // next heartbeat (`ctl shards` shows the shard as worked).
+            shared.report_now.notify_one();
+        }
+        shared.stats.passes.fetch_add(1, Ordering::Relaxed);
+        let wake = schedule
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + shared.settings.poll_interval);
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = task_state.changed() => {}
             _ = cancel.cancelled() => {}
         }
     }

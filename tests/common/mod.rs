@@ -104,6 +104,7 @@ impl TestCluster {
                     },
                     raft: test_raft_tuning(),
                     worker: test_worker_tuning(),
+                    tasks: deckhand::config::TaskTuning::default(),
                     store: StoreConfig {
                         url: "memory://".into(),
                         key_prefix: "deckard_v1".into(),

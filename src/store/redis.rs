@@ -1,0 +1,523 @@
+//! The Redis queue store, in Deckard's exact key layout (see [`super::layout`]).
+//!
+//! Every operation on a queue is one Lua script over that queue's keys only,
+//! all sharing the hash tag `{queue}`, so it is atomic and would stay in one
+//! slot of a Redis Cluster. The housekeeping script checks and raises the
+//! queue's fence key in the same script as the moves (the fencing contract of
+//! [`super`]). Scripts run with EVALSHA and are reloaded if Redis forgot them.
+//!
+//! The connection is made lazily and re-made by the connection manager, so a
+//! Redis that is down at start or goes away makes operations fail with
+//! [`StoreError::Unavailable`] (the caller backs off) rather than stopping
+//! the node; they succeed again as soon as Redis is back.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError, Script};
+use tokio::sync::Mutex;
+
+use super::layout::{discovery_patterns, normalize_prefix, queue_of_key, QueueKeys, SCORE_MIN};
+use super::{
+    validate_queue_name, DeckardClient, Fence, HousekeepOutcome, HousekeepRequest, LockKind,
+    QueueSnapshot, QueueStore, StoreError,
+};
+
+/// KEYS: active, processing, lock_ack, lock_ack:score, lock_nack, lock_nack:score, fence.
+/// ARGV: epoch, now_ms, batch, unlock (0/1), timeout (0/1).
+/// Returns {0, fence} when fenced, else
+/// {1, unlocked_ack, unlocked_nack, timed_out, next_due or -1, lateness...}.
+const HOUSEKEEP: &str = r#"
+local fence = tonumber(redis.call('GET', KEYS[7]) or '0')
+local epoch = tonumber(ARGV[1])
+if epoch < fence then
+  return {0, fence}
+end
+if epoch > fence then
+  redis.call('SET', KEYS[7], ARGV[1])
+end
+local now = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local late = {}
+local function unlock(lock, restore, default)
+  if budget <= 0 then return 0 end
+  local due = redis.call('ZRANGE', lock, '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, budget, 'WITHSCORES')
+  if #due == 0 then return 0 end
+  local ids = {}
+  for i = 1, #due, 2 do
+    ids[#ids + 1] = due[i]
+    late[#late + 1] = now - tonumber(due[i + 1])
+  end
+  local scores = redis.call('ZMSCORE', restore, unpack(ids))
+  local args = {}
+  for i, id in ipairs(ids) do
+    local s = scores[i]
+    if not s then s = default end
+    args[#args + 1] = s
+    args[#args + 1] = id
+  end
+  redis.call('ZADD', KEYS[1], unpack(args))
+  redis.call('ZREM', lock, unpack(ids))
+  redis.call('ZREM', restore, unpack(ids))
+  budget = budget - #ids
+  return #ids
+end
+local acks, nacks, timeouts = 0, 0, 0
+if ARGV[4] == '1' then
+  acks = unlock(KEYS[3], KEYS[4], ARGV[2])
+  nacks = unlock(KEYS[5], KEYS[6], '0')
+end
+if ARGV[5] == '1' and budget > 0 then
+  local due = redis.call('ZRANGE', KEYS[2], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, budget)
+  if #due > 0 then
+    local args = {}
+    for _, id in ipairs(due) do
+      args[#args + 1] = '0'
+      args[#args + 1] = id
+    end
+    redis.call('ZADD', KEYS[1], unpack(args))
+    redis.call('ZREM', KEYS[2], unpack(due))
+    timeouts = #due
+  end
+end
+local next_due = -1
+local function consider(key)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #first > 0 then
+    local s = tonumber(first[2])
+    if next_due == -1 or s < next_due then next_due = s end
+  end
+end
+if ARGV[4] == '1' then consider(KEYS[3]); consider(KEYS[5]) end
+if ARGV[5] == '1' then consider(KEYS[2]) end
+local result = {1, acks, nacks, timeouts, next_due}
+for _, l in ipairs(late) do result[#result + 1] = l end
+return result
+"#;
+
+/// Deckard's add: KEYS active, processing, lock_ack, lock_nack; ARGV score, id, ...
+const ADD: &str = r#"
+local inserted = 0
+for i = 1, #ARGV, 2 do
+  local id = ARGV[i + 1]
+  local present = false
+  for _, key in ipairs(KEYS) do
+    if redis.call('ZSCORE', key, id) then present = true break end
+  end
+  if not present then
+    redis.call('ZADD', KEYS[1], ARGV[i], id)
+    inserted = inserted + 1
+  end
+end
+return inserted
+"#;
+
+/// Deckard's pull: KEYS active, processing; ARGV n, deadline score.
+const PULL: &str = r#"
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #ids == 0 then return {} end
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[2], ARGV[2], id)
+end
+redis.call('ZREM', KEYS[1], unpack(ids))
+return ids
+"#;
+
+/// Deckard's ack/nack: KEYS processing, lock, lock:score, active;
+/// ARGV id, lock_ms, unlock time, restore score or '', default score.
+const RELEASE: &str = r#"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  if ARGV[4] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
+else
+  local s = ARGV[4]
+  if s == '' then s = ARGV[5] end
+  redis.call('ZADD', KEYS[4], s, ARGV[1])
+end
+return 1
+"#;
+
+/// How long to wait for a connection before reporting Redis unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one command may take before it fails.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct RedisStore {
+    client: Client,
+    prefix: String,
+    /// Made on first use and kept; the manager reconnects by itself. A tokio
+    /// mutex because connecting awaits.
+    connection: Mutex<Option<ConnectionManager>>,
+    housekeep: Script,
+    add: Script,
+    pull: Script,
+    release: Script,
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Maps an error of an operation on `queue`: Deckard keys of another type
+/// are the caller's data problem, anything else is Redis being unavailable.
+fn op_error(queue: &str, e: RedisError) -> StoreError {
+    let text = e.to_string();
+    if text.contains("WRONGTYPE") {
+        return StoreError::WrongType {
+            queue: queue.to_string(),
+            reason: "a key of this queue holds another Redis type than Deckard's sorted sets"
+                .into(),
+        };
+    }
+    StoreError::Unavailable(text)
+}
+
+impl RedisStore {
+    /// Parses `url` (a bad URL is an error now); connects on first use.
+    pub async fn open(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client =
+            Client::open(url).map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
+        Ok(Self {
+            client,
+            prefix: normalize_prefix(prefix),
+            connection: Mutex::new(None),
+            housekeep: Script::new(HOUSEKEEP),
+            add: Script::new(ADD),
+            pull: Script::new(PULL),
+            release: Script::new(RELEASE),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let connect = ConnectionManager::new_with_config(self.client.clone(), config);
+        let manager = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect)
+            .await
+            .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
+            .map_err(unavailable)?;
+        *slot = Some(manager.clone());
+        Ok(manager)
+    }
+
+    fn keys(&self, queue: &str) -> Result<QueueKeys, StoreError> {
+        validate_queue_name(queue)?;
+        Ok(QueueKeys::new(&self.prefix, queue))
+    }
+}
+
+fn parse_housekeep(
+    queue: &str,
+    fence: Fence,
+    reply: Vec<i64>,
+) -> Result<HousekeepOutcome, StoreError> {
+    let bad = || StoreError::Unavailable(format!("queue {queue:?}: unexpected housekeeping reply"));
+    match reply.first() {
+        Some(0) => Err(StoreError::Fenced {
+            queue: queue.to_string(),
+            epoch: fence.epoch,
+            fence: reply.get(1).copied().ok_or_else(bad)? as u64,
+        }),
+        Some(1) if reply.len() >= 5 => Ok(HousekeepOutcome {
+            unlocked_ack: reply[1] as u64,
+            unlocked_nack: reply[2] as u64,
+            timed_out: reply[3] as u64,
+            next_due_ms: (reply[4] >= 0).then_some(reply[4]),
+            unlock_lateness_ms: reply[5..].to_vec(),
+        }),
+        _ => Err(bad()),
+    }
+}
+
+#[async_trait::async_trait]
+impl QueueStore for RedisStore {
+    async fn discover_queues(&self) -> Result<Vec<String>, StoreError> {
+        let mut con = self.connection().await?;
+        let mut queues = std::collections::BTreeSet::new();
+        for pattern in discovery_patterns(&self.prefix) {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(unavailable)?;
+                for key in &keys {
+                    if let Some(q) = queue_of_key(&self.prefix, key) {
+                        if validate_queue_name(q).is_ok() {
+                            queues.insert(q.to_string());
+                        }
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(queues.into_iter().collect())
+    }
+
+    async fn housekeep(
+        &self,
+        queue: &str,
+        req: HousekeepRequest,
+        fence: Fence,
+    ) -> Result<HousekeepOutcome, StoreError> {
+        let k = self.keys(queue)?;
+        let mut con = self.connection().await?;
+        let reply: Vec<i64> = self
+            .housekeep
+            .key(&k.active)
+            .key(&k.processing)
+            .key(&k.lock_ack)
+            .key(&k.lock_ack_score)
+            .key(&k.lock_nack)
+            .key(&k.lock_nack_score)
+            .key(&k.fence)
+            .arg(fence.epoch)
+            .arg(req.now_ms)
+            .arg(req.batch.max(1))
+            .arg(if req.unlock { "1" } else { "0" })
+            .arg(if req.timeout { "1" } else { "0" })
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| op_error(queue, e))?;
+        parse_housekeep(queue, fence, reply)
+    }
+
+    async fn fence_of(&self, queue: &str) -> Result<u64, StoreError> {
+        let k = self.keys(queue)?;
+        let mut con = self.connection().await?;
+        let value: Option<u64> = redis::cmd("GET")
+            .arg(&k.fence)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| op_error(queue, e))?;
+        Ok(value.unwrap_or(0))
+    }
+}
+
+#[async_trait::async_trait]
+impl DeckardClient for RedisStore {
+    async fn add(&self, queue: &str, items: &[(String, f64)]) -> Result<usize, StoreError> {
+        let k = self.keys(queue)?;
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut con = self.connection().await?;
+        let mut inv = self.add.prepare_invoke();
+        inv.key(&k.active)
+            .key(&k.processing)
+            .key(&k.lock_ack)
+            .key(&k.lock_nack);
+        for (id, score) in items {
+            inv.arg(*score).arg(id);
+        }
+        let n: usize = inv
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| op_error(queue, e))?;
+        Ok(n)
+    }
+
+    async fn pull(
+        &self,
+        queue: &str,
+        n: usize,
+        now_ms: i64,
+        ack_deadline_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let k = self.keys(queue)?;
+        let mut con = self.connection().await?;
+        self.pull
+            .key(&k.active)
+            .key(&k.processing)
+            .arg(n.max(1))
+            .arg(now_ms + ack_deadline_ms)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| op_error(queue, e))
+    }
+
+    async fn release(
+        &self,
+        queue: &str,
+        kind: LockKind,
+        id: &str,
+        now_ms: i64,
+        lock_ms: i64,
+        score: Option<f64>,
+    ) -> Result<bool, StoreError> {
+        let k = self.keys(queue)?;
+        let (lock, restore, default) = match kind {
+            LockKind::Ack => (&k.lock_ack, &k.lock_ack_score, now_ms as f64),
+            LockKind::Nack => (&k.lock_nack, &k.lock_nack_score, SCORE_MIN),
+        };
+        let mut con = self.connection().await?;
+        let moved: i64 = self
+            .release
+            .key(&k.processing)
+            .key(lock)
+            .key(restore)
+            .key(&k.active)
+            .arg(id)
+            .arg(lock_ms)
+            .arg(now_ms + lock_ms)
+            .arg(score.map(|s| s.to_string()).unwrap_or_default())
+            .arg(default)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| op_error(queue, e))?;
+        Ok(moved == 1)
+    }
+
+    async fn snapshot(&self, queue: &str) -> Result<QueueSnapshot, StoreError> {
+        let k = self.keys(queue)?;
+        let mut con = self.connection().await?;
+        let mut pipe = redis::pipe();
+        for key in [
+            &k.active,
+            &k.processing,
+            &k.lock_ack,
+            &k.lock_ack_score,
+            &k.lock_nack,
+            &k.lock_nack_score,
+        ] {
+            pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES");
+        }
+        let sets: Vec<Vec<(String, f64)>> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| op_error(queue, e))?;
+        let mut sets = sets.into_iter();
+        let mut next = || sets.next().unwrap_or_default();
+        Ok(QueueSnapshot {
+            active: next(),
+            processing: next(),
+            lock_ack: next(),
+            lock_ack_score: next(),
+            lock_nack: next(),
+            lock_nack_score: next(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::RedisServer;
+
+    #[tokio::test]
+    async fn redis_store_meets_the_contract() {
+        let server = RedisServer::start().expect("redis-server");
+        let store = RedisStore::open(&server.url(), "deckard_v1")
+            .await
+            .expect("open");
+        crate::store::contract::run(&store, &store).await;
+        // The keys are Deckard's, under the prefix, with the fence beside them.
+        let mut con = store.connection().await.expect("connection");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*{c::fenced}*")
+            .query_async(&mut con)
+            .await
+            .expect("keys");
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                "deckard_v1:queue:{c::fenced}",
+                "deckard_v1:queue:{c::fenced}:deckhand_fence"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn discovery_finds_queues_with_housekeeping_work() {
+        let server = RedisServer::start().expect("redis-server");
+        let store = RedisStore::open(&server.url(), " deckard_v1: ")
+            .await
+            .expect("open");
+        store
+            .add("only-active", &[("a".into(), 1.0)])
+            .await
+            .expect("add");
+        store
+            .add("orders::eu", &[("a".into(), 1.0)])
+            .await
+            .expect("add");
+        store.pull("orders::eu", 1, 0, 100).await.expect("pull");
+        store
+            .add("locked", &[("a".into(), 1.0)])
+            .await
+            .expect("add");
+        store.pull("locked", 1, 0, 100).await.expect("pull");
+        store
+            .release("locked", LockKind::Nack, "a", 0, 100, None)
+            .await
+            .expect("nack");
+        let queues = store.discover_queues().await.expect("discover");
+        assert_eq!(queues, vec!["locked".to_string(), "orders::eu".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn wrong_types_and_a_missing_redis_are_clear_errors() {
+        let server = RedisServer::start().expect("redis-server");
+        let store = RedisStore::open(&server.url(), "deckard_v1")
+            .await
+            .expect("open");
+        let mut con = store.connection().await.expect("connection");
+        let _: () = redis::cmd("SET")
+            .arg("deckard_v1:queue:{broken}:lock_ack")
+            .arg("x")
+            .query_async(&mut con)
+            .await
+            .expect("set");
+        let fence = Fence {
+            shard: 0,
+            epoch: 1,
+            node: 1,
+        };
+        let req = HousekeepRequest {
+            now_ms: 10,
+            batch: 10,
+            unlock: true,
+            timeout: true,
+        };
+        let err = store
+            .housekeep("broken", req, fence)
+            .await
+            .expect_err("wrong type");
+        assert!(matches!(err, StoreError::WrongType { .. }), "{err}");
+
+        // Nothing listens: the store opens, and operations say Redis is unavailable.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let down = RedisStore::open(&format!("redis://127.0.0.1:{port}/0"), "deckard_v1")
+            .await
+            .expect("open");
+        let err = down
+            .housekeep("q", req, fence)
+            .await
+            .expect_err("unavailable");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        // A malformed URL fails at open.
+        assert!(RedisStore::open("redis://[bad", "p").await.is_err());
+    }
+}
