@@ -9,6 +9,17 @@ for tool in sed grep nohup; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is required" >&2; exit 1; }
 done
 
+# The Redis tests start their own redis-server on a free port.
+if ! command -v redis-server >/dev/null; then
+  echo "test.sh: installing redis-server from Debian's packages" >&2
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  # The package may start a system instance; the tests do not use it.
+  $sudo systemctl stop redis-server 2>/dev/null || true
+fi
+redis-server --version
+
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --locked --all-targets
 cargo test --locked --all-targets "$@"

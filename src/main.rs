@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use deckhand::admin::client::{Ctl, CtlError, DEFAULT_ADDR};
+use deckhand::admin::client::{Ctl, CtlError, TaskAction, DEFAULT_ADDR};
 use deckhand::config::{self, NodeConfig};
 use deckhand::node::Node;
 use tracing_subscriber::EnvFilter;
@@ -62,6 +62,23 @@ enum CtlCommand {
     },
     /// Plan and apply shard moves now.
     Rebalance,
+    /// The housekeeping tasks: state, settings, work done, per-node share.
+    Tasks,
+    /// Pause a task (UNLOCK or TIMEOUT) on every node.
+    Pause {
+        /// UNLOCK or TIMEOUT.
+        task: String,
+    },
+    /// Resume a paused task.
+    Resume {
+        /// UNLOCK or TIMEOUT.
+        task: String,
+    },
+    /// Make every owner re-check all its queues for a task now.
+    Trigger {
+        /// UNLOCK or TIMEOUT.
+        task: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -148,6 +165,10 @@ async fn run_ctl(addr: String, json: bool, command: CtlCommand) -> ExitCode {
             CtlCommand::Drain { node } => ctl.drain(node, true, json).await,
             CtlCommand::Undrain { node } => ctl.drain(node, false, json).await,
             CtlCommand::Rebalance => ctl.rebalance(json).await,
+            CtlCommand::Tasks => ctl.tasks(json).await,
+            CtlCommand::Pause { task } => ctl.task(TaskAction::Pause, &task, json).await,
+            CtlCommand::Resume { task } => ctl.task(TaskAction::Resume, &task, json).await,
+            CtlCommand::Trigger { task } => ctl.task(TaskAction::Trigger, &task, json).await,
         }
     }
     .await;

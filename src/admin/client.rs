@@ -7,7 +7,8 @@ use tonic::transport::{Channel, Endpoint};
 use super::view;
 use crate::proto::admin::admin_client::AdminClient;
 use crate::proto::admin::{
-    DrainRequest, MembersRequest, RebalanceRequest, ShardsRequest, StatusRequest,
+    DrainRequest, MembersRequest, RebalanceRequest, ShardsRequest, StatusRequest, TaskRequest,
+    TasksRequest,
 };
 
 /// Default admin address when neither `--addr` nor `DECKHAND_ADDR` is given.
@@ -163,6 +164,63 @@ impl Ctl {
             serde_json::json!({ "moves": resp.moves }).to_string()
         } else {
             format!("{} shard move(s) committed", resp.moves)
+        })
+    }
+}
+
+/// What `ctl` can do to a task.
+#[derive(Debug, Clone, Copy)]
+pub enum TaskAction {
+    Pause,
+    Resume,
+    Trigger,
+}
+
+impl Ctl {
+    pub async fn tasks(&mut self, json: bool) -> Result<String, CtlError> {
+        let resp = self
+            .client
+            .tasks(TasksRequest {})
+            .await
+            .map_err(|s| self.rpc_error(s))?
+            .into_inner();
+        Ok(if json {
+            serde_json::to_string_pretty(&view::tasks_json(&resp))?
+        } else {
+            view::tasks_text(&resp)
+        })
+    }
+
+    pub async fn task(
+        &mut self,
+        action: TaskAction,
+        task: &str,
+        json: bool,
+    ) -> Result<String, CtlError> {
+        let request = TaskRequest {
+            task: task.to_string(),
+        };
+        let resp = match action {
+            TaskAction::Pause => self.client.pause_task(request).await,
+            TaskAction::Resume => self.client.resume_task(request).await,
+            TaskAction::Trigger => self.client.trigger_task(request).await,
+        }
+        .map_err(|s| self.rpc_error(s))?
+        .into_inner();
+        let verb = match action {
+            TaskAction::Pause => "paused",
+            TaskAction::Resume => "resumed",
+            TaskAction::Trigger => "triggered",
+        };
+        Ok(if json {
+            serde_json::json!({ "task": resp.task, "enabled": resp.enabled, "action": verb })
+                .to_string()
+        } else {
+            format!(
+                "{} {verb} ({})",
+                resp.task,
+                if resp.enabled { "enabled" } else { "paused" }
+            )
         })
     }
 }

@@ -10,4 +10,5 @@
 pub mod client;
 pub mod service;
 pub mod status;
+pub mod tasks;
 pub mod view;

@@ -15,11 +15,13 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::status;
+use crate::cluster::{Command, TaskKind};
 use crate::proto::admin::admin_client::AdminClient;
 use crate::proto::admin::admin_server::{Admin, AdminServer};
 use crate::proto::admin::{
     DrainRequest, DrainResponse, MembersRequest, MembersResponse, RebalanceRequest,
     RebalanceResponse, ShardInfo, ShardsRequest, ShardsResponse, StatusRequest, StatusResponse,
+    TaskRequest, TaskResponse, TasksRequest, TasksResponse,
 };
 use crate::raft::network::Channels;
 use crate::raft::store::StateMachineStore;
@@ -266,6 +268,88 @@ impl Admin for AdminService {
         let moves = self.coordinator.plan_round().await.map_err(coord_status)?;
         Ok(Response::new(RebalanceResponse {
             moves: moves as u32,
+        }))
+    }
+
+    async fn tasks(
+        &self,
+        request: Request<TasksRequest>,
+    ) -> Result<Response<TasksResponse>, Status> {
+        tracing::debug!("admin tasks");
+        if let Route::Leader(mut client) = self.route(&request)? {
+            return client.tasks(forwarded(request.into_inner())).await;
+        }
+        let state = self.state_machine.latest();
+        let tasks = super::tasks::task_infos(
+            &state.cluster.tasks,
+            &self.worker.settings,
+            &self.coordinator.reports(),
+        );
+        Ok(Response::new(TasksResponse { tasks }))
+    }
+
+    async fn pause_task(
+        &self,
+        request: Request<TaskRequest>,
+    ) -> Result<Response<TaskResponse>, Status> {
+        let task = parse_task(request.get_ref())?;
+        if let Route::Leader(mut client) = self.route(&request)? {
+            return client.pause_task(forwarded(request.into_inner())).await;
+        }
+        self.task_change(Command::SetTaskPaused { task, paused: true }, task)
+            .await
+    }
+
+    async fn resume_task(
+        &self,
+        request: Request<TaskRequest>,
+    ) -> Result<Response<TaskResponse>, Status> {
+        let task = parse_task(request.get_ref())?;
+        if let Route::Leader(mut client) = self.route(&request)? {
+            return client.resume_task(forwarded(request.into_inner())).await;
+        }
+        self.task_change(
+            Command::SetTaskPaused {
+                task,
+                paused: false,
+            },
+            task,
+        )
+        .await
+    }
+
+    async fn trigger_task(
+        &self,
+        request: Request<TaskRequest>,
+    ) -> Result<Response<TaskResponse>, Status> {
+        let task = parse_task(request.get_ref())?;
+        if let Route::Leader(mut client) = self.route(&request)? {
+            return client.trigger_task(forwarded(request.into_inner())).await;
+        }
+        self.task_change(Command::TriggerTask { task }, task).await
+    }
+}
+
+/// The task named in a request, or `INVALID_ARGUMENT` naming the choices.
+fn parse_task(request: &TaskRequest) -> Result<TaskKind, Status> {
+    request.task.parse().map_err(Status::invalid_argument)
+}
+
+impl AdminService {
+    async fn task_change(
+        &self,
+        command: Command,
+        task: TaskKind,
+    ) -> Result<Response<TaskResponse>, Status> {
+        tracing::debug!(%command, "admin task change");
+        self.coordinator
+            .task_command(command)
+            .await
+            .map_err(coord_status)?;
+        let enabled = !self.state_machine.latest().cluster.tasks.get(task).paused;
+        Ok(Response::new(TaskResponse {
+            task: task.name().to_string(),
+            enabled,
         }))
     }
 }

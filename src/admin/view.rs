@@ -5,7 +5,7 @@ use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::Table;
 use serde::Serialize;
 
-use crate::proto::admin::{Member, MembersResponse, ShardsResponse, StatusResponse};
+use crate::proto::admin::{Member, MembersResponse, ShardsResponse, StatusResponse, TasksResponse};
 
 #[derive(Debug, Serialize)]
 pub struct MemberView {
@@ -228,4 +228,95 @@ pub fn members_text(m: &MembersResponse) -> String {
 
 pub fn members_json(m: &MembersResponse) -> Vec<MemberView> {
     m.members.iter().map(MemberView::from).collect()
+}
+
+/// One row of `ctl tasks --json`.
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    pub task: String,
+    pub enabled: bool,
+    pub batch: u32,
+    pub poll_interval_ms: u64,
+    pub last_run_ms: u64,
+    pub last_success_ms: u64,
+    pub moved: u64,
+    pub errors: u64,
+    /// node id -> elements moved, calls, errors
+    pub nodes: Vec<TaskNodeView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskNodeView {
+    pub node_id: u64,
+    pub moved: u64,
+    pub calls: u64,
+    pub errors: u64,
+}
+
+pub fn tasks_json(r: &TasksResponse) -> Vec<TaskView> {
+    r.tasks
+        .iter()
+        .map(|t| TaskView {
+            task: t.name.clone(),
+            enabled: t.enabled,
+            batch: t.batch,
+            poll_interval_ms: t.poll_interval_ms,
+            last_run_ms: t.last_run_ms,
+            last_success_ms: t.last_success_ms,
+            moved: t.moved,
+            errors: t.errors,
+            nodes: t
+                .nodes
+                .iter()
+                .map(|n| TaskNodeView {
+                    node_id: n.node_id,
+                    moved: n.moved,
+                    calls: n.calls,
+                    errors: n.errors,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn ago(ms: u64) -> String {
+    if ms == 0 {
+        return "never".into();
+    }
+    let now = crate::store::now_ms().max(0) as u64;
+    format!("{} ms ago", now.saturating_sub(ms))
+}
+
+pub fn tasks_text(r: &TasksResponse) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "TASK",
+        "STATE",
+        "BATCH",
+        "POLL",
+        "LAST RUN",
+        "LAST SUCCESS",
+        "MOVED",
+        "ERRORS",
+        "PER NODE (moved)",
+    ]);
+    for t in &r.tasks {
+        let share: Vec<String> = t
+            .nodes
+            .iter()
+            .map(|n| format!("{}: {}", n.node_id, n.moved))
+            .collect();
+        table.add_row([
+            t.name.clone(),
+            if t.enabled { "running" } else { "paused" }.to_string(),
+            t.batch.to_string(),
+            format!("{} ms", t.poll_interval_ms),
+            ago(t.last_run_ms),
+            ago(t.last_success_ms),
+            t.moved.to_string(),
+            t.errors.to_string(),
+            share.join(", "),
+        ]);
+    }
+    table.to_string()
 }

@@ -28,6 +28,7 @@ use crate::cluster::planner::{self, Candidates, PlanInput};
 use crate::cluster::{shard_of, Command, CommandResult, Move, ShardState};
 use crate::proto::worker::{
     GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, ShardQueues,
+    TaskCounters,
 };
 use crate::raft::store::StateMachineStore;
 use crate::raft::{NodeId, Raft, RaftMetrics};
@@ -60,6 +61,7 @@ pub struct Report {
     pub running: BTreeMap<u32, (u64, u64)>,
     pub lease_remaining: Duration,
     pub fenced_writes: u64,
+    pub tasks: TaskCounters,
 }
 
 /// A reassignment of a silent node's shards, kept for diagnostics and tests.
@@ -234,6 +236,7 @@ impl Coordinator {
                 .collect(),
             lease_remaining: Duration::from_millis(req.lease_remaining_ms),
             fenced_writes: req.fenced_writes,
+            tasks: req.tasks.unwrap_or_default(),
         };
         self.with_view(term, |view| {
             view.liveness.heard(node, now);
@@ -311,6 +314,7 @@ impl Coordinator {
                 running: BTreeMap::new(),
                 lease_remaining: Duration::ZERO,
                 fenced_writes: 0,
+                tasks: TaskCounters::default(),
             });
             report.running.clear();
             report.applied_index = report.applied_index.max(applied_index);
@@ -356,6 +360,14 @@ impl Coordinator {
         tracing::info!(node, drained, "drain state changed");
         self.inner.wake.notify_one();
         Ok(owned)
+    }
+
+    /// Pauses, resumes or triggers a task through Raft (leader only).
+    pub async fn task_command(&self, command: Command) -> Result<(), CoordError> {
+        let m = self.metrics();
+        self.leading(&m).await?;
+        tracing::info!(%command, "task settings changed");
+        self.write(command).await.map(|_| ())
     }
 
     async fn write(&self, command: Command) -> Result<CommandResult, CoordError> {

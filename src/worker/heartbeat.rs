@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use super::coordinator::Coordinator;
 use super::{QueueCache, WorkerShared};
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
-use crate::proto::worker::{GetQueuesRequest, HeartbeatRequest, HeartbeatResponse, ShardReport};
+use crate::proto::worker::{
+    GetQueuesRequest, HeartbeatRequest, HeartbeatResponse, ShardReport, TaskCounters,
+};
 use crate::raft::network::Channels;
 use crate::raft::store::AppliedState;
 use crate::raft::{NodeId, Raft};
@@ -49,6 +51,21 @@ pub fn build_report(shared: &WorkerShared, applied_index: u64) -> HeartbeatReque
         running,
         lease_remaining_ms: shared.lease_remaining().map_or(0, |d| d.as_millis() as u64),
         fenced_writes: shared.stats.fenced_writes.load(Ordering::Relaxed),
+        tasks: Some(task_counters(shared)),
+    }
+}
+
+/// This node's housekeeping counters.
+pub fn task_counters(shared: &WorkerShared) -> TaskCounters {
+    let s = &shared.stats;
+    TaskCounters {
+        calls: s.calls.load(Ordering::Relaxed),
+        unlocked_ack: s.unlocked_ack.load(Ordering::Relaxed),
+        unlocked_nack: s.unlocked_nack.load(Ordering::Relaxed),
+        timed_out: s.timed_out.load(Ordering::Relaxed),
+        errors: s.store_errors.load(Ordering::Relaxed),
+        last_run_ms: s.last_run_ms.load(Ordering::Relaxed),
+        last_success_ms: s.last_success_ms.load(Ordering::Relaxed),
     }
 }
 

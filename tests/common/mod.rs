@@ -53,8 +53,10 @@ pub fn test_worker_tuning() -> WorkerTuning {
 pub struct TestCluster {
     /// Holds every node's data dir; removed when the cluster is dropped.
     pub dir: TempDir,
-    /// The queue store every node shares, recording accepted operations.
+    /// The in-memory store, recording accepted operations (the default).
     pub store: MemoryStore,
+    /// The store the nodes use: `store` unless started on another one.
+    pub shared: deckhand::store::SharedStore,
     pub configs: BTreeMap<NodeId, NodeConfig>,
     pub nodes: BTreeMap<NodeId, Node>,
 }
@@ -114,9 +116,11 @@ impl TestCluster {
                 (m.id, config)
             })
             .collect();
+        let store = MemoryStore::with_history();
         let cluster = Self {
             dir,
-            store: MemoryStore::with_history(),
+            shared: Arc::new(store.clone()),
+            store,
             configs,
             nodes: BTreeMap::new(),
         };
@@ -125,7 +129,15 @@ impl TestCluster {
 
     /// Starts `n` nodes in id order.
     pub async fn start(n: u64) -> Self {
+        Self::start_on(n, None).await
+    }
+
+    /// Starts `n` nodes sharing `store` (default: the in-memory store).
+    pub async fn start_on(n: u64, store: Option<deckhand::store::SharedStore>) -> Self {
         let (mut cluster, listeners) = Self::prepare(n).await;
+        if let Some(store) = store {
+            cluster.shared = store;
+        }
         for (id, l) in listeners {
             cluster.start_node_with(id, l).await;
         }
@@ -134,7 +146,7 @@ impl TestCluster {
 
     pub async fn start_node_with(&mut self, id: NodeId, listeners: Listeners) {
         let config = self.configs[&id].clone();
-        let store: deckhand::store::SharedStore = Arc::new(self.store.clone());
+        let store = self.shared.clone();
         let node = within(
             &format!("start node {id}"),
             Node::start_with_store(config, listeners, Some(store)),
