@@ -186,3 +186,170 @@ async fn three_nodes_unlock_and_time_out_deckard_messages_on_redis() {
     .await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_load_loses_and_duplicates_nothing() {
+    let mut server = RedisServer::start().expect("redis-server");
+    let store = Arc::new(
+        RedisStore::open(&server.url(), "deckard_v1")
+            .await
+            .expect("open"),
+    );
+    let cluster = TestCluster::start_on(3, Some(store.clone())).await;
+    cluster.wait_for_leader().await;
+    let queues: Vec<String> = (0..40).map(|i| format!("load{i}")).collect();
+
+    // Deckard-like traffic: add, pull with short deadlines, ack/nack with
+    // short locks. Ids Redis confirmed are remembered.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (store, queues, stop) = (store.clone(), queues.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut added: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            // Adds whose reply was lost (Redis going away): applied or not.
+            let mut uncertain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for q in &queues {
+                    n += 1;
+                    let id = format!("m{n}");
+                    match store.add(q, &[(id.clone(), n as f64)]).await {
+                        Ok(1) => added.entry(q.clone()).or_default().push(id),
+                        Ok(_) => {}
+                        Err(_) => uncertain.entry(q.clone()).or_default().push(id),
+                    }
+                    let now = now_ms();
+                    let Ok(pulled) = store.pull(q, 2, now, 300).await else {
+                        continue;
+                    };
+                    for (i, id) in pulled.iter().enumerate() {
+                        // Ack-lock, nack-lock, or leave it to time out.
+                        let _ = match (n as usize + i) % 3 {
+                            0 => {
+                                store
+                                    .release(q, LockKind::Ack, id, now, 200, Some(5.0))
+                                    .await
+                            }
+                            1 => store.release(q, LockKind::Nack, id, now, 250, None).await,
+                            _ => Ok(false),
+                        };
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            (added, uncertain)
+        })
+    };
+
+    // Let traffic and housekeeping run, then restart Redis under them.
+    wait_until("some housekeeping happened", || async {
+        let moved: u64 = cluster
+            .nodes
+            .values()
+            .map(|n| {
+                n.worker
+                    .stats
+                    .unlocked_ack
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
+        (moved > 20).then_some(())
+    })
+    .await;
+    let errors_before: u64 = cluster
+        .nodes
+        .values()
+        .map(|n| {
+            n.worker
+                .stats
+                .store_errors
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    server.stop();
+    wait_until("the nodes notice Redis is gone", || async {
+        let errors: u64 = cluster
+            .nodes
+            .values()
+            .map(|n| {
+                n.worker
+                    .stats
+                    .store_errors
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
+        (errors > errors_before).then_some(())
+    })
+    .await;
+    server.restart().expect("redis-server restarts");
+    let resumed_from: u64 = cluster
+        .nodes
+        .values()
+        .map(|n| {
+            n.worker
+                .stats
+                .calls
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    wait_until("housekeeping resumes after the restart", || async {
+        let calls: u64 = cluster
+            .nodes
+            .values()
+            .map(|n| {
+                n.worker
+                    .stats
+                    .calls
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
+        (calls > resumed_from + 100).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (added, uncertain) = load.await.expect("load task");
+    assert!(
+        added.values().map(Vec::len).sum::<usize>() > 100,
+        "too little traffic"
+    );
+
+    // Once every lock and deadline has passed, every id is in the active
+    // pool exactly once, every confirmed id is there, and no other id is
+    // (except adds whose reply was lost, which may or may not have happened).
+    wait_until("all locks and deadlines are handled", || async {
+        for q in &queues {
+            let snap = store.snapshot(q).await.ok()?;
+            if !(snap.processing.is_empty()
+                && snap.lock_ack.is_empty()
+                && snap.lock_nack.is_empty())
+            {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    for q in &queues {
+        let snap = store.snapshot(q).await.expect("snapshot");
+        let placements = snap.placements();
+        assert!(
+            placements.values().all(|sets| sets.len() == 1),
+            "{q}: an id in two sets"
+        );
+        let confirmed: Vec<&String> = added.get(q).map(|v| v.iter().collect()).unwrap_or_default();
+        let maybe: Vec<&String> = uncertain
+            .get(q)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        for id in &confirmed {
+            assert!(placements.contains_key(*id), "{q}: {id} was lost");
+        }
+        for id in placements.keys() {
+            assert!(
+                confirmed.contains(&id) || maybe.contains(&id),
+                "{q}: {id} appeared from nowhere"
+            );
+        }
+    }
+    cluster.shutdown().await;
+}
