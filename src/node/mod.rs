@@ -105,6 +105,7 @@ impl NodeError {
 pub struct Listeners {
     pub raft: TcpListener,
     pub admin: TcpListener,
+    pub metrics: TcpListener,
 }
 
 impl Listeners {
@@ -112,6 +113,7 @@ impl Listeners {
         Ok(Self {
             raft: bind("raft_addr", &config.raft_addr).await?,
             admin: bind("admin_addr", &config.admin_addr).await?,
+            metrics: bind("metrics_addr", &config.metrics_addr).await?,
         })
     }
 }
@@ -139,6 +141,7 @@ pub struct Node {
     node_id: NodeId,
     raft_addr: SocketAddr,
     admin_addr: SocketAddr,
+    metrics_addr: SocketAddr,
     /// Fans the stop signal out to the servers and background tasks.
     shutdown: Shutdown,
     /// Servers and background tasks, awaited on shutdown.
@@ -216,7 +219,13 @@ impl Node {
         let mut tasks = Vec::new();
 
         let settings = WorkerSettings::from_config(&config);
-        let worker = WorkerShared::new(config.node_id, queue_store.clone(), settings.clone());
+        let metrics = crate::metrics::NodeMetrics::new();
+        let worker = WorkerShared::new(
+            config.node_id,
+            queue_store.clone(),
+            settings.clone(),
+            metrics.clone(),
+        );
         let coordinator = Coordinator::new(
             config.node_id,
             raft.clone(),
@@ -257,6 +266,19 @@ impl Node {
             spawn_admin_server(admin_service, listeners.admin, shutdown.listener()).await,
         ));
 
+        let metrics_addr = local_addr(&listeners.metrics, "metrics_addr")?;
+        tasks.push((
+            "metrics server",
+            tokio::spawn(serve_metrics(
+                listeners.metrics,
+                MetricsSource {
+                    raft: raft.clone(),
+                    state_machine: state_machine.clone(),
+                    worker: worker.clone(),
+                },
+                shutdown.listener(),
+            )),
+        ));
         tasks.push((
             "bootstrap",
             tokio::spawn(bootstrap::run(
@@ -303,6 +325,7 @@ impl Node {
             node_id = config.node_id,
             %raft_addr,
             %admin_addr,
+            %metrics_addr,
             data_dir = %config.data_dir.display(),
             "node started"
         );
@@ -315,6 +338,7 @@ impl Node {
             node_id: config.node_id,
             raft_addr,
             admin_addr,
+            metrics_addr,
             shutdown,
             tasks,
         })
@@ -330,6 +354,10 @@ impl Node {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// A copy of the current Raft metrics (the watch guard is not kept).
@@ -527,6 +555,64 @@ async fn spawn_admin_server(
             tracing::error!(error = %e, "admin server failed");
         }
     })
+}
+
+/// What `/metrics` reads node state from at scrape time.
+#[derive(Clone)]
+struct MetricsSource {
+    raft: Raft,
+    state_machine: StateMachineStore,
+    worker: Arc<WorkerShared>,
+}
+
+impl MetricsSource {
+    /// Sets the node gauges from the node's current state, then renders.
+    fn render(&self) -> String {
+        let m = self.worker.metrics.as_ref();
+        let raft = self.raft.metrics().borrow_watched().clone();
+        let leader = i64::from(raft.state == ServerState::Leader);
+        m.is_leader.set(leader);
+        m.deckard_leader.set(leader);
+        m.raft_term.set(raft.current_term as i64);
+        m.raft_commit_index
+            .set(raft.local_committed.map_or(0, |l| l.index() as i64));
+        m.raft_applied_index
+            .set(raft.last_applied.map_or(0, |l| l.index() as i64));
+        let applied = self.state_machine.latest();
+        m.shards_owned
+            .set(applied.cluster.owned_by(self.worker.node_id).count() as i64);
+        m.shards_running.set(self.worker.running().len() as i64);
+        m.lease_remaining_seconds.set(
+            self.worker
+                .lease_remaining()
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        m.render()
+    }
+}
+
+async fn serve_metrics(listener: TcpListener, source: MetricsSource, mut stop: ShutdownListener) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let source = source.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    source.render(),
+                )
+            }
+        }),
+    );
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.recv().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "metrics server failed");
+    }
 }
 
 /// Logs role changes, and as a new leader records the shard count once.

@@ -103,33 +103,6 @@ pub struct WorkerStats {
     /// Wall-clock ms of the last call and of the last successful one (0: never).
     pub last_run_ms: AtomicU64,
     pub last_success_ms: AtomicU64,
-    /// Unlock lateness of every unlocked element (ms after its unlock time).
-    pub lateness: Mutex<LatencySummary>,
-}
-
-/// A small fixed-bucket summary of lateness values (ms), for reports.
-#[derive(Debug, Clone, Default)]
-pub struct LatencySummary {
-    /// counts[i]: values in [BOUNDS[i-1], BOUNDS[i]); last: above all bounds.
-    pub counts: [u64; LATENESS_BOUNDS_MS.len() + 1],
-    pub max_ms: i64,
-    pub total: u64,
-}
-
-/// Upper bounds (ms) of the lateness buckets.
-pub const LATENESS_BOUNDS_MS: [i64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
-
-impl LatencySummary {
-    pub fn record(&mut self, ms: i64) {
-        let ms = ms.max(0);
-        let i = LATENESS_BOUNDS_MS
-            .iter()
-            .position(|b| ms < *b)
-            .unwrap_or(LATENESS_BOUNDS_MS.len());
-        self.counts[i] += 1;
-        self.total += 1;
-        self.max_ms = self.max_ms.max(ms);
-    }
 }
 
 /// Test hook standing in for SIGSTOP: while frozen, heartbeats stop and
@@ -228,6 +201,8 @@ pub struct WorkerShared {
     /// Wakes the heartbeat loop early (a task exited: tell the leader now).
     pub(crate) report_now: Notify,
     pub stats: WorkerStats,
+    /// Prometheus metrics of this node.
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
     pub freeze: Freeze,
     /// Set once on graceful shutdown: no lease is renewed and no shard runs.
     retired: AtomicBool,
@@ -262,7 +237,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorkerShared {
-    pub fn new(node_id: NodeId, store: SharedStore, settings: WorkerSettings) -> Arc<Self> {
+    pub fn new(
+        node_id: NodeId,
+        store: SharedStore,
+        settings: WorkerSettings,
+        metrics: Arc<crate::metrics::NodeMetrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             node_id,
             store,
@@ -274,6 +254,7 @@ impl WorkerShared {
             changed: Notify::new(),
             report_now: Notify::new(),
             stats: WorkerStats::default(),
+            metrics,
             freeze: Freeze::default(),
             retired: AtomicBool::new(false),
             task_state: watch::channel(TaskRunState::default()).0,

@@ -206,12 +206,6 @@ async fn housekeep_queue(
                 .unlocked_nack
                 .fetch_add(out.unlocked_nack, Ordering::Relaxed);
             stats.timed_out.fetch_add(out.timed_out, Ordering::Relaxed);
-            if !out.unlock_lateness_ms.is_empty() {
-                let mut summary = lock(&stats.lateness);
-                for l in &out.unlock_lateness_ms {
-                    summary.record(*l);
-                }
-            }
             if out.moved() > 0 {
                 tracing::debug!(
                     queue,
@@ -232,8 +226,18 @@ async fn housekeep_queue(
             };
             QueueResult::Next(next)
         }
-        Err(e @ StoreError::Fenced { .. }) => QueueResult::Fenced(e),
+        Err(e @ StoreError::Fenced { .. }) => {
+            shared
+                .metrics
+                .task_runs
+                .with_label_values(&["fenced"])
+                .inc();
+            shared.metrics.fenced_writes.inc();
+            QueueResult::Fenced(e)
+        }
         Err(e) => {
+            shared.metrics.task_runs.with_label_values(&["error"]).inc();
+            shared.metrics.store_errors.inc();
             stats.store_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(node = shared.node_id, queue, error = %e, "housekeeping failed; backing off");
             QueueResult::Next(Instant::now() + STORE_RETRY)

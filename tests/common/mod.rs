@@ -82,6 +82,7 @@ impl TestCluster {
             let l = Listeners {
                 raft: loopback_listener().await,
                 admin: loopback_listener().await,
+                metrics: loopback_listener().await,
             };
             members.push(MemberConfig {
                 id,
@@ -374,4 +375,22 @@ impl TestCluster {
             node.channels.unblock_all();
         }
     }
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
 }
