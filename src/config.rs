@@ -142,6 +142,11 @@ pub struct TaskTuning {
     /// deadlines written by Deckard are found within this).
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often a queue with nothing in processing or locked is looked at.
+    /// A lock shorter than this on a queue that was idle can come back up to
+    /// this much late; longer locks are found before they are due.
+    #[serde(default = "default_idle_poll_interval", with = "humantime_serde")]
+    pub idle_poll_interval: Duration,
     /// Housekeeping calls in flight at once per shard.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -152,6 +157,7 @@ impl Default for TaskTuning {
         Self {
             batch: default_batch(),
             poll_interval: default_poll_interval(),
+            idle_poll_interval: default_idle_poll_interval(),
             concurrency: default_concurrency(),
         }
     }
@@ -162,6 +168,9 @@ fn default_batch() -> usize {
 }
 fn default_poll_interval() -> Duration {
     Duration::from_millis(100)
+}
+fn default_idle_poll_interval() -> Duration {
+    Duration::from_millis(500)
 }
 fn default_concurrency() -> usize {
     8
@@ -608,6 +617,12 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
     }
     if tasks.poll_interval.is_zero() {
         return err("tasks.poll_interval", "must be greater than zero".into());
+    }
+    if tasks.idle_poll_interval < tasks.poll_interval {
+        return err(
+            "tasks.idle_poll_interval",
+            "must be at least tasks.poll_interval".into(),
+        );
     }
     if tasks.concurrency == 0 || tasks.concurrency > 1024 {
         return err(

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod load;
 pub mod metrics;
 pub mod node;
 pub mod proto;

@@ -29,6 +29,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Act like Deckard's API pods on a store and measure what consumers see.
+    Load(LoadArgs),
     /// Inspect and steer a running cluster through any node's admin API.
     Ctl {
         /// Admin address of any node.
@@ -40,6 +42,68 @@ enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// The store: redis://host:port/db (memory:// works but is only useful in-process).
+    #[arg(long, env = "DECKHAND_STORE_URL")]
+    store: String,
+    /// Deckard's key prefix.
+    #[arg(long, default_value = "deckard_v1")]
+    prefix: String,
+    /// Number of queues (named load::q0, load::q1, ...).
+    #[arg(long, default_value_t = 100)]
+    queues: usize,
+    /// Messages added per second.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// How long to produce (then wait for locked messages to come back).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Lock duration of acks and nacks with a lock, ms.
+    #[arg(long, default_value_t = 500)]
+    lock_ms: i64,
+    /// Ack deadline of pulls (messages left to time out come back after it), ms.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: i64,
+    /// Percent of pulled messages acked with a lock.
+    #[arg(long, default_value_t = 50)]
+    ack_lock_pct: u32,
+    /// Percent of pulled messages nacked with a lock.
+    #[arg(long, default_value_t = 20)]
+    nack_lock_pct: u32,
+    /// Percent of pulled messages left to time out (the rest are finished).
+    #[arg(long, default_value_t = 10)]
+    timeout_pct: u32,
+    /// Store operations in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Create every queue first and wait this long before measuring (the
+    /// housekeeper discovers the queues, as it knows long-lived Deckard queues).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    warmup: std::time::Duration,
+    /// How long to wait after the run for locked messages to come back.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: std::time::Duration,
+    /// Drain mode: write this many already-expired locks and time the drain.
+    #[arg(long, default_value_t = 0)]
+    expired_locks: usize,
+    /// Drain mode: a node's admin address, to pause UNLOCK while writing.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Measure what Redis alone sustains for the same moves (this many expired
+    /// locks, drained by calling the script directly) instead of running traffic.
+    #[arg(long, default_value_t = 0)]
+    redis_limit: usize,
+    /// Elements per housekeeping call in --redis-limit mode.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as one JSON object (no progress line).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +161,7 @@ fn main() -> ExitCode {
             json,
             command,
         } => runtime.block_on(run_ctl(addr, json, command)),
+        Command::Load(args) => runtime.block_on(run_load(args)),
     }
 }
 
@@ -182,4 +247,85 @@ async fn run_ctl(addr: String, json: bool, command: CtlCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_load(args: LoadArgs) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("deckhand load: {msg}");
+        ExitCode::FAILURE
+    };
+    if args.ack_lock_pct + args.nack_lock_pct + args.timeout_pct > 100 {
+        return fail("--ack-lock-pct + --nack-lock-pct + --timeout-pct must not exceed 100".into());
+    }
+    if args.queues == 0 || args.rate == 0 || args.concurrency == 0 {
+        return fail("--queues, --rate and --concurrency must be at least 1".into());
+    }
+    if args.lock_ms <= 0 || args.timeout_ms <= 0 {
+        return fail("--lock-ms and --timeout-ms must be positive".into());
+    }
+    if args.redis_limit > 0 {
+        let limit = deckhand::load::redis_limit(
+            &args.store,
+            &args.prefix,
+            args.redis_limit,
+            args.queues,
+            args.batch,
+            args.concurrency,
+        )
+        .await;
+        return match limit {
+            Ok(l) if args.json => match serde_json::to_string(&l) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("cannot encode the result: {e}")),
+            },
+            Ok(l) => {
+                println!(
+                    "Redis alone: {} elements in {} calls, {} us of server time: {:.0} elements/s (wall clock: {:.0}/s)",
+                    l.elements, l.calls, l.server_usec, l.elements_per_s, l.wall_elements_per_s
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("--store {}: {e}", args.store)),
+        };
+    }
+    let store = match deckhand::store::open(&args.store, &args.prefix).await {
+        Ok(s) => s.as_client(),
+        Err(e) => return fail(format!("--store {}: {e}", args.store)),
+    };
+    let opts = deckhand::load::LoadOptions {
+        queues: args.queues,
+        rate: args.rate,
+        duration: args.duration,
+        lock_ms: args.lock_ms,
+        timeout_ms: args.timeout_ms,
+        ack_lock_pct: args.ack_lock_pct,
+        nack_lock_pct: args.nack_lock_pct,
+        timeout_pct: args.timeout_pct,
+        concurrency: args.concurrency,
+        seed: args.seed,
+        grace: args.grace,
+        progress: !args.json,
+        expired_locks: args.expired_locks,
+        admin: args.admin.clone(),
+        warmup: args.warmup,
+    };
+    let summary = deckhand::load::run(store, opts).await;
+    if args.json {
+        match serde_json::to_string(&summary) {
+            Ok(line) => println!("{line}"),
+            Err(e) => return fail(format!("cannot encode the summary: {e}")),
+        }
+    } else {
+        println!("{}", deckhand::load::summary_text(&summary));
+    }
+    if summary.errors > 0 && summary.added == 0 && summary.drained == 0 {
+        return fail(format!(
+            "every store operation failed ({} errors); is the store reachable?",
+            summary.errors
+        ));
+    }
+    ExitCode::SUCCESS
 }

@@ -84,6 +84,17 @@ async fn deckard_client_semantics(c: &dyn DeckardClient) {
         .expect("ack"));
     let snap = c.snapshot(q).await.expect("snapshot");
     assert_eq!(score_of(&snap.active, "m1"), Some(3000.0));
+    // Pending counts processing and locked ids; remove takes ids out of every set.
+    assert_eq!(c.pending(q).await.expect("pending"), 2);
+    assert_eq!(
+        c.remove(q, &["m2".to_string(), "m1".to_string()])
+            .await
+            .expect("remove"),
+        3
+    );
+    let snap = c.snapshot(q).await.expect("snapshot");
+    assert!(snap.lock_ack.is_empty() && snap.lock_ack_score.is_empty() && snap.active.is_empty());
+    assert_eq!(c.pending(q).await.expect("pending"), 1);
 }
 
 async fn unlock_and_timeout(s: &dyn QueueStore, c: &dyn DeckardClient) {

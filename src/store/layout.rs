@@ -52,13 +52,10 @@ impl QueueKeys {
     }
 }
 
-/// The `SCAN MATCH` patterns that find queues with work for the housekeeper.
-pub fn discovery_patterns(prefix: &str) -> [String; 3] {
-    [
-        format!("{prefix}:queue:{{*}}:tmp"),
-        format!("{prefix}:queue:{{*}}:lock_ack"),
-        format!("{prefix}:queue:{{*}}:lock_nack"),
-    ]
+/// The `SCAN MATCH` pattern that finds every key of every queue (active
+/// pools included, so a queue stays known while it holds messages at all).
+pub fn discovery_pattern(prefix: &str) -> String {
+    format!("{prefix}:queue:{{*}}*")
 }
 
 /// The queue name inside a key of the layout, if the key belongs to it.

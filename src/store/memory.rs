@@ -337,6 +337,36 @@ impl DeckardClient for MemoryStore {
         Ok(true)
     }
 
+    async fn remove(&self, queue: &str, ids: &[String]) -> Result<usize, StoreError> {
+        validate_queue_name(queue)?;
+        let mut inner = self.lock();
+        let Some(q) = inner.queues.get_mut(queue) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for id in ids {
+            for set in [
+                &mut q.active,
+                &mut q.processing,
+                &mut q.lock_ack,
+                &mut q.lock_ack_score,
+                &mut q.lock_nack,
+                &mut q.lock_nack_score,
+            ] {
+                removed += usize::from(set.remove(id).is_some());
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn pending(&self, queue: &str) -> Result<usize, StoreError> {
+        validate_queue_name(queue)?;
+        let inner = self.lock();
+        Ok(inner.queues.get(queue).map_or(0, |q| {
+            q.processing.scores.len() + q.lock_ack.scores.len() + q.lock_nack.scores.len()
+        }))
+    }
+
     async fn snapshot(&self, queue: &str) -> Result<QueueSnapshot, StoreError> {
         validate_queue_name(queue)?;
         let inner = self.lock();

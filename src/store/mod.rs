@@ -119,7 +119,7 @@ impl HousekeepOutcome {
 /// The queue store as the housekeeper uses it. Every mutation is fenced.
 #[async_trait::async_trait]
 pub trait QueueStore: Send + Sync + 'static {
-    /// Every queue that may have housekeeping work (one scan for the cluster).
+    /// Every queue that has any key in the store (one scan for the cluster).
     async fn discover_queues(&self) -> Result<Vec<String>, StoreError>;
 
     /// Checks and raises the queue's fence, then runs the enabled tasks on it,
@@ -190,8 +190,12 @@ pub trait DeckardClient: Send + Sync + 'static {
         lock_ms: i64,
         score: Option<f64>,
     ) -> Result<bool, StoreError>;
+    /// Removes ids from every set of the queue (a message finished for good).
+    async fn remove(&self, queue: &str, ids: &[String]) -> Result<usize, StoreError>;
     /// All sets of a queue.
     async fn snapshot(&self, queue: &str) -> Result<QueueSnapshot, StoreError>;
+    /// How many ids are in the queue's lock and processing sets (housekeeping backlog).
+    async fn pending(&self, queue: &str) -> Result<usize, StoreError>;
 }
 
 pub type SharedStore = Arc<dyn QueueStore>;

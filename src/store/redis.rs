@@ -17,7 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script};
 use tokio::sync::Mutex;
 
-use super::layout::{discovery_patterns, normalize_prefix, queue_of_key, QueueKeys, SCORE_MIN};
+use super::layout::{discovery_pattern, normalize_prefix, queue_of_key, QueueKeys, SCORE_MIN};
 use super::{
     validate_queue_name, DeckardClient, Fence, HousekeepOutcome, HousekeepRequest, LockKind,
     QueueSnapshot, QueueStore, StoreError,
@@ -208,6 +208,27 @@ impl RedisStore {
         Ok(manager)
     }
 
+    /// `(calls, usec)` of EVALSHA from `INFO commandstats` (measurements).
+    pub async fn evalsha_stats(&self) -> Result<(u64, u64), StoreError> {
+        let mut con = self.connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .unwrap_or("cmdstat_evalsha:calls=0,usec=0");
+        let field = |name: &str| {
+            line.split([':', ','])
+                .find_map(|kv| kv.strip_prefix(name))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("calls="), field("usec=")))
+    }
+
     fn keys(&self, queue: &str) -> Result<QueueKeys, StoreError> {
         validate_queue_name(queue)?;
         Ok(QueueKeys::new(&self.prefix, queue))
@@ -242,7 +263,8 @@ impl QueueStore for RedisStore {
     async fn discover_queues(&self) -> Result<Vec<String>, StoreError> {
         let mut con = self.connection().await?;
         let mut queues = std::collections::BTreeSet::new();
-        for pattern in discovery_patterns(&self.prefix) {
+        {
+            let pattern = discovery_pattern(&self.prefix);
             let mut cursor: u64 = 0;
             loop {
                 let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -384,6 +406,44 @@ impl DeckardClient for RedisStore {
         Ok(moved == 1)
     }
 
+    async fn remove(&self, queue: &str, ids: &[String]) -> Result<usize, StoreError> {
+        let k = self.keys(queue)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut con = self.connection().await?;
+        let mut pipe = redis::pipe();
+        for key in [
+            &k.active,
+            &k.processing,
+            &k.lock_ack,
+            &k.lock_ack_score,
+            &k.lock_nack,
+            &k.lock_nack_score,
+        ] {
+            pipe.cmd("ZREM").arg(key).arg(ids);
+        }
+        let counts: Vec<usize> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| op_error(queue, e))?;
+        Ok(counts.iter().sum())
+    }
+
+    async fn pending(&self, queue: &str) -> Result<usize, StoreError> {
+        let k = self.keys(queue)?;
+        let mut con = self.connection().await?;
+        let mut pipe = redis::pipe();
+        for key in [&k.processing, &k.lock_ack, &k.lock_nack] {
+            pipe.cmd("ZCARD").arg(key);
+        }
+        let counts: Vec<usize> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| op_error(queue, e))?;
+        Ok(counts.iter().sum())
+    }
+
     async fn snapshot(&self, queue: &str) -> Result<QueueSnapshot, StoreError> {
         let k = self.keys(queue)?;
         let mut con = self.connection().await?;
@@ -446,7 +506,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn discovery_finds_queues_with_housekeeping_work() {
+    async fn discovery_finds_every_queue_with_keys() {
         let server = RedisServer::start().expect("redis-server");
         let store = RedisStore::open(&server.url(), " deckard_v1: ")
             .await
@@ -469,8 +529,21 @@ mod tests {
             .release("locked", LockKind::Nack, "a", 0, 100, None)
             .await
             .expect("nack");
+        let _: () = redis::cmd("SET")
+            .arg("deckard_v1:other")
+            .arg("x")
+            .query_async(&mut store.connection().await.expect("connection"))
+            .await
+            .expect("set");
         let queues = store.discover_queues().await.expect("discover");
-        assert_eq!(queues, vec!["locked".to_string(), "orders::eu".to_string()]);
+        assert_eq!(
+            queues,
+            vec![
+                "locked".to_string(),
+                "only-active".to_string(),
+                "orders::eu".to_string()
+            ]
+        );
     }
 
     #[tokio::test]

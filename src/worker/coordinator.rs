@@ -83,9 +83,15 @@ struct LeaderView {
     departed: BTreeSet<NodeId>,
 }
 
-/// The queues found by the last discovery, by shard.
+/// How long a queue stays known after discovery last saw it (so a queue
+/// does not flap out of its owner's list between two discoveries).
+const QUEUE_RETENTION: Duration = Duration::from_secs(60);
+
+/// The queues found by discovery, by shard.
 #[derive(Default)]
 struct QueueIndex {
+    /// When each queue was last seen by a discovery.
+    last_seen: BTreeMap<String, Instant>,
     /// A hash of the contents, not a counter: versions from different
     /// leaders compare correctly (equal contents, equal version; empty is 0).
     version: u64,
@@ -506,17 +512,22 @@ impl Coordinator {
         }
         match self.inner.store.discover_queues().await {
             Ok(queues) => {
-                let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-                for q in queues {
-                    by_shard
-                        .entry(shard_of(&q, shard_count))
-                        .or_default()
-                        .push(q);
-                }
-                for list in by_shard.values_mut() {
-                    list.sort();
-                }
+                let now = Instant::now();
                 let mut index = lock(&self.inner.queues);
+                for q in queues {
+                    index.last_seen.insert(q, now);
+                }
+                index
+                    .last_seen
+                    .retain(|_, seen| now.duration_since(*seen) < QUEUE_RETENTION);
+                // BTreeMap keys are sorted, so each shard's list is too.
+                let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+                for q in index.last_seen.keys() {
+                    by_shard
+                        .entry(shard_of(q, shard_count))
+                        .or_default()
+                        .push(q.clone());
+                }
                 if index.by_shard != by_shard {
                     index.version = content_version(&by_shard);
                     index.by_shard = by_shard;

@@ -61,8 +61,10 @@ pub struct WorkerSettings {
     pub leader_freshness: Duration,
     /// Most elements per housekeeping call.
     pub batch: usize,
-    /// Longest wait before a queue is looked at again.
+    /// Longest wait before a queue with pending elements is looked at again.
     pub poll_interval: Duration,
+    /// Wait before an idle queue (nothing pending) is looked at again.
+    pub idle_poll_interval: Duration,
     /// Housekeeping calls in flight at once per shard.
     pub concurrency: usize,
 }
@@ -81,6 +83,7 @@ impl WorkerSettings {
             leader_freshness: config.raft.election_timeout_min,
             batch: config.tasks.batch,
             poll_interval: config.tasks.poll_interval,
+            idle_poll_interval: config.tasks.idle_poll_interval,
             concurrency: config.tasks.concurrency,
         }
     }

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Measures deckhand on Redis (local 3-node cluster, one redis-server, loopback):
+#   1. consumer-observed unlock lateness at QUEUES (default 1000) queues with a
+#      steady stream of short locks (deckhand load: RATE msgs/s for DURATION);
+#   2. time to drain EXPIRED (default 1,000,000) already-expired locks spread
+#      over DRAIN_QUEUES (default 10,000) queues;
+#   3. what one Redis sustains for the same moves: server time per element from
+#      INFO commandstats while a pipelined loop runs the housekeeping script.
+# Writes bench/lateness.json, bench/drain.json, bench/redis-limit.json.
+#
+#   scripts/redis-bench.sh
+#   QUEUES=200 DURATION=10s EXPIRED=100000 DRAIN_QUEUES=1000 scripts/redis-bench.sh   # quicker
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+QUEUES=${QUEUES:-1000}
+RATE=${RATE:-1000}
+DURATION=${DURATION:-30s}
+LOCK_MS=${LOCK_MS:-500}
+EXPIRED=${EXPIRED:-1000000}
+DRAIN_QUEUES=${DRAIN_QUEUES:-10000}
+
+command -v redis-server >/dev/null || { echo "redis-bench.sh: redis-server is required (apt-get install redis-server)" >&2; exit 1; }
+if [ -z "${DECKHAND_BIN:-}" ]; then
+  cargo build --release --quiet
+  export DECKHAND_BIN="$root/target/release/deckhand"
+fi
+bin=$DECKHAND_BIN
+
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+  --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
+url="redis://127.0.0.1:$port/0"
+cfg="$work/local-3"; mkdir -p "$cfg"
+for f in cluster-config/local-3/node*.toml; do
+  n=$(basename "$f" .toml)
+  sed "s|^data_dir = .*|data_dir = \"$work/data/$n\"|" "$f" > "$cfg/$n.toml"
+done
+export DECKHAND_RUN_DIR="$work/run" DECKHAND_STORE_URL="$url"
+cleanup() {
+  scripts/cluster.sh stop "$cfg" >/dev/null 2>&1 || true
+  [ -f "$work/redis.pid" ] && kill "$(cat "$work/redis.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+scripts/cluster.sh start "$cfg" >/dev/null
+mkdir -p bench
+
+echo "1. unlock lateness: $QUEUES queues, $RATE msgs/s for $DURATION, locks of $LOCK_MS ms" >&2
+"$bin" load --store "$url" --queues "$QUEUES" --rate "$RATE" --duration "$DURATION" \
+  --lock-ms "$LOCK_MS" --json | tee bench/lateness.json
+
+echo "2. drain: $EXPIRED expired locks over $DRAIN_QUEUES queues" >&2
+redis-cli -p "$port" flushdb >/dev/null
+"$bin" load --store "$url" --queues "$DRAIN_QUEUES" --expired-locks "$EXPIRED" \
+  --admin 127.0.0.1:7201 --json | tee bench/drain.json
+
+echo "3. Redis alone, same moves" >&2
+scripts/cluster.sh stop "$cfg" >/dev/null
+redis-cli -p "$port" flushdb >/dev/null
+"$bin" load --store "$url" --queues "$DRAIN_QUEUES" --redis-limit "$EXPIRED" --json | tee bench/redis-limit.json

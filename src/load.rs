@@ -1,0 +1,605 @@
+//! `deckhand load`: acts like Deckard's API pods and consumers on a store,
+//! and measures what a consumer sees.
+//!
+//! A producer adds messages at `rate` per second over `queues` queues. A
+//! consumer keeps pulling every queue; each fresh message it pulls gets one
+//! fate by the configured mix: ack with a lock (`lock_ms`), nack with a lock,
+//! left in processing to time out (pulled with a `timeout_ms` deadline), or
+//! finished (removed). When a locked or timed-out message shows up in a pull
+//! again, the consumer records how late that was after its unlock time or
+//! deadline (consumer-observed lateness, in ms) and finishes it. After the
+//! run, the consumer keeps going until every such message came back, or a
+//! grace period ends: messages that never came back are reported missing.
+//!
+//! With `expired_locks > 0` it instead measures drain throughput: it writes
+//! that many already-expired ack locks, spread over the queues, and times
+//! until the lock sets are empty.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::store::{now_ms, DeckardClient, LockKind, StoreError};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub queues: usize,
+    pub rate: u64,
+    pub duration: Duration,
+    pub lock_ms: i64,
+    pub timeout_ms: i64,
+    /// Percentages of pulled messages: ack-locked, nack-locked, left to time out (rest: finished).
+    pub ack_lock_pct: u32,
+    pub nack_lock_pct: u32,
+    pub timeout_pct: u32,
+    pub concurrency: usize,
+    pub seed: u64,
+    pub grace: Duration,
+    pub progress: bool,
+    /// Drain mode: write this many expired locks and time the drain.
+    pub expired_locks: usize,
+    /// Drain mode: a node's admin address; UNLOCK is paused while the locks
+    /// are written and resumed when the clock starts.
+    pub admin: Option<String>,
+    /// Traffic mode: create every queue (one message each) and wait this long
+    /// before measuring, so the housekeeper knows the queues, as it would
+    /// know long-lived Deckard queues.
+    pub warmup: Duration,
+}
+
+/// Lateness percentiles in ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadSummary {
+    pub mode: &'static str,
+    pub queues: usize,
+    pub rate_per_s: u64,
+    pub duration_s: f64,
+    pub added: u64,
+    pub pulls: u64,
+    pub ack_locks: u64,
+    pub nack_locks: u64,
+    pub timeouts: u64,
+    pub returned: u64,
+    /// Locked or timed-out messages that never came back within the grace period.
+    pub missing: u64,
+    /// Messages seen again before their unlock time or deadline (should be 0).
+    pub early: u64,
+    pub errors: u64,
+    /// Consumer-observed lateness of unlocked messages, ms after the unlock time.
+    pub unlock_lateness_ms: Percentiles,
+    /// Consumer-observed lateness of timed-out messages, ms after the deadline.
+    pub timeout_lateness_ms: Percentiles,
+    /// Drain mode: expired locks written, seconds to drain, elements per second.
+    pub drained: u64,
+    pub drain_s: f64,
+    pub drain_per_s: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    Unlock,
+    Timeout,
+}
+
+/// Messages the consumer waits to see again: queue index -> id -> (fate, due ms).
+type Pending = Vec<Mutex<HashMap<String, (Fate, i64)>>>;
+
+struct Shared {
+    opts: LoadOptions,
+    client: Arc<dyn DeckardClient>,
+    names: Vec<String>,
+    pending: Pending,
+    unlock_late: Mutex<Histogram<u64>>,
+    timeout_late: Mutex<Histogram<u64>>,
+    added: AtomicU64,
+    pulls: AtomicU64,
+    ack_locks: AtomicU64,
+    nack_locks: AtomicU64,
+    timeouts: AtomicU64,
+    returned: AtomicU64,
+    early: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant figures is a valid histogram")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn queue_names(n: usize) -> Vec<String> {
+    // Deckard-style names with a `prefix::` part, as metrics labels use it.
+    (0..n).map(|i| format!("load::q{i}")).collect()
+}
+
+impl Shared {
+    fn error(&self, e: StoreError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %e, "load: store operation failed");
+    }
+
+    /// One pull on queue `qi`, and what the consumer does with each message.
+    async fn consume(&self, qi: usize, rng: &mut SmallRng) {
+        let queue = &self.names[qi];
+        let now = now_ms();
+        let ids = match self.client.pull(queue, 50, now, self.opts.timeout_ms).await {
+            Ok(ids) => ids,
+            Err(e) => return self.error(e),
+        };
+        self.pulls.fetch_add(1, Ordering::Relaxed);
+        let mut finished = Vec::new();
+        for id in ids {
+            let seen = lock(&self.pending[qi]).remove(&id);
+            if let Some((fate, due)) = seen {
+                let late = now - due;
+                if late < 0 {
+                    self.early.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let h = match fate {
+                        Fate::Unlock => &self.unlock_late,
+                        Fate::Timeout => &self.timeout_late,
+                    };
+                    let _ = lock(h).record(late as u64);
+                }
+                self.returned.fetch_add(1, Ordering::Relaxed);
+                finished.push(id);
+                continue;
+            }
+            let roll = rng.random_range(0..100u32);
+            let o = &self.opts;
+            if roll < o.ack_lock_pct + o.nack_lock_pct {
+                let kind = if roll < o.ack_lock_pct {
+                    LockKind::Ack
+                } else {
+                    LockKind::Nack
+                };
+                let restore = (kind == LockKind::Ack).then_some(now as f64);
+                match self
+                    .client
+                    .release(queue, kind, &id, now, o.lock_ms, restore)
+                    .await
+                {
+                    Ok(true) => {
+                        lock(&self.pending[qi]).insert(id, (Fate::Unlock, now + o.lock_ms));
+                        let counter = if kind == LockKind::Ack {
+                            &self.ack_locks
+                        } else {
+                            &self.nack_locks
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
+                    Err(e) => self.error(e),
+                }
+            } else if roll < o.ack_lock_pct + o.nack_lock_pct + o.timeout_pct {
+                // Left in processing: back after its deadline (now + timeout_ms).
+                lock(&self.pending[qi]).insert(id, (Fate::Timeout, now + o.timeout_ms));
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+            } else {
+                finished.push(id);
+            }
+        }
+        if !finished.is_empty() {
+            if let Err(e) = self.client.remove(queue, &finished).await {
+                self.error(e);
+            }
+        }
+    }
+
+    fn pending_count(&self) -> usize {
+        self.pending.iter().map(|p| lock(p).len()).sum()
+    }
+}
+
+fn progress_bar(show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar
+}
+
+/// Runs the traffic and returns what the consumer saw.
+pub async fn run(client: Arc<dyn DeckardClient>, opts: LoadOptions) -> LoadSummary {
+    let show = opts.progress && std::io::stderr().is_terminal();
+    if opts.expired_locks > 0 {
+        return drain(client, opts, show).await;
+    }
+    let names = queue_names(opts.queues);
+    let shared = Arc::new(Shared {
+        pending: (0..names.len())
+            .map(|_| Mutex::new(HashMap::new()))
+            .collect(),
+        names,
+        client,
+        unlock_late: Mutex::new(histogram()),
+        timeout_late: Mutex::new(histogram()),
+        added: AtomicU64::new(0),
+        pulls: AtomicU64::new(0),
+        ack_locks: AtomicU64::new(0),
+        nack_locks: AtomicU64::new(0),
+        timeouts: AtomicU64::new(0),
+        returned: AtomicU64::new(0),
+        early: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        opts: opts.clone(),
+    });
+    let bar = progress_bar(show);
+    if !opts.warmup.is_zero() {
+        bar.set_message(format!(
+            "warming up: creating {} queues",
+            shared.names.len()
+        ));
+        let now = now_ms() as f64;
+        futures::stream::iter(shared.names.iter())
+            .for_each_concurrent(opts.concurrency, |q| {
+                let shared = shared.clone();
+                async move {
+                    if let Err(e) = shared.client.add(q, &[("warmup".to_string(), now)]).await {
+                        shared.error(e);
+                    }
+                }
+            })
+            .await;
+        tokio::time::sleep(opts.warmup).await;
+    }
+    let started = Instant::now();
+    let producing_until = started + opts.duration;
+
+    // Producer: `rate` messages per second, round robin over the queues.
+    let producer = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut seq: u64 = 0;
+            let mut next_queue = 0usize;
+            while Instant::now() < producing_until {
+                let due = (started.elapsed().as_secs_f64() * shared.opts.rate as f64) as u64;
+                let mut batches: HashMap<usize, Vec<(String, f64)>> = HashMap::new();
+                let now = now_ms() as f64;
+                while seq < due {
+                    seq += 1;
+                    batches
+                        .entry(next_queue)
+                        .or_default()
+                        .push((format!("m{seq}"), now));
+                    next_queue = (next_queue + 1) % shared.names.len();
+                }
+                for (qi, items) in batches {
+                    match shared.client.add(&shared.names[qi], &items).await {
+                        Ok(n) => {
+                            shared.added.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => shared.error(e),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // Consumer: sweeps every queue, `concurrency` pulls at a time, until the
+    // run is over and every locked or timed-out message came back (or grace ends).
+    let deadline = producing_until + opts.grace;
+    let mut rng = SmallRng::seed_from_u64(opts.seed);
+    loop {
+        let seeds: Vec<u64> = (0..shared.names.len()).map(|_| rng.random()).collect();
+        let sweep = futures::stream::iter(seeds.into_iter().enumerate().map(|(qi, seed)| {
+            let shared = shared.clone();
+            async move {
+                let mut rng = SmallRng::seed_from_u64(seed);
+                shared.consume(qi, &mut rng).await;
+            }
+        }))
+        .buffer_unordered(opts.concurrency)
+        .collect::<Vec<()>>();
+        sweep.await;
+        let p = Percentiles::of(&lock(&shared.unlock_late));
+        bar.set_message(format!(
+            "added {} pulls {} returned {} pending {} unlock lateness p50 {} ms p99 {} ms max {} ms errors {}",
+            shared.added.load(Ordering::Relaxed),
+            shared.pulls.load(Ordering::Relaxed),
+            shared.returned.load(Ordering::Relaxed),
+            shared.pending_count(),
+            p.p50,
+            p.p99,
+            p.max,
+            shared.errors.load(Ordering::Relaxed),
+        ));
+        bar.tick();
+        let now = Instant::now();
+        if (now >= producing_until && shared.pending_count() == 0) || now >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _ = producer.await;
+    bar.finish_and_clear();
+    let unlock_lateness_ms = Percentiles::of(&lock(&shared.unlock_late));
+    let timeout_lateness_ms = Percentiles::of(&lock(&shared.timeout_late));
+    LoadSummary {
+        mode: "traffic",
+        queues: opts.queues,
+        rate_per_s: opts.rate,
+        duration_s: opts.duration.as_secs_f64(),
+        added: shared.added.load(Ordering::Relaxed),
+        pulls: shared.pulls.load(Ordering::Relaxed),
+        ack_locks: shared.ack_locks.load(Ordering::Relaxed),
+        nack_locks: shared.nack_locks.load(Ordering::Relaxed),
+        timeouts: shared.timeouts.load(Ordering::Relaxed),
+        returned: shared.returned.load(Ordering::Relaxed),
+        missing: shared.pending_count() as u64,
+        early: shared.early.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
+        unlock_lateness_ms,
+        timeout_lateness_ms,
+        ..Default::default()
+    }
+}
+
+/// Drain mode: writes `expired_locks` already-expired ack locks and times
+/// until no queue has any left.
+async fn drain(client: Arc<dyn DeckardClient>, opts: LoadOptions, show: bool) -> LoadSummary {
+    let names = queue_names(opts.queues);
+    let admin = opts.admin.clone();
+    if let Some(admin) = &admin {
+        if let Err(e) = set_unlock(admin, true).await {
+            tracing::warn!(error = %e, "could not pause UNLOCK; the drain starts while writing");
+        }
+    }
+    let per_queue = opts.expired_locks.div_ceil(opts.queues.max(1));
+    let bar = progress_bar(show);
+    let errors = AtomicU64::new(0);
+    // Write: add, pull into processing, ack with a 1 ms lock: due long before the drain starts.
+    let written = AtomicU64::new(0);
+    futures::stream::iter(names.iter().enumerate())
+        .for_each_concurrent(opts.concurrency, |(qi, q)| {
+            let client = client.clone();
+            let (errors, written) = (&errors, &written);
+            async move {
+                let n = per_queue.min(opts.expired_locks.saturating_sub(qi * per_queue));
+                let items: Vec<(String, f64)> =
+                    (0..n).map(|i| (format!("e{i}"), i as f64)).collect();
+                let then = now_ms() - 60_000;
+                let result = async {
+                    client.add(q, &items).await?;
+                    let ids = client.pull(q, n, then, 3_600_000).await?;
+                    for id in &ids {
+                        client.release(q, LockKind::Ack, id, then, 1, None).await?;
+                    }
+                    Ok::<usize, StoreError>(ids.len())
+                }
+                .await;
+                match result {
+                    Ok(n) => {
+                        written.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+        .await;
+    let total = written.load(Ordering::Relaxed);
+    bar.set_message(format!("{total} expired locks written; draining"));
+    if let Some(admin) = &admin {
+        if let Err(e) = set_unlock(admin, false).await {
+            tracing::warn!(error = %e, "could not resume UNLOCK");
+        }
+    }
+    let started = Instant::now();
+    let deadline = started + opts.grace.max(Duration::from_secs(300));
+    let unknown = usize::MAX / names.len().max(1);
+    loop {
+        let left: usize = futures::stream::iter(names.iter())
+            .map(|q| {
+                let client = client.clone();
+                async move { client.pending(q).await.unwrap_or(unknown) }
+            })
+            .buffer_unordered(opts.concurrency)
+            .fold(0usize, |acc, n| async move { acc.saturating_add(n) })
+            .await;
+        bar.set_message(format!("draining: {left} locks left"));
+        bar.tick();
+        if left == 0 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    LoadSummary {
+        mode: "drain",
+        queues: opts.queues,
+        drained: total,
+        drain_s: secs,
+        drain_per_s: total as f64 / secs.max(1e-9),
+        errors: errors.load(Ordering::Relaxed),
+        ..Default::default()
+    }
+}
+
+/// The summary as a few readable lines.
+pub fn summary_text(s: &LoadSummary) -> String {
+    if s.mode == "drain" {
+        return format!(
+            "drained {} expired locks over {} queues in {:.2} s: {:.0} elements/s (errors: {})",
+            s.drained, s.queues, s.drain_s, s.drain_per_s, s.errors
+        );
+    }
+    let p = |x: &Percentiles| {
+        format!(
+            "p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({} samples)",
+            x.p50, x.p90, x.p99, x.max, x.count
+        )
+    };
+    format!(
+        "{} queues, {}/s for {:.0} s: added {}, pulls {}, ack locks {}, nack locks {}, left to time out {}\n\
+         came back {}, missing {}, early {}, errors {}\n\
+         unlock lateness as consumers saw it: {}\n\
+         timeout lateness as consumers saw it: {}",
+        s.queues,
+        s.rate_per_s,
+        s.duration_s,
+        s.added,
+        s.pulls,
+        s.ack_locks,
+        s.nack_locks,
+        s.timeouts,
+        s.returned,
+        s.missing,
+        s.early,
+        s.errors,
+        p(&s.unlock_lateness_ms),
+        p(&s.timeout_lateness_ms)
+    )
+}
+
+/// Pauses (or resumes) UNLOCK through a node's admin API.
+async fn set_unlock(admin: &str, paused: bool) -> Result<(), String> {
+    use crate::proto::admin::admin_client::AdminClient;
+    use crate::proto::admin::TaskRequest;
+    let mut client = AdminClient::connect(format!("http://{admin}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = TaskRequest {
+        task: "UNLOCK".into(),
+    };
+    let result = if paused {
+        client.pause_task(request).await
+    } else {
+        client.resume_task(request).await
+    };
+    result.map(|_| ()).map_err(|s| s.message().to_string())
+}
+
+/// What one Redis sustains for the housekeeping moves alone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RedisLimit {
+    pub elements: u64,
+    pub calls: u64,
+    /// Server-side time spent in the script, from `INFO commandstats`.
+    pub server_usec: u64,
+    pub elements_per_s: f64,
+    pub wall_elements_per_s: f64,
+}
+
+/// Writes `n` expired locks over `queues` queues (prefix `limit::`), then
+/// drains them by calling the housekeeping script directly, `concurrency`
+/// calls in flight, and reads the server time per call from Redis.
+pub async fn redis_limit(
+    url: &str,
+    prefix: &str,
+    n: usize,
+    queues: usize,
+    batch: usize,
+    concurrency: usize,
+) -> Result<RedisLimit, StoreError> {
+    use crate::store::redis::RedisStore;
+    use crate::store::{Fence, HousekeepRequest, QueueStore};
+    let store = Arc::new(RedisStore::open(url, prefix).await?);
+    let names: Vec<String> = (0..queues).map(|i| format!("limit::q{i}")).collect();
+    let per_queue = n.div_ceil(queues.max(1));
+    let then = now_ms() - 60_000;
+    futures::stream::iter(names.iter())
+        .map(|q| {
+            let store = store.clone();
+            async move {
+                let items: Vec<(String, f64)> = (0..per_queue)
+                    .map(|i| (format!("e{i}"), i as f64))
+                    .collect();
+                store.add(q, &items).await?;
+                let ids = store.pull(q, per_queue, then, 3_600_000).await?;
+                for id in &ids {
+                    store.release(q, LockKind::Ack, id, then, 1, None).await?;
+                }
+                Ok::<(), StoreError>(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<(), _>>()?;
+    let before = store.evalsha_stats().await?;
+    let started = Instant::now();
+    let fence = Fence {
+        shard: 0,
+        epoch: 1,
+        node: 0,
+    };
+    let moved = AtomicU64::new(0);
+    let calls = AtomicU64::new(0);
+    futures::stream::iter(names.iter())
+        .for_each_concurrent(concurrency, |q| {
+            let store = store.clone();
+            let (moved, calls) = (&moved, &calls);
+            async move {
+                loop {
+                    let req = HousekeepRequest {
+                        now_ms: now_ms(),
+                        batch,
+                        unlock: true,
+                        timeout: false,
+                    };
+                    let Ok(out) = store.housekeep(q, req, fence).await else {
+                        break;
+                    };
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    moved.fetch_add(out.moved(), Ordering::Relaxed);
+                    if out.moved() == 0 {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    let wall = started.elapsed().as_secs_f64();
+    let after = store.evalsha_stats().await?;
+    let elements = moved.load(Ordering::Relaxed);
+    let server_usec = after.1.saturating_sub(before.1);
+    Ok(RedisLimit {
+        elements,
+        calls: calls.load(Ordering::Relaxed),
+        server_usec,
+        elements_per_s: elements as f64 / (server_usec as f64 / 1e6).max(1e-9),
+        wall_elements_per_s: elements as f64 / wall.max(1e-9),
+    })
+}
