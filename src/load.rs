@@ -426,22 +426,30 @@ async fn drain(client: Arc<dyn DeckardClient>, opts: LoadOptions, show: bool) ->
     }
     let started = Instant::now();
     let deadline = started + opts.grace.max(Duration::from_secs(300));
-    let unknown = usize::MAX / names.len().max(1);
+    // In drain mode nothing refills a lock set, so a queue seen empty once
+    // is done for good: only queues not yet seen empty are checked again
+    // (checking all 10,000 every time would load the Redis being measured).
+    let mut left_queues: Vec<&String> = names.iter().collect();
     loop {
-        let left: usize = futures::stream::iter(names.iter())
+        let checked: Vec<(&String, bool)> = futures::stream::iter(left_queues.iter().copied())
             .map(|q| {
                 let client = client.clone();
-                async move { client.pending(q).await.unwrap_or(unknown) }
+                async move { (q, client.pending(q).await.is_ok_and(|n| n == 0)) }
             })
             .buffer_unordered(opts.concurrency)
-            .fold(0usize, |acc, n| async move { acc.saturating_add(n) })
+            .collect()
             .await;
-        bar.set_message(format!("draining: {left} locks left"));
+        left_queues = checked
+            .into_iter()
+            .filter(|(_, empty)| !empty)
+            .map(|(q, _)| q)
+            .collect();
+        bar.set_message(format!("draining: {} queues left", left_queues.len()));
         bar.tick();
-        if left == 0 || Instant::now() >= deadline {
+        if left_queues.is_empty() || Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();

@@ -266,7 +266,7 @@ async fn run_shard(
     };
     let mut task_state = shared.watch_task_state();
     let mut schedule: HashMap<String, Instant> = HashMap::new();
-    let mut seen_trigger = task_state.borrow().trigger_seq;
+    let mut seen = *task_state.borrow();
     while !cancel.is_cancelled() {
         let Some(queues) = shared.queues_of(shard) else {
             // Newly owned: ask for the queue list now rather than at the next
@@ -279,8 +279,10 @@ async fn run_shard(
             continue;
         };
         let run = *task_state.borrow_and_update();
-        if run.trigger_seq != seen_trigger {
-            seen_trigger = run.trigger_seq;
+        if run != seen {
+            // Triggered, resumed or paused: look at every queue again now
+            // (a queue scheduled at the idle pace may have due work now).
+            seen = run;
             schedule.clear();
         }
         schedule.retain(|q, _| queues.contains(q));
