@@ -223,38 +223,14 @@ impl Admin for AdminService {
         &self,
         request: Request<DrainRequest>,
     ) -> Result<Response<DrainResponse>, Status> {
-        tracing::debug!(node = request.get_ref().node_id, "admin drain");
-        if let Route::Leader(mut client) = self.route(&request)? {
-            return client.drain(forwarded(request.into_inner())).await;
-        }
-        let node = request.into_inner().node_id;
-        let owned = self
-            .coordinator
-            .set_drained(node, true)
-            .await
-            .map_err(coord_status)?;
-        Ok(Response::new(DrainResponse {
-            shards_owned: owned,
-        }))
+        self.drain_change(request, true).await
     }
 
     async fn undrain(
         &self,
         request: Request<DrainRequest>,
     ) -> Result<Response<DrainResponse>, Status> {
-        tracing::debug!(node = request.get_ref().node_id, "admin undrain");
-        if let Route::Leader(mut client) = self.route(&request)? {
-            return client.undrain(forwarded(request.into_inner())).await;
-        }
-        let node = request.into_inner().node_id;
-        let owned = self
-            .coordinator
-            .set_drained(node, false)
-            .await
-            .map_err(coord_status)?;
-        Ok(Response::new(DrainResponse {
-            shards_owned: owned,
-        }))
+        self.drain_change(request, false).await
     }
 
     async fn rebalance(
@@ -336,6 +312,36 @@ fn parse_task(request: &TaskRequest) -> Result<TaskKind, Status> {
 }
 
 impl AdminService {
+    /// Drain (or undrain) a node on the leader, forwarding if needed.
+    async fn drain_change(
+        &self,
+        request: Request<DrainRequest>,
+        drained: bool,
+    ) -> Result<Response<DrainResponse>, Status> {
+        tracing::debug!(
+            node = request.get_ref().node_id,
+            drained,
+            "admin drain change"
+        );
+        if let Route::Leader(mut client) = self.route(&request)? {
+            let message = forwarded(request.into_inner());
+            return if drained {
+                client.drain(message).await
+            } else {
+                client.undrain(message).await
+            };
+        }
+        let node = request.into_inner().node_id;
+        let owned = self
+            .coordinator
+            .set_drained(node, drained)
+            .await
+            .map_err(coord_status)?;
+        Ok(Response::new(DrainResponse {
+            shards_owned: owned,
+        }))
+    }
+
     async fn task_change(
         &self,
         command: Command,

@@ -29,6 +29,20 @@ pub struct QueueKeys {
     pub fence: String,
 }
 
+impl QueueKeys {
+    /// Deckard's six sets of the queue (not the fence), in layout order.
+    pub fn sets(&self) -> [&str; 6] {
+        [
+            &self.active,
+            &self.processing,
+            &self.lock_ack,
+            &self.lock_ack_score,
+            &self.lock_nack,
+            &self.lock_nack_score,
+        ]
+    }
+}
+
 /// Trims a configured prefix the way Deckard does (spaces and `:`).
 pub fn normalize_prefix(prefix: &str) -> String {
     prefix

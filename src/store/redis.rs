@@ -229,6 +229,18 @@ impl RedisStore {
         Ok((field("calls="), field("usec=")))
     }
 
+    /// Runs a pipeline on `queue`'s keys, mapping errors for that queue.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        queue: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut con = self.connection().await?;
+        pipe.query_async(&mut con)
+            .await
+            .map_err(|e| op_error(queue, e))
+    }
+
     fn keys(&self, queue: &str) -> Result<QueueKeys, StoreError> {
         validate_queue_name(queue)?;
         Ok(QueueKeys::new(&self.prefix, queue))
@@ -411,57 +423,31 @@ impl DeckardClient for RedisStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut con = self.connection().await?;
         let mut pipe = redis::pipe();
-        for key in [
-            &k.active,
-            &k.processing,
-            &k.lock_ack,
-            &k.lock_ack_score,
-            &k.lock_nack,
-            &k.lock_nack_score,
-        ] {
+        for key in k.sets() {
             pipe.cmd("ZREM").arg(key).arg(ids);
         }
-        let counts: Vec<usize> = pipe
-            .query_async(&mut con)
-            .await
-            .map_err(|e| op_error(queue, e))?;
+        let counts: Vec<usize> = self.query(queue, &pipe).await?;
         Ok(counts.iter().sum())
     }
 
     async fn pending(&self, queue: &str) -> Result<usize, StoreError> {
         let k = self.keys(queue)?;
-        let mut con = self.connection().await?;
         let mut pipe = redis::pipe();
         for key in [&k.processing, &k.lock_ack, &k.lock_nack] {
             pipe.cmd("ZCARD").arg(key);
         }
-        let counts: Vec<usize> = pipe
-            .query_async(&mut con)
-            .await
-            .map_err(|e| op_error(queue, e))?;
+        let counts: Vec<usize> = self.query(queue, &pipe).await?;
         Ok(counts.iter().sum())
     }
 
     async fn snapshot(&self, queue: &str) -> Result<QueueSnapshot, StoreError> {
         let k = self.keys(queue)?;
-        let mut con = self.connection().await?;
         let mut pipe = redis::pipe();
-        for key in [
-            &k.active,
-            &k.processing,
-            &k.lock_ack,
-            &k.lock_ack_score,
-            &k.lock_nack,
-            &k.lock_nack_score,
-        ] {
+        for key in k.sets() {
             pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES");
         }
-        let sets: Vec<Vec<(String, f64)>> = pipe
-            .query_async(&mut con)
-            .await
-            .map_err(|e| op_error(queue, e))?;
+        let sets: Vec<Vec<(String, f64)>> = self.query(queue, &pipe).await?;
         let mut sets = sets.into_iter();
         let mut next = || sets.next().unwrap_or_default();
         Ok(QueueSnapshot {
