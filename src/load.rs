@@ -427,29 +427,54 @@ async fn drain(client: Arc<dyn DeckardClient>, opts: LoadOptions, show: bool) ->
     let started = Instant::now();
     let deadline = started + opts.grace.max(Duration::from_secs(300));
     // In drain mode nothing refills a lock set, so a queue seen empty once
-    // is done for good: only queues not yet seen empty are checked again
-    // (checking all 10,000 every time would load the Redis being measured).
+    // is done for good. While a sample of queues still has locks, only the
+    // sample is checked (checking all 10,000 every round would load the
+    // Redis being measured); once a whole sample is empty, every remaining
+    // queue is checked, round after round, until none is left.
+    const SAMPLE: usize = 64;
     let mut left_queues: Vec<&String> = names.iter().collect();
+    let mut cursor = 0usize;
     loop {
-        let checked: Vec<(&String, bool)> = futures::stream::iter(left_queues.iter().copied())
-            .map(|q| {
-                let client = client.clone();
-                async move { (q, client.pending(q).await.is_ok_and(|n| n == 0)) }
-            })
-            .buffer_unordered(opts.concurrency)
-            .collect()
-            .await;
-        left_queues = checked
-            .into_iter()
-            .filter(|(_, empty)| !empty)
-            .map(|(q, _)| q)
-            .collect();
+        let sample: Vec<&String> = if left_queues.len() <= SAMPLE {
+            left_queues.clone()
+        } else {
+            (0..SAMPLE)
+                .map(|i| left_queues[(cursor + i) % left_queues.len()])
+                .collect()
+        };
+        cursor = cursor.wrapping_add(SAMPLE);
+        let empty = |batch: Vec<String>| {
+            let client = client.clone();
+            async move {
+                futures::stream::iter(batch)
+                    .map(|q| {
+                        let client = client.clone();
+                        async move {
+                            let empty = client.pending(&q).await.is_ok_and(|n| n == 0);
+                            (q, empty)
+                        }
+                    })
+                    .buffer_unordered(opts.concurrency)
+                    .filter_map(|(q, empty)| async move { empty.then_some(q) })
+                    .collect::<std::collections::HashSet<String>>()
+                    .await
+            }
+        };
+        let sampled = sample.len();
+        let mut done = empty(sample.into_iter().cloned().collect()).await;
+        let settling = done.len() == sampled;
+        if settling && left_queues.len() > sampled {
+            done = empty(left_queues.iter().map(|q| (*q).clone()).collect()).await;
+        }
+        left_queues.retain(|q| !done.contains(*q));
         bar.set_message(format!("draining: {} queues left", left_queues.len()));
         bar.tick();
         if left_queues.is_empty() || Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !settling {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();

@@ -51,6 +51,23 @@ impl RedisServer {
         Err(last)
     }
 
+    /// Starts a server on a given port (e.g. one a node was pointed at
+    /// before Redis existed).
+    pub fn start_on(port: u16) -> Result<Self, RedisServerError> {
+        let mut server = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir()?,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// A loopback port nothing listens on right now.
+    pub fn free_port() -> Result<u16, RedisServerError> {
+        Ok(free_port()?)
+    }
+
     fn spawn(&mut self) -> Result<(), RedisServerError> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])

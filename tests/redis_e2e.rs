@@ -353,3 +353,35 @@ async fn redis_restart_mid_load_loses_and_duplicates_nothing() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_redis_works_once_redis_is_up() {
+    // Nothing listens on the port yet: the store opens, the node starts and leads.
+    let port = RedisServer::free_port().expect("free port");
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let store = Arc::new(RedisStore::open(&url, "deckard_v1").await.expect("open"));
+    let cluster = TestCluster::start_on(1, Some(store.clone())).await;
+    let leader = cluster.wait_for_leader().await;
+    assert!(store.snapshot("q").await.is_err(), "Redis is not there yet");
+
+    // Redis appears; a lock written now comes back like any other.
+    let _server = RedisServer::start_on(port).expect("redis-server on the node's port");
+    let client: &dyn DeckardClient = store.as_ref();
+    let now = now_ms();
+    client
+        .add("late", &[("m".to_string(), 1.0)])
+        .await
+        .expect("add");
+    client.pull("late", 1, now, 60_000).await.expect("pull");
+    client
+        .release("late", LockKind::Nack, "m", now, 300, None)
+        .await
+        .expect("nack");
+    wait_until("the lock written after Redis came up returns", || async {
+        let snap = client.snapshot("late").await.ok()?;
+        (snap.active == vec![("m".to_string(), 0.0)]).then_some(())
+    })
+    .await;
+    assert_eq!(cluster.wait_for_leader().await, leader);
+    cluster.shutdown().await;
+}
