@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::status;
+use crate::admin::client::TaskAction;
 use crate::cluster::{Command, TaskKind};
 use crate::proto::admin::admin_client::AdminClient;
 use crate::proto::admin::admin_server::{Admin, AdminServer};
@@ -268,41 +269,21 @@ impl Admin for AdminService {
         &self,
         request: Request<TaskRequest>,
     ) -> Result<Response<TaskResponse>, Status> {
-        let task = parse_task(request.get_ref())?;
-        if let Route::Leader(mut client) = self.route(&request)? {
-            return client.pause_task(forwarded(request.into_inner())).await;
-        }
-        self.task_change(Command::SetTaskPaused { task, paused: true }, task)
-            .await
+        self.task_change(request, TaskAction::Pause).await
     }
 
     async fn resume_task(
         &self,
         request: Request<TaskRequest>,
     ) -> Result<Response<TaskResponse>, Status> {
-        let task = parse_task(request.get_ref())?;
-        if let Route::Leader(mut client) = self.route(&request)? {
-            return client.resume_task(forwarded(request.into_inner())).await;
-        }
-        self.task_change(
-            Command::SetTaskPaused {
-                task,
-                paused: false,
-            },
-            task,
-        )
-        .await
+        self.task_change(request, TaskAction::Resume).await
     }
 
     async fn trigger_task(
         &self,
         request: Request<TaskRequest>,
     ) -> Result<Response<TaskResponse>, Status> {
-        let task = parse_task(request.get_ref())?;
-        if let Route::Leader(mut client) = self.route(&request)? {
-            return client.trigger_task(forwarded(request.into_inner())).await;
-        }
-        self.task_change(Command::TriggerTask { task }, task).await
+        self.task_change(request, TaskAction::Trigger).await
     }
 }
 
@@ -342,11 +323,29 @@ impl AdminService {
         }))
     }
 
+    /// Pauses, resumes or triggers a task on the leader, forwarding if needed.
     async fn task_change(
         &self,
-        command: Command,
-        task: TaskKind,
+        request: Request<TaskRequest>,
+        action: TaskAction,
     ) -> Result<Response<TaskResponse>, Status> {
+        let task = parse_task(request.get_ref())?;
+        if let Route::Leader(mut client) = self.route(&request)? {
+            let message = forwarded(request.into_inner());
+            return match action {
+                TaskAction::Pause => client.pause_task(message).await,
+                TaskAction::Resume => client.resume_task(message).await,
+                TaskAction::Trigger => client.trigger_task(message).await,
+            };
+        }
+        let command = match action {
+            TaskAction::Pause => Command::SetTaskPaused { task, paused: true },
+            TaskAction::Resume => Command::SetTaskPaused {
+                task,
+                paused: false,
+            },
+            TaskAction::Trigger => Command::TriggerTask { task },
+        };
         tracing::debug!(%command, "admin task change");
         self.coordinator
             .task_command(command)
