@@ -35,7 +35,7 @@ pub mod runner;
 pub mod service;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -114,9 +114,7 @@ pub struct WorkerStats {
 #[derive(Debug)]
 pub struct Freeze {
     frozen: watch::Sender<bool>,
-    /// Calls parked at the gate right now.
-    parked: AtomicUsize,
-    /// Parked calls per shard.
+    /// Calls parked at the gate right now, per shard.
     parked_shards: Mutex<BTreeMap<u32, usize>>,
 }
 
@@ -124,7 +122,6 @@ impl Default for Freeze {
     fn default() -> Self {
         Self {
             frozen: watch::channel(false).0,
-            parked: AtomicUsize::new(0),
             parked_shards: Mutex::new(BTreeMap::new()),
         }
     }
@@ -143,10 +140,6 @@ impl Freeze {
         *self.frozen.borrow()
     }
 
-    pub fn parked(&self) -> usize {
-        self.parked.load(Ordering::SeqCst)
-    }
-
     /// Shards with at least one call parked right now.
     pub fn parked_shards(&self) -> std::collections::BTreeSet<u32> {
         lock(&self.parked_shards).keys().copied().collect()
@@ -157,7 +150,6 @@ impl Freeze {
         if !self.is_frozen() {
             return;
         }
-        self.parked.fetch_add(1, Ordering::SeqCst);
         *lock(&self.parked_shards).entry(shard).or_default() += 1;
         let mut rx = self.frozen.subscribe();
         let _ = rx.wait_for(|frozen| !*frozen).await;
@@ -168,8 +160,6 @@ impl Freeze {
                 shards.remove(&shard);
             }
         }
-        drop(shards);
-        self.parked.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
