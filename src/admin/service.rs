@@ -115,9 +115,13 @@ impl AdminService {
     }
 }
 
-/// A copy of `message` marked as forwarded.
+/// How long a request forwarded to the leader may take.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A copy of `message` marked as forwarded, with a deadline.
 fn forwarded<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
+    request.set_timeout(FORWARD_TIMEOUT);
     request
         .metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));

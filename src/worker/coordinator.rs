@@ -83,6 +83,9 @@ struct LeaderView {
     departed: BTreeSet<NodeId>,
 }
 
+/// The longest a Raft write of the coordinator may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a queue stays known after discovery last saw it (so a queue
 /// does not flap out of its owner's list between two discoveries).
 const QUEUE_RETENTION: Duration = Duration::from_secs(60);
@@ -376,13 +379,16 @@ impl Coordinator {
         self.write(command).await.map(|_| ())
     }
 
+    /// Commits a command, bounded: a leader that lost its quorum would
+    /// otherwise hold the planning lock until it notices.
     async fn write(&self, command: Command) -> Result<CommandResult, CoordError> {
-        self.inner
-            .raft
-            .client_write(command)
-            .await
-            .map(|r| r.response().clone())
-            .map_err(|e| CoordError::Raft(e.to_string()))
+        match tokio::time::timeout(WRITE_TIMEOUT, self.inner.raft.client_write(command)).await {
+            Ok(Ok(resp)) => Ok(resp.response().clone()),
+            Ok(Err(e)) => Err(CoordError::Raft(e.to_string())),
+            Err(_) => Err(CoordError::Raft(format!(
+                "not committed within {WRITE_TIMEOUT:?}"
+            ))),
+        }
     }
 
     /// One planning round: compute moves from the current view and commit them.

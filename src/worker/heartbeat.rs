@@ -174,11 +174,16 @@ impl HeartbeatLoop {
             Ok(self.coordinator.get_queues(&request))
         } else {
             match leader_addr.map(|a| self.client(a)) {
-                Some(Ok(mut client)) => client
-                    .get_queues(request)
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|s| s.message().to_string()),
+                Some(Ok(mut client)) => {
+                    // Bounded like the heartbeat itself: this loop renews the lease.
+                    let mut request = tonic::Request::new(request);
+                    request.set_timeout(self.shared.settings.heartbeat_interval * 2);
+                    client
+                        .get_queues(request)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| s.message().to_string())
+                }
                 Some(Err(e)) => Err(e),
                 None => Err("no leader address".into()),
             }
