@@ -135,6 +135,39 @@ async fn three_nodes_unlock_and_time_out_deckard_messages_on_redis() {
     assert_eq!(timeout.moved, 120);
     assert!(tasks.iter().all(|t| t.enabled && t.errors == 0));
 
+    // Every node's /metrics: Deckard's counters (queue label = prefix before
+    // `::`) and the lateness histogram, summed over the nodes.
+    let mut unlock_orders_ack = 0.0;
+    let mut lateness_count = 0.0;
+    for node in cluster.nodes.values() {
+        let body = common::http_get(node.metrics_addr(), "/metrics").await;
+        for line in body.lines() {
+            let value = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if line.starts_with("deckard_message_unlock_total{")
+                && line.contains("queue=\"orders\"")
+                && line.contains("lock_type=\"ack\"")
+            {
+                unlock_orders_ack += value;
+            }
+            if line.starts_with("deckhand_unlock_lateness_seconds_count") {
+                lateness_count += value;
+            }
+        }
+        assert!(
+            body.contains("deckhand_node_is_leader"),
+            "node gauges missing"
+        );
+    }
+    assert_eq!(unlock_orders_ack, 80.0, "40 orders:: queues x 2 ack locks");
+    assert_eq!(
+        lateness_count, 360.0,
+        "one lateness observation per unlocked element"
+    );
+
     // Pause UNLOCK: a new lock stays locked past its time; resume: it returns.
     admin
         .pause_task(TaskRequest {

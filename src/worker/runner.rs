@@ -193,8 +193,12 @@ async fn housekeep_queue(
     stats
         .last_run_ms
         .store(now_ms.max(0) as u64, Ordering::Relaxed);
+    let started = Instant::now();
     match shared.store.housekeep(queue, req, fence).await {
         Ok(out) => {
+            shared
+                .metrics
+                .record_housekeep(queue, &out, started.elapsed().as_secs_f64() * 1000.0);
             stats.calls.fetch_add(1, Ordering::Relaxed);
             stats
                 .last_success_ms
