@@ -11,6 +11,7 @@
 #   scripts/redis-bench.sh
 #   QUEUES=200 DURATION=10s EXPIRED=100000 DRAIN_QUEUES=1000 scripts/redis-bench.sh   # quicker
 #   SKIP_LATENESS=1 scripts/redis-bench.sh                                             # drain and limit only
+#   SKIP_DRAIN=1 scripts/redis-bench.sh                                                # lateness only
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -55,12 +56,14 @@ if [ -z "${SKIP_LATENESS:-}" ]; then
     --lock-ms "$LOCK_MS" --json | tee bench/lateness.json
 fi
 
-echo "2. drain: $EXPIRED expired locks over $DRAIN_QUEUES queues" >&2
-redis-cli -p "$port" flushdb >/dev/null
-"$bin" load --store "$url" --queues "$DRAIN_QUEUES" --expired-locks "$EXPIRED" \
-  --admin 127.0.0.1:7201 --json | tee bench/drain.json
+if [ -z "${SKIP_DRAIN:-}" ]; then
+  echo "2. drain: $EXPIRED expired locks over $DRAIN_QUEUES queues" >&2
+  redis-cli -p "$port" flushdb >/dev/null
+  "$bin" load --store "$url" --queues "$DRAIN_QUEUES" --expired-locks "$EXPIRED" \
+    --admin 127.0.0.1:7201 --json | tee bench/drain.json
 
-echo "3. Redis alone, same moves" >&2
-scripts/cluster.sh stop "$cfg" >/dev/null
-redis-cli -p "$port" flushdb >/dev/null
-"$bin" load --store "$url" --queues "$DRAIN_QUEUES" --redis-limit "$EXPIRED" --json | tee bench/redis-limit.json
+  echo "3. Redis alone, same moves" >&2
+  scripts/cluster.sh stop "$cfg" >/dev/null
+  redis-cli -p "$port" flushdb >/dev/null
+  "$bin" load --store "$url" --queues "$DRAIN_QUEUES" --redis-limit "$EXPIRED" --json | tee bench/redis-limit.json
+fi

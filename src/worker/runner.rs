@@ -223,10 +223,12 @@ async fn housekeep_queue(
                 // The batch limit stopped us: drain on.
                 Instant::now()
             } else {
-                let until_due = out.next_due_ms.map_or(poll, |due| {
-                    Duration::from_millis((due - now_ms).max(0) as u64)
-                });
-                Instant::now() + until_due.min(poll)
+                let wait = match out.next_due_ms {
+                    Some(due) => Duration::from_millis((due - now_ms).max(0) as u64).min(poll),
+                    // Nothing pending: look again at the idle pace.
+                    None => shared.settings.idle_poll_interval,
+                };
+                Instant::now() + wait
             };
             QueueResult::Next(next)
         }
