@@ -343,6 +343,11 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         EnvKind::String,
     ),
     (
+        "DECKHAND_TASKS_IDLE_POLL_INTERVAL",
+        "tasks.idle_poll_interval",
+        EnvKind::String,
+    ),
+    (
         "DECKHAND_TASKS_CONCURRENCY",
         "tasks.concurrency",
         EnvKind::Integer,

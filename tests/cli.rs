@@ -177,6 +177,25 @@ fn cluster_script_starts_reports_and_stops_three_nodes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Tasks: listed, paused and resumed through any node; a bad name is one line.
+    let tasks = json(&ctl(&["tasks", "--json"]));
+    let names: Vec<&str> = tasks
+        .as_array()
+        .expect("task list")
+        .iter()
+        .filter_map(|t| t["task"].as_str())
+        .collect();
+    assert_eq!(names, vec!["UNLOCK", "TIMEOUT"]);
+    let paused = json(&ctl(&["pause", "unlock", "--json"]));
+    assert_eq!(paused["enabled"], false);
+    let tasks = json(&ctl(&["tasks", "--json"]));
+    assert_eq!(tasks[0]["enabled"], false);
+    let resumed = json(&ctl(&["resume", "UNLOCK", "--json"]));
+    assert_eq!(resumed["enabled"], true);
+    let out = ctl(&["pause", "expire"]);
+    let line = one_error_line(&out);
+    assert!(line.contains("unknown task \"expire\""), "{line}");
+
     // kill -9 the leader process: the survivors agree on a new leader.
     let pid_of = |id: u64| {
         std::fs::read_to_string(tmp.path().join(format!("run/node{id}.pid")))

@@ -108,11 +108,8 @@ async fn accepted_operations_follow_the_raft_log_under_faults() {
             3 => {
                 let to = rng.pick(&followers);
                 actions.push(format!("transfer leadership {leader} -> {to}"));
-                let _ = cluster.nodes[&leader]
-                    .raft
-                    .trigger()
-                    .transfer_leader(to)
-                    .await;
+                let trigger = cluster.nodes[&leader].raft.trigger().transfer_leader(to);
+                let _ = common::within("transfer leadership", trigger).await;
             }
             _ => {
                 let victim = rng.pick(&ids);
