@@ -108,8 +108,9 @@ async fn accepted_operations_follow_the_raft_log_under_faults() {
             3 => {
                 let to = rng.pick(&followers);
                 actions.push(format!("transfer leadership {leader} -> {to}"));
-                let trigger = cluster.nodes[&leader].raft.trigger().transfer_leader(to);
-                let _ = common::within("transfer leadership", trigger).await;
+                let raft = cluster.nodes[&leader].raft.clone();
+                let trigger = raft.trigger();
+                let _ = common::within("transfer leadership", trigger.transfer_leader(to)).await;
             }
             _ => {
                 let victim = rng.pick(&ids);
