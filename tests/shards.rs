@@ -122,7 +122,10 @@ async fn a_crashed_followers_shards_move_only_after_lease_and_margin() {
         .into_iter()
         .filter(|r| r.from == victim)
         .collect();
-    assert_eq!(decisions.len(), lost.len());
+    // Every lost shard was decided on (a retried round may decide twice),
+    // and every decision came after lease + margin of silence.
+    let decided: BTreeSet<u32> = decisions.iter().map(|d| d.shard).collect();
+    assert_eq!(decided, lost);
     for d in decisions {
         assert!(!d.handed_back);
         assert!(d.silent_for > tuning.lease + tuning.lease_margin, "{d:?}");
