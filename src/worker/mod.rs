@@ -96,8 +96,6 @@ pub struct WorkerStats {
     pub fenced_writes: AtomicU64,
     /// Store operations that failed for other reasons.
     pub store_errors: AtomicU64,
-    /// Completed passes over a shard's queues.
-    pub passes: AtomicU64,
     /// Housekeeping calls that succeeded.
     pub calls: AtomicU64,
     pub unlocked_ack: AtomicU64,

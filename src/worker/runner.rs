@@ -328,7 +328,6 @@ async fn run_shard(
             // next heartbeat (`ctl shards` shows the shard as worked).
             shared.report_now.notify_one();
         }
-        shared.stats.passes.fetch_add(1, Ordering::Relaxed);
         let wake = schedule
             .values()
             .min()
