@@ -44,6 +44,30 @@ pub struct NodeConfig {
     pub store: StoreConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// What `/metrics` exports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Most distinct `queue` label values (Deckard's name before `::`); the
+    /// rest are summed under `queue="_other"`. Bounds the series count.
+    #[serde(default = "default_max_queue_labels")]
+    pub max_queue_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            max_queue_labels: default_max_queue_labels(),
+        }
+    }
+}
+
+fn default_max_queue_labels() -> usize {
+    crate::metrics::MAX_QUEUE_LABELS
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -359,6 +383,11 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         EnvKind::String,
     ),
     ("DECKHAND_LOG_LEVEL", "log.level", EnvKind::String),
+    (
+        "DECKHAND_METRICS_MAX_QUEUE_LABELS",
+        "metrics.max_queue_labels",
+        EnvKind::Integer,
+    ),
     ("DECKHAND_LOG_FORMAT", "log.format", EnvKind::String),
 ];
 
@@ -633,6 +662,13 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
         return err(
             "tasks.concurrency",
             format!("{} is outside 1..=1024", tasks.concurrency),
+        );
+    }
+    let labels = config.metrics.max_queue_labels;
+    if labels == 0 || labels > 100_000 {
+        return err(
+            "metrics.max_queue_labels",
+            format!("{labels} is outside 1..=100000"),
         );
     }
     let url = &config.store.url;

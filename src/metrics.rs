@@ -9,19 +9,37 @@
 //! Gauges describing node state (role, Raft indexes, shards, lease) are read
 //! at scrape time from the node, so they are never stale.
 //!
-//! Label cardinality is bounded: at most [`MAX_QUEUE_LABELS`] distinct
-//! `queue` label values; later ones are counted under `queue="_other"`.
+//! Label cardinality is bounded: at most `max_queue_labels` (config
+//! `[metrics]`, default [`MAX_QUEUE_LABELS`]) distinct `queue` label values;
+//! later ones are counted under `queue="_other"`.
+//!
+//! # Leader-only queue gauges
+//!
+//! The gauges that describe the whole store (`deckhand_queue_*`) are built at
+//! scrape time by [`queue_gauge_families`] from what the leader's
+//! coordinator returns at that moment, and appended to the node's own
+//! metrics ([`NodeMetrics::render_with`]). Nothing is cached between scrapes:
+//! a node that is not (or no longer) a fresh leader returns no rows, so its
+//! very next scrape has no queue gauges at all. Queues are grouped by
+//! Deckard's label (the name before `::`): sizes are summed, the overdue age
+//! is the maximum. Labels past the cap, in name order, go to `_other`.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use std::collections::BTreeMap;
+
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::store::layout::queue_label;
-use crate::store::LockKind;
+use crate::store::{LockKind, QueueSizes};
+
+/// The `queue` label value past the cap.
+pub const OVERFLOW_LABEL: &str = "_other";
 
 /// Distinct `queue` label values before new ones go to `_other`.
 pub const MAX_QUEUE_LABELS: usize = 1000;
@@ -45,6 +63,8 @@ pub struct NodeMetrics {
     pub deckard_unlock: IntCounterVec,
     pub deckard_timeout: IntCounterVec,
     pub deckard_task_latency: HistogramVec,
+    /// deckhand_task_duration_seconds: one housekeeping call, base units.
+    pub task_duration: Histogram,
     pub fenced_writes: IntCounter,
     pub store_errors: IntCounter,
     pub is_leader: IntGauge,
@@ -57,6 +77,8 @@ pub struct NodeMetrics {
     pub lease_remaining_seconds: prometheus::Gauge,
     /// The queue label values seen so far (cardinality cap).
     labels: Mutex<HashSet<String>>,
+    /// Most distinct `queue` label values (config `metrics.max_queue_labels`).
+    label_cap: usize,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -77,6 +99,12 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 
 impl NodeMetrics {
     pub fn new() -> Arc<Self> {
+        Self::with_label_cap(MAX_QUEUE_LABELS)
+    }
+
+    /// Metrics keeping at most `label_cap` distinct `queue` label values.
+    pub fn with_label_cap(label_cap: usize) -> Arc<Self> {
+        assert!(label_cap > 0, "the queue label cap must allow one label");
         let registry = Registry::new();
         let unlock_lateness = Histogram::with_opts(
             HistogramOpts::new(
@@ -100,6 +128,17 @@ impl NodeMetrics {
         .expect("valid metric definition");
         registry
             .register(Box::new(deckard_task_latency.clone()))
+            .expect("metric registered once");
+        let task_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "deckhand_task_duration_seconds",
+                "Duration of one successful housekeeping call on one queue",
+            )
+            .buckets(LATENESS_BUCKETS.to_vec()),
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(task_duration.clone()))
             .expect("metric registered once");
         let lease = prometheus::Gauge::new(
             "deckhand_lease_remaining_seconds",
@@ -180,10 +219,12 @@ impl NodeMetrics {
             lease_remaining_seconds: lease,
             unlock_lateness,
             deckard_task_latency,
+            task_duration,
             fenced_writes: fenced,
             store_errors,
             registry,
             labels: Mutex::new(HashSet::new()),
+            label_cap,
         })
     }
 
@@ -194,11 +235,11 @@ impl NodeMetrics {
         if seen.contains(label) {
             return label.to_string();
         }
-        if seen.len() < MAX_QUEUE_LABELS {
+        if seen.len() < self.label_cap {
             seen.insert(label.to_string());
             return label.to_string();
         }
-        "_other".to_string()
+        OVERFLOW_LABEL.to_string()
     }
 
     /// Records one successful housekeeping call.
@@ -212,6 +253,7 @@ impl NodeMetrics {
         self.deckard_task_latency
             .with_label_values(&["housekeep"])
             .observe(elapsed_ms);
+        self.task_duration.observe(elapsed_ms / 1000.0);
         let unlocked = out.unlocked_ack + out.unlocked_nack;
         if unlocked + out.timed_out == 0 {
             return;
@@ -247,11 +289,196 @@ impl NodeMetrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        self.render_with(Vec::new())
+    }
+
+    /// The text exposition of every metric plus `extra` families.
+    pub fn render_with(&self, extra: Vec<MetricFamily>) -> String {
+        let mut families = self.registry.gather();
+        families.extend(extra);
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+        if let Err(e) = encoder.encode(&families, &mut buf) {
             return format!("# encoding failed: {e}\n");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn label_cap(&self) -> usize {
+        self.label_cap
+    }
+}
+
+/// Names of the leader-only queue gauges.
+pub const QUEUE_GAUGE_NAMES: &[&str] = &[
+    "deckhand_queue_active_messages",
+    "deckhand_queue_processing_messages",
+    "deckhand_queue_locked_messages",
+    "deckhand_queue_oldest_overdue_lock_seconds",
+    "deckhand_queue_gauge_queues",
+];
+
+/// Figures of all queues sharing one label.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct LabelTotals {
+    queues: u64,
+    active: u64,
+    processing: u64,
+    locked_ack: u64,
+    locked_nack: u64,
+    oldest_overdue_ms: u64,
+}
+
+/// Groups `rows` by Deckard's queue label, keeping the first `cap` labels in
+/// name order and folding the rest into `_other`.
+fn group_by_label(rows: &[(String, QueueSizes)], cap: usize) -> BTreeMap<String, LabelTotals> {
+    let mut by_label: BTreeMap<&str, LabelTotals> = BTreeMap::new();
+    for (queue, s) in rows {
+        let t = by_label.entry(queue_label(queue)).or_default();
+        t.queues += 1;
+        t.active += s.active;
+        t.processing += s.processing;
+        t.locked_ack += s.locked_ack;
+        t.locked_nack += s.locked_nack;
+        t.oldest_overdue_ms = t.oldest_overdue_ms.max(s.oldest_overdue_ms);
+    }
+    let mut out: BTreeMap<String, LabelTotals> = BTreeMap::new();
+    for (i, (label, t)) in by_label.into_iter().enumerate() {
+        let key = if i < cap { label } else { OVERFLOW_LABEL };
+        let o = out.entry(key.to_string()).or_default();
+        o.queues += t.queues;
+        o.active += t.active;
+        o.processing += t.processing;
+        o.locked_ack += t.locked_ack;
+        o.locked_nack += t.locked_nack;
+        o.oldest_overdue_ms = o.oldest_overdue_ms.max(t.oldest_overdue_ms);
+    }
+    debug_assert!(out.len() <= cap + 1, "label cap exceeded");
+    out
+}
+
+/// The leader-only queue gauges for `rows` (every queue's latest figures).
+pub fn queue_gauge_families(rows: &[(String, QueueSizes)], cap: usize) -> Vec<MetricFamily> {
+    let registry = Registry::new();
+    let vec = |name: &str, help: &str, labels: &[&str]| {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+        registry
+            .register(Box::new(g.clone()))
+            .expect("metric registered once");
+        g
+    };
+    let active = vec(
+        QUEUE_GAUGE_NAMES[0],
+        "Messages in the active pool, per queue label (leader only)",
+        &["queue"],
+    );
+    let processing = vec(
+        QUEUE_GAUGE_NAMES[1],
+        "Messages being processed (:tmp), per queue label (leader only)",
+        &["queue"],
+    );
+    let locked = vec(
+        QUEUE_GAUGE_NAMES[2],
+        "Locked messages (:lock_ack, :lock_nack), per queue label (leader only)",
+        &["queue", "lock_type"],
+    );
+    let queues = vec(
+        QUEUE_GAUGE_NAMES[4],
+        "Queues whose figures these gauges include, per queue label (leader only)",
+        &["queue"],
+    );
+    let overdue = GaugeVec::new(
+        Opts::new(
+            QUEUE_GAUGE_NAMES[3],
+            "How far past its unlock time the most overdue lock is, per queue label (leader only)",
+        ),
+        &["queue"],
+    )
+    .expect("valid metric definition");
+    registry
+        .register(Box::new(overdue.clone()))
+        .expect("metric registered once");
+    for (label, t) in group_by_label(rows, cap) {
+        let l = label.as_str();
+        active.with_label_values(&[l]).set(t.active as i64);
+        processing.with_label_values(&[l]).set(t.processing as i64);
+        locked
+            .with_label_values(&[l, LockKind::Ack.label()])
+            .set(t.locked_ack as i64);
+        locked
+            .with_label_values(&[l, LockKind::Nack.label()])
+            .set(t.locked_nack as i64);
+        queues.with_label_values(&[l]).set(t.queues as i64);
+        overdue
+            .with_label_values(&[l])
+            .set(t.oldest_overdue_ms as f64 / 1000.0);
+    }
+    registry.gather()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(queue: &str, active: u64, overdue: u64) -> (String, QueueSizes) {
+        (
+            queue.to_string(),
+            QueueSizes {
+                active,
+                locked_ack: 1,
+                oldest_overdue_ms: overdue,
+                ..QueueSizes::default()
+            },
+        )
+    }
+
+    #[test]
+    fn queues_are_grouped_by_label_and_capped() {
+        let rows = vec![
+            row("a::1", 2, 10),
+            row("a::2", 3, 30),
+            row("b", 1, 0),
+            row("c::x", 4, 5),
+            row("d", 5, 7),
+        ];
+        let groups = group_by_label(&rows, 2);
+        assert_eq!(groups.len(), 3);
+        assert_eq!(
+            (
+                groups["a"].active,
+                groups["a"].queues,
+                groups["a"].oldest_overdue_ms
+            ),
+            (5, 2, 30)
+        );
+        assert_eq!(groups["b"].active, 1);
+        let other = groups[OVERFLOW_LABEL];
+        assert_eq!((other.active, other.queues, other.locked_ack), (9, 2, 2));
+        assert_eq!(other.oldest_overdue_ms, 7);
+    }
+
+    #[test]
+    fn no_rows_no_series_and_rows_render_in_base_units() {
+        let text = |rows: &[(String, QueueSizes)]| {
+            let mut buf = Vec::new();
+            TextEncoder::new()
+                .encode(&queue_gauge_families(rows, 10), &mut buf)
+                .expect("encode");
+            String::from_utf8(buf).expect("utf8")
+        };
+        assert!(!text(&[]).contains("deckhand_queue_active_messages{"));
+        let t = text(&[row("orders::eu", 7, 1500)]);
+        assert!(
+            t.contains("deckhand_queue_active_messages{queue=\"orders\"} 7"),
+            "{t}"
+        );
+        assert!(
+            t.contains("deckhand_queue_locked_messages{lock_type=\"ack\",queue=\"orders\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("deckhand_queue_oldest_overdue_lock_seconds{queue=\"orders\"} 1.5"),
+            "{t}"
+        );
     }
 }

@@ -32,6 +32,7 @@
 
 pub mod bootstrap;
 pub mod identity;
+mod metrics_http;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +61,7 @@ use crate::worker::coordinator::Coordinator;
 use crate::worker::heartbeat::HeartbeatLoop;
 use crate::worker::service::WorkerRpc;
 use crate::worker::{runner, WorkerSettings, WorkerShared};
+use metrics_http::{serve_metrics, MetricsSource};
 
 /// How long a leader waits for its successor before shutting down anyway.
 const HANDOFF_DEADLINE: Duration = Duration::from_secs(3);
@@ -219,7 +221,7 @@ impl Node {
         let mut tasks = Vec::new();
 
         let settings = WorkerSettings::from_config(&config);
-        let metrics = crate::metrics::NodeMetrics::new();
+        let metrics = crate::metrics::NodeMetrics::with_label_cap(config.metrics.max_queue_labels);
         let worker = WorkerShared::new(
             config.node_id,
             queue_store.clone(),
@@ -275,6 +277,7 @@ impl Node {
                     raft: raft.clone(),
                     state_machine: state_machine.clone(),
                     worker: worker.clone(),
+                    coordinator: coordinator.clone(),
                 },
                 shutdown.listener(),
             )),
@@ -555,64 +558,6 @@ async fn spawn_admin_server(
             tracing::error!(error = %e, "admin server failed");
         }
     })
-}
-
-/// What `/metrics` reads node state from at scrape time.
-#[derive(Clone)]
-struct MetricsSource {
-    raft: Raft,
-    state_machine: StateMachineStore,
-    worker: Arc<WorkerShared>,
-}
-
-impl MetricsSource {
-    /// Sets the node gauges from the node's current state, then renders.
-    fn render(&self) -> String {
-        let m = self.worker.metrics.as_ref();
-        let raft = self.raft.metrics().borrow_watched().clone();
-        let leader = i64::from(raft.state == ServerState::Leader);
-        m.is_leader.set(leader);
-        m.deckard_leader.set(leader);
-        m.raft_term.set(raft.current_term as i64);
-        m.raft_commit_index
-            .set(raft.local_committed.map_or(0, |l| l.index() as i64));
-        m.raft_applied_index
-            .set(raft.last_applied.map_or(0, |l| l.index() as i64));
-        let applied = self.state_machine.latest();
-        m.shards_owned
-            .set(applied.cluster.owned_by(self.worker.node_id).count() as i64);
-        m.shards_running.set(self.worker.running().len() as i64);
-        m.lease_remaining_seconds.set(
-            self.worker
-                .lease_remaining()
-                .map_or(0.0, |d| d.as_secs_f64()),
-        );
-        m.render()
-    }
-}
-
-async fn serve_metrics(listener: TcpListener, source: MetricsSource, mut stop: ShutdownListener) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let source = source.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    source.render(),
-                )
-            }
-        }),
-    );
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.recv().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "metrics server failed");
-    }
 }
 
 /// Logs role changes, and as a new leader records the shard count once.

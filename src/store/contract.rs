@@ -1,7 +1,7 @@
 //! The contract every store must meet, run against each one with the same
 //! inputs: same resulting sets and scores, same fencing behaviour.
 
-use super::{DeckardClient, Fence, HousekeepRequest, LockKind, QueueStore, StoreError};
+use super::{DeckardClient, Fence, HousekeepRequest, LockKind, QueueSizes, QueueStore, StoreError};
 
 fn fence(epoch: u64) -> Fence {
     Fence {
@@ -125,6 +125,17 @@ async fn unlock_and_timeout(s: &dyn QueueStore, c: &dyn DeckardClient) {
         .expect("housekeep");
     assert_eq!(out.moved(), 0);
     assert_eq!(out.next_due_ms, Some(1300));
+    // Sizes after the call: x3 processing, x0 and x1 ack-locked, x2 nack-locked.
+    assert_eq!(
+        out.sizes,
+        QueueSizes {
+            active: 0,
+            processing: 1,
+            locked_ack: 2,
+            locked_nack: 1,
+            oldest_overdue_ms: 0,
+        }
+    );
 
     // At 2450: x3 timed out (score 0), x2 and x1 unlocked; x0 not yet.
     let out = s
@@ -186,6 +197,15 @@ async fn batches_and_order(s: &dyn QueueStore, c: &dyn DeckardClient) {
         .expect("batch 1");
     assert_eq!(out.unlocked_ack, 4);
     assert!(out.more_due(5000), "due elements remain after a full batch");
+    // b4 (locked until 1041) is now the most overdue lock: 5000 - 1041.
+    assert_eq!(
+        (
+            out.sizes.active,
+            out.sizes.locked_ack,
+            out.sizes.oldest_overdue_ms
+        ),
+        (4, 6, 3959)
+    );
     let snap = c.snapshot(q).await.expect("snapshot");
     let mut active = ids(&snap.active);
     active.sort_unstable();

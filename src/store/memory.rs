@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::layout::SCORE_MIN;
 use super::{
     validate_queue_name, DeckardClient, Fence, HousekeepOutcome, HousekeepRequest, LockKind,
-    QueueSnapshot, QueueStore, StoreError,
+    QueueSizes, QueueSnapshot, QueueStore, StoreError,
 };
 
 /// One accepted fenced operation, in acceptance order.
@@ -79,6 +79,10 @@ impl SortedSet {
             .take(limit)
             .map(|(s, id)| (id.clone(), s.0))
             .collect()
+    }
+
+    fn len(&self) -> u64 {
+        self.scores.len() as u64
     }
 
     fn first_score(&self) -> Option<f64> {
@@ -252,6 +256,17 @@ impl QueueStore for MemoryStore {
             firsts.extend(q.processing.first_score());
         }
         out.next_due_ms = firsts.into_iter().reduce(f64::min).map(|s| s as i64);
+        let oldest_lock = [q.lock_ack.first_score(), q.lock_nack.first_score()]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min);
+        out.sizes = QueueSizes {
+            active: q.active.len(),
+            processing: q.processing.len(),
+            locked_ack: q.lock_ack.len(),
+            locked_nack: q.lock_nack.len(),
+            oldest_overdue_ms: oldest_lock.map_or(0, |s| (req.now_ms as f64 - s).max(0.0) as u64),
+        };
         let seq = inner.next_seq;
         inner.next_seq += 1;
         if let Some(history) = inner.history.as_mut() {

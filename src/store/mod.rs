@@ -103,6 +103,23 @@ pub struct HousekeepOutcome {
     pub unlock_lateness_ms: Vec<i64>,
     /// The earliest due time still in the sets of the enabled tasks, if any.
     pub next_due_ms: Option<i64>,
+    /// The queue's set sizes right after the call (for the leader's gauges).
+    pub sizes: QueueSizes,
+}
+
+/// A queue's set sizes as one housekeeping call left them, read inside the
+/// same atomic operation (no extra round trip).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueSizes {
+    /// The active pool (`queue:{q}`).
+    pub active: u64,
+    /// Messages being processed (`:tmp`).
+    pub processing: u64,
+    pub locked_ack: u64,
+    pub locked_nack: u64,
+    /// How far past its unlock time the most overdue remaining lock is, in
+    /// ms; 0 when no lock is due (the normal case once housekeeping keeps up).
+    pub oldest_overdue_ms: u64,
 }
 
 impl HousekeepOutcome {

@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use super::layout::{discovery_pattern, normalize_prefix, queue_of_key, QueueKeys, SCORE_MIN};
 use super::{
     validate_queue_name, DeckardClient, Fence, HousekeepOutcome, HousekeepRequest, LockKind,
-    QueueSnapshot, QueueStore, StoreError,
+    QueueSizes, QueueSnapshot, QueueStore, StoreError,
 };
 
 /// KEYS: active, processing, lock_ack, lock_ack:score, lock_nack, lock_nack:score, fence.
@@ -90,7 +90,19 @@ local function consider(key)
 end
 if ARGV[4] == '1' then consider(KEYS[3]); consider(KEYS[5]) end
 if ARGV[5] == '1' then consider(KEYS[2]) end
-local result = {1, acks, nacks, timeouts, next_due}
+local oldest = -1
+for _, key in ipairs({KEYS[3], KEYS[5]}) do
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #first > 0 then
+    local s = tonumber(first[2])
+    if oldest == -1 or s < oldest then oldest = s end
+  end
+end
+local overdue = 0
+if oldest ~= -1 and oldest < now then overdue = now - oldest end
+local result = {1, acks, nacks, timeouts, next_due,
+  redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]),
+  redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[5]), overdue}
 for _, l in ipairs(late) do result[#result + 1] = l end
 return result
 "#;
@@ -259,12 +271,19 @@ fn parse_housekeep(
             epoch: fence.epoch,
             fence: reply.get(1).copied().ok_or_else(bad)? as u64,
         }),
-        Some(1) if reply.len() >= 5 => Ok(HousekeepOutcome {
+        Some(1) if reply.len() >= 10 => Ok(HousekeepOutcome {
             unlocked_ack: reply[1] as u64,
             unlocked_nack: reply[2] as u64,
             timed_out: reply[3] as u64,
             next_due_ms: (reply[4] >= 0).then_some(reply[4]),
-            unlock_lateness_ms: reply[5..].to_vec(),
+            sizes: QueueSizes {
+                active: reply[5].max(0) as u64,
+                processing: reply[6].max(0) as u64,
+                locked_ack: reply[7].max(0) as u64,
+                locked_nack: reply[8].max(0) as u64,
+                oldest_overdue_ms: reply[9].max(0) as u64,
+            },
+            unlock_lateness_ms: reply[10..].to_vec(),
         }),
         _ => Err(bad()),
     }

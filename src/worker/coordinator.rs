@@ -13,6 +13,13 @@
 //!   assigned again once that owner reported it stopped after applying the
 //!   release, or went silent for `lease + margin`, or handed its shards back.
 //! - One planning round at a time (the `planning` lock).
+//! - Queue gauges ([`Coordinator::queue_gauges`]) are served only while this
+//!   node leads with a fresh quorum acknowledgement, and only once it has led
+//!   for `2 × leader_freshness`. A deposed leader is fresh at most
+//!   `leader_freshness` after its successor's election (the quorums
+//!   intersect in a node that stopped acknowledging it when it voted), so the
+//!   windows in which two nodes serve gauges never overlap, with a gap of at
+//!   least `leader_freshness` between them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -22,6 +29,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{LinearizerOption, ServerState};
 use tokio::sync::Notify;
 
+use super::queue_stats::LeaderQueueStats;
 use super::{lock, WorkerSettings};
 use crate::cluster::lease::Liveness;
 use crate::cluster::planner::{self, Candidates, PlanInput};
@@ -33,7 +41,7 @@ use crate::proto::worker::{
 use crate::raft::store::StateMachineStore;
 use crate::raft::{NodeId, Raft, RaftMetrics};
 use crate::shutdown::ShutdownListener;
-use crate::store::SharedStore;
+use crate::store::{QueueSizes, SharedStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
@@ -78,6 +86,10 @@ pub struct Reassignment {
 /// The leader's knowledge during one term.
 struct LeaderView {
     term: u64,
+    /// When this node started tracking the term (after it was elected).
+    since: Instant,
+    /// Queue figures the owners reported this term.
+    stats: LeaderQueueStats,
     liveness: Liveness,
     reports: BTreeMap<NodeId, Report>,
     departed: BTreeSet<NodeId>,
@@ -210,6 +222,8 @@ impl Coordinator {
             let s = &self.inner.settings;
             *guard = Some(LeaderView {
                 term,
+                since: Instant::now(),
+                stats: LeaderQueueStats::default(),
                 liveness: Liveness::new(s.lease, s.lease_margin, Instant::now()),
                 reports: BTreeMap::new(),
                 departed: BTreeSet::new(),
@@ -247,7 +261,11 @@ impl Coordinator {
             fenced_writes: req.fenced_writes,
             tasks: req.tasks.unwrap_or_default(),
         };
+        let (stats_full, stats) = (req.stats_full, req.stats);
         self.with_view(term, |view| {
+            if stats_full || !stats.is_empty() {
+                view.stats.apply(node, stats_full, stats);
+            }
             view.liveness.heard(node, now);
             if view.departed.remove(&node) {
                 tracing::info!(node, "node is back after handing its shards back");
@@ -261,6 +279,35 @@ impl Coordinator {
             term,
             queues_version: self.queues_version(),
         })
+    }
+
+    /// Every queue's latest figures, or `None` unless this node may serve the
+    /// cluster's queue gauges right now (see the module invariants).
+    ///
+    /// Only shards whose reporter owns them at the reported epoch, by the
+    /// applied shard table, and still runs them, by its last report.
+    pub async fn queue_gauges(&self) -> Option<Vec<(String, QueueSizes)>> {
+        let m = self.metrics();
+        let term = self.leading(&m).await.ok()?;
+        let hold_off = self.inner.settings.leader_freshness * 2;
+        let state = self.inner.state_machine.latest();
+        let guard = lock(&self.inner.view);
+        let view = guard.as_ref().filter(|v| v.term == term)?;
+        if view.since.elapsed() < hold_off {
+            return None;
+        }
+        Some(view.stats.union(|shard, node, epoch| {
+            let owned = state
+                .cluster
+                .shards
+                .get(shard as usize)
+                .is_some_and(|s| s.owner == Some(node) && s.epoch == epoch);
+            let running = view
+                .reports
+                .get(&node)
+                .is_some_and(|r| r.running.get(&shard).is_some_and(|(e, _)| *e == epoch));
+            owned && running
+        }))
     }
 
     /// The queues of the requested shards (every requested shard answered).

@@ -5,17 +5,21 @@
 //! a reply from the node we believe leads, in a term no older than any reply
 //! seen before. If replies stop, nothing renews the lease and the runner
 //! stops every shard when it runs out, without being told.
+//!
+//! Queue statistics ride along (see `queue_stats`): the first report to a
+//! leader of a new term, or after a failed report, is full; later ones carry
+//! changed shards at most every [`STATS_INTERVAL`].
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::watch;
 
 use super::coordinator::Coordinator;
-use super::{QueueCache, WorkerShared};
+use super::{lock, QueueCache, WorkerShared};
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
 use crate::proto::worker::{
     GetQueuesRequest, HeartbeatRequest, HeartbeatResponse, ShardReport, TaskCounters,
@@ -34,7 +38,20 @@ pub struct HeartbeatLoop {
     pub channels: Channels,
 }
 
-/// This node's report, as of now.
+/// How often changed queue statistics are sent (full reports go at once).
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the statistics sender remembers between beats.
+#[derive(Debug, Default)]
+struct StatsSender {
+    /// The leader and term that acknowledged our last report with statistics;
+    /// `None` after a failure (the next report is full).
+    acked_by: Option<(NodeId, u64)>,
+    /// When statistics were last taken for a report.
+    last_sent: Option<Instant>,
+}
+
+/// This node's report, as of now, without queue statistics.
 pub fn build_report(shared: &WorkerShared, applied_index: u64) -> HeartbeatRequest {
     let running = shared
         .running()
@@ -52,6 +69,8 @@ pub fn build_report(shared: &WorkerShared, applied_index: u64) -> HeartbeatReque
         lease_remaining_ms: shared.lease_remaining().map_or(0, |d| d.as_millis() as u64),
         fenced_writes: shared.stats.fenced_writes.load(Ordering::Relaxed),
         tasks: Some(task_counters(shared)),
+        stats_full: false,
+        stats: Vec::new(),
     }
 }
 
@@ -72,6 +91,7 @@ pub fn task_counters(shared: &WorkerShared) -> TaskCounters {
 impl HeartbeatLoop {
     pub async fn run(self, mut stop: ShutdownListener) {
         let interval = self.shared.settings.heartbeat_interval;
+        let mut stats = StatsSender::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -81,11 +101,11 @@ impl HeartbeatLoop {
             if self.shared.freeze.is_frozen() {
                 continue;
             }
-            self.beat().await;
+            self.beat(&mut stats).await;
         }
     }
 
-    async fn beat(&self) {
+    async fn beat(&self, stats: &mut StatsSender) {
         let (leader, leader_addr) = {
             let m = self.raft.metrics().borrow_watched().clone();
             let Some(leader) = m.current_leader else {
@@ -99,8 +119,21 @@ impl HeartbeatLoop {
             (leader, addr)
         };
         let state = self.applied.borrow().clone();
-        let report = build_report(&self.shared, state.applied_index());
+        let mut report = build_report(&self.shared, state.applied_index());
         let sent_at = Instant::now();
+        // Full when this leader has not acknowledged statistics from us yet
+        // (new leader, new term, or the last report failed).
+        let full = stats.acked_by.is_none_or(|(l, _)| l != leader);
+        if full
+            || stats
+                .last_sent
+                .is_none_or(|t| sent_at - t >= STATS_INTERVAL)
+        {
+            report.stats_full = full;
+            report.stats = lock(&self.shared.queue_stats).take_report(full);
+            stats.last_sent = Some(sent_at);
+        }
+        let carried_stats = report.stats_full || !report.stats.is_empty();
         let reply = if leader == self.shared.node_id {
             self.coordinator
                 .on_heartbeat(report)
@@ -115,15 +148,27 @@ impl HeartbeatLoop {
         match reply {
             Ok(ack) if ack.leader_id == leader => {
                 self.shared.renew_lease(sent_at, ack.term);
+                match stats.acked_by {
+                    // A new term of the same leader id knows nothing either.
+                    Some((_, term)) if term != ack.term => stats.acked_by = None,
+                    _ if carried_stats => stats.acked_by = Some((leader, ack.term)),
+                    _ => {}
+                }
                 self.refresh_queues(&state, leader, leader_addr.as_deref(), ack.queues_version)
                     .await;
             }
-            Ok(ack) => tracing::debug!(
-                expected = leader,
-                answered = ack.leader_id,
-                "heartbeat answered by another leader"
-            ),
-            Err(e) => tracing::debug!(leader, error = %e, "heartbeat not acknowledged"),
+            Ok(ack) => {
+                stats.acked_by = None;
+                tracing::debug!(
+                    expected = leader,
+                    answered = ack.leader_id,
+                    "heartbeat answered by another leader"
+                )
+            }
+            Err(e) => {
+                stats.acked_by = None;
+                tracing::debug!(leader, error = %e, "heartbeat not acknowledged")
+            }
         }
     }
 

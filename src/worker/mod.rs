@@ -31,6 +31,7 @@
 
 pub mod coordinator;
 pub mod heartbeat;
+pub mod queue_stats;
 pub mod runner;
 pub mod service;
 
@@ -187,6 +188,9 @@ pub struct WorkerShared {
     /// shard -> epoch at which the store fenced us; never rerun at that epoch.
     fenced: Mutex<BTreeMap<u32, u64>>,
     queues: Mutex<QueueCache>,
+    /// Latest set sizes per queue of the running shards, for the leader's
+    /// gauges. A std mutex: one record or one report at a time.
+    pub(crate) queue_stats: Mutex<queue_stats::QueueStatsBook>,
     /// Wakes the runner: lease, fencing or queue lists changed.
     pub(crate) changed: Notify,
     /// Wakes the heartbeat loop early (a task exited: tell the leader now).
@@ -242,6 +246,7 @@ impl WorkerShared {
             running: Mutex::new(BTreeMap::new()),
             fenced: Mutex::new(BTreeMap::new()),
             queues: Mutex::new(QueueCache::default()),
+            queue_stats: Mutex::new(queue_stats::QueueStatsBook::default()),
             changed: Notify::new(),
             report_now: Notify::new(),
             stats: WorkerStats::default(),

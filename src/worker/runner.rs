@@ -155,6 +155,7 @@ impl Drop for RunningGuard {
             running.remove(&self.shard);
         }
         drop(running);
+        lock(&self.shared.queue_stats).drop_shard(self.shard, self.epoch);
         self.shared.report_now.notify_one();
     }
 }
@@ -200,6 +201,7 @@ async fn housekeep_queue(
                 .metrics
                 .record_housekeep(queue, &out, started.elapsed().as_secs_f64() * 1000.0);
             stats.calls.fetch_add(1, Ordering::Relaxed);
+            lock(&shared.queue_stats).record(fence.shard, fence.epoch, queue, out.sizes);
             stats
                 .last_success_ms
                 .store(now_ms.max(0) as u64, Ordering::Relaxed);
@@ -290,6 +292,9 @@ async fn run_shard(
             // (a queue scheduled at the idle pace may have due work now).
             seen = run;
             schedule.clear();
+        }
+        if schedule.keys().any(|q| !queues.contains(q)) {
+            lock(&shared.queue_stats).retain_queues(shard, &queues);
         }
         schedule.retain(|q, _| queues.contains(q));
         let now = Instant::now();

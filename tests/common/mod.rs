@@ -78,12 +78,14 @@ impl TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut listeners = BTreeMap::new();
         let mut members = Vec::new();
+        let mut metrics_addrs = BTreeMap::new();
         for id in 1..=n {
             let l = Listeners {
                 raft: loopback_listener().await,
                 admin: loopback_listener().await,
                 metrics: loopback_listener().await,
             };
+            metrics_addrs.insert(id, addr(&l.metrics).to_string());
             members.push(MemberConfig {
                 id,
                 raft_addr: addr(&l.raft).to_string(),
@@ -99,7 +101,8 @@ impl TestCluster {
                     data_dir: dir.path().join(format!("node{}", m.id)),
                     raft_addr: m.raft_addr.clone(),
                     admin_addr: m.admin_addr.clone(),
-                    metrics_addr: "127.0.0.1:0".into(),
+                    // The bound port, so a restarted node serves where it did.
+                    metrics_addr: metrics_addrs[&m.id].clone(),
                     cluster: ClusterConfig {
                         name: "test".into(),
                         shards: 16,
@@ -113,6 +116,7 @@ impl TestCluster {
                         key_prefix: "deckard_v1".into(),
                     },
                     log: LogConfig::default(),
+                    metrics: Default::default(),
                 };
                 (m.id, config)
             })
@@ -375,6 +379,35 @@ impl TestCluster {
             node.channels.unblock_all();
         }
     }
+}
+
+/// A plain HTTP/1.0 GET on loopback; `None` when the node does not answer
+/// (stopped) or answers with anything but 200.
+pub async fn try_http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    if !(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")) {
+        return None;
+    }
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+/// The value of every sample of `metric` in an exposition, with its labels.
+pub fn samples(body: &str, metric: &str) -> Vec<(String, f64)> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            (name == metric).then(|| (series.to_string(), value.parse().unwrap_or(f64::NAN)))
+        })
+        .collect()
 }
 
 /// A plain HTTP/1.0 GET on loopback; returns the body.

@@ -1,0 +1,234 @@
+//! Per-queue statistics for the leader's queue gauges.
+//!
+//! # Design
+//!
+//! Every housekeeping call reads the queue's set sizes inside the same atomic
+//! store operation (`store::QueueSizes`). The owner keeps the latest sizes
+//! per queue of each shard it runs ([`QueueStatsBook`]) and sends them to the
+//! leader with its heartbeats; the leader keeps what each owner sent
+//! ([`LeaderQueueStats`]) and serves, at scrape time, only the shards whose
+//! reporter is their current owner at the current epoch.
+//!
+//! Heartbeats carry only shards whose figures changed since the last report,
+//! except the first report to a leader (or after a failed one), which is
+//! full: a new leader starts knowing nothing and has everything after one
+//! heartbeat interval.
+//!
+//! # Invariants
+//!
+//! - The book holds figures of one epoch per shard; a new epoch starts empty.
+//! - A full report replaces everything the leader held from that node; so a
+//!   shard the node stopped running disappears from the leader at the next
+//!   full report, and at once from the gauges (the leader checks the shard
+//!   table and the node's running set at every scrape).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::proto::worker::{QueueStats, ShardStats};
+use crate::raft::NodeId;
+use crate::store::QueueSizes;
+
+/// One shard's figures on its owner.
+#[derive(Debug, Default)]
+struct ShardBook {
+    epoch: u64,
+    queues: BTreeMap<String, QueueSizes>,
+    /// Changed since the last report was taken.
+    changed: bool,
+}
+
+/// The owner's side: latest sizes per queue of each running shard.
+#[derive(Debug, Default)]
+pub struct QueueStatsBook {
+    shards: BTreeMap<u32, ShardBook>,
+}
+
+impl QueueStatsBook {
+    /// Records what a housekeeping call at `epoch` left in `queue`.
+    pub fn record(&mut self, shard: u32, epoch: u64, queue: &str, sizes: QueueSizes) {
+        let book = self.shards.entry(shard).or_default();
+        if book.epoch != epoch {
+            // Figures of an older epoch describe work this node no longer does.
+            *book = ShardBook {
+                epoch,
+                ..ShardBook::default()
+            };
+        }
+        if book.queues.get(queue) != Some(&sizes) {
+            book.queues.insert(queue.to_string(), sizes);
+            book.changed = true;
+        }
+    }
+
+    /// Forgets queues of `shard` that are no longer in its list.
+    pub fn retain_queues(&mut self, shard: u32, queues: &[String]) {
+        if let Some(book) = self.shards.get_mut(&shard) {
+            let before = book.queues.len();
+            let keep: BTreeSet<&str> = queues.iter().map(String::as_str).collect();
+            book.queues.retain(|q, _| keep.contains(q.as_str()));
+            book.changed |= book.queues.len() != before;
+        }
+    }
+
+    /// Forgets a shard whose task at `epoch` ended.
+    pub fn drop_shard(&mut self, shard: u32, epoch: u64) {
+        if self.shards.get(&shard).is_some_and(|b| b.epoch == epoch) {
+            self.shards.remove(&shard);
+        }
+    }
+
+    /// The shards to report: all of them when `full`, else the changed ones.
+    /// Clears the changed marks (a failed send makes the next report full).
+    pub fn take_report(&mut self, full: bool) -> Vec<ShardStats> {
+        self.shards
+            .iter_mut()
+            .filter(|(_, b)| full || b.changed)
+            .map(|(shard, b)| {
+                b.changed = false;
+                ShardStats {
+                    shard: *shard,
+                    epoch: b.epoch,
+                    queues: b
+                        .queues
+                        .iter()
+                        .map(|(queue, s)| QueueStats {
+                            queue: queue.clone(),
+                            active: s.active,
+                            processing: s.processing,
+                            locked_ack: s.locked_ack,
+                            locked_nack: s.locked_nack,
+                            oldest_overdue_ms: s.oldest_overdue_ms,
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// What one node reported for one shard.
+#[derive(Debug, Clone)]
+struct Reported {
+    node: NodeId,
+    epoch: u64,
+    queues: Vec<(String, QueueSizes)>,
+}
+
+/// The leader's side: the union of what owners reported, for one term.
+#[derive(Debug, Default)]
+pub struct LeaderQueueStats {
+    by_shard: BTreeMap<u32, Reported>,
+}
+
+impl LeaderQueueStats {
+    /// Takes a report of `node`. A full report replaces all of the node's shards.
+    pub fn apply(&mut self, node: NodeId, full: bool, shards: Vec<ShardStats>) {
+        if full {
+            self.by_shard.retain(|_, r| r.node != node);
+        }
+        for s in shards {
+            let queues = s
+                .queues
+                .into_iter()
+                .map(|q| {
+                    let sizes = QueueSizes {
+                        active: q.active,
+                        processing: q.processing,
+                        locked_ack: q.locked_ack,
+                        locked_nack: q.locked_nack,
+                        oldest_overdue_ms: q.oldest_overdue_ms,
+                    };
+                    (q.queue, sizes)
+                })
+                .collect();
+            self.by_shard.insert(
+                s.shard,
+                Reported {
+                    node,
+                    epoch: s.epoch,
+                    queues,
+                },
+            );
+        }
+    }
+
+    /// Every queue's figures from shards `current(shard, node, epoch)` accepts.
+    pub fn union(&self, current: impl Fn(u32, NodeId, u64) -> bool) -> Vec<(String, QueueSizes)> {
+        self.by_shard
+            .iter()
+            .filter(|(shard, r)| current(**shard, r.node, r.epoch))
+            .flat_map(|(_, r)| r.queues.iter().cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(active: u64) -> QueueSizes {
+        QueueSizes {
+            active,
+            ..QueueSizes::default()
+        }
+    }
+
+    #[test]
+    fn only_changes_are_reported_unless_full() {
+        let mut book = QueueStatsBook::default();
+        book.record(1, 5, "a", sizes(1));
+        book.record(2, 6, "b", sizes(2));
+        assert_eq!(book.take_report(false).len(), 2);
+        assert!(book.take_report(false).is_empty(), "nothing changed");
+        book.record(1, 5, "a", sizes(1));
+        assert!(book.take_report(false).is_empty(), "same figures");
+        book.record(1, 5, "a", sizes(3));
+        let report = book.take_report(false);
+        assert_eq!(report.len(), 1);
+        assert_eq!((report[0].shard, report[0].queues[0].active), (1, 3));
+        assert_eq!(book.take_report(true).len(), 2, "full: everything");
+    }
+
+    #[test]
+    fn a_new_epoch_starts_empty_and_dropped_shards_vanish() {
+        let mut book = QueueStatsBook::default();
+        book.record(1, 5, "a", sizes(1));
+        book.record(1, 9, "b", sizes(2));
+        let report = book.take_report(true);
+        assert_eq!(report[0].epoch, 9);
+        assert_eq!(report[0].queues.len(), 1, "epoch 5's queue is gone");
+        book.drop_shard(1, 5);
+        assert_eq!(book.take_report(true).len(), 1, "older epoch: kept");
+        book.drop_shard(1, 9);
+        assert!(book.take_report(true).is_empty());
+    }
+
+    #[test]
+    fn the_leader_serves_only_current_owners_and_full_reports_replace() {
+        let mut book = QueueStatsBook::default();
+        book.record(1, 5, "a", sizes(1));
+        book.record(2, 6, "b", sizes(2));
+        let mut leader = LeaderQueueStats::default();
+        leader.apply(10, true, book.take_report(true));
+        let all = leader.union(|_, _, _| true);
+        assert_eq!(all.len(), 2);
+        // Shard 2 moved on (another epoch): its figures are not served.
+        let current = leader.union(|shard, node, epoch| node == 10 && (shard, epoch) != (2, 6));
+        assert_eq!(current, vec![("a".to_string(), sizes(1))]);
+        // The node stopped shard 2: its next full report drops it.
+        book.drop_shard(2, 6);
+        leader.apply(10, true, book.take_report(true));
+        assert_eq!(leader.union(|_, _, _| true).len(), 1);
+    }
+
+    #[test]
+    fn pruned_queues_are_reported_as_a_change() {
+        let mut book = QueueStatsBook::default();
+        book.record(1, 5, "a", sizes(1));
+        book.record(1, 5, "b", sizes(1));
+        book.take_report(false);
+        book.retain_queues(1, &["a".to_string()]);
+        let report = book.take_report(false);
+        assert_eq!(report[0].queues.len(), 1);
+    }
+}
