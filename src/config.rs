@@ -46,6 +46,39 @@ pub struct NodeConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// Optional mutual TLS and admin token (see `crate::tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// This node's certificate chain (PEM), for `raft_addr`, `admin_addr`
+    /// and when dialling peers. Set with `tls_key` and `tls_ca`, or none.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs every node's and client's certificate;
+    /// connections without a certificate from it are refused.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// A file whose first line is the bearer token every admin mutation
+    /// must carry. Unset: mutations need no token.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl SecurityConfig {
+    /// `(cert, key, ca)` when TLS is on.
+    pub fn tls_files(&self) -> Option<(&Path, &Path, &Path)> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(c), Some(k), Some(a)) => Some((c, k, a)),
+            _ => None,
+        }
+    }
 }
 
 /// What `/metrics` exports.
@@ -79,8 +112,13 @@ pub struct ClusterConfig {
     /// Number of queue shards, fixed when the cluster is created.
     #[serde(default = "default_shards")]
     pub shards: u32,
-    /// The initial members. Identical on every node of a new cluster.
+    /// The initial members. Identical on every node of a new cluster. A
+    /// joining node lists itself (its advertised addresses) and any members.
     pub members: Vec<MemberConfig>,
+    /// True for a node added to an existing cluster with `ctl add-node`: it
+    /// never initializes a cluster and waits to be added.
+    #[serde(default)]
+    pub join: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,6 +422,26 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ),
     ("DECKHAND_LOG_LEVEL", "log.level", EnvKind::String),
     (
+        "DECKHAND_SECURITY_TLS_CERT",
+        "security.tls_cert",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_SECURITY_TLS_KEY",
+        "security.tls_key",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_SECURITY_TLS_CA",
+        "security.tls_ca",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_SECURITY_ADMIN_TOKEN_FILE",
+        "security.admin_token_file",
+        EnvKind::String,
+    ),
+    (
         "DECKHAND_METRICS_MAX_QUEUE_LABELS",
         "metrics.max_queue_labels",
         EnvKind::Integer,
@@ -662,6 +720,20 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
         return err(
             "tasks.concurrency",
             format!("{} is outside 1..=1024", tasks.concurrency),
+        );
+    }
+    let s = &config.security;
+    let set = [&s.tls_cert, &s.tls_key, &s.tls_ca].map(|v| v.is_some());
+    if set.iter().any(|v| *v) && !set.iter().all(|v| *v) {
+        let missing = ["security.tls_cert", "security.tls_key", "security.tls_ca"]
+            .iter()
+            .zip(set)
+            .find(|(_, is_set)| !is_set)
+            .map(|(k, _)| *k)
+            .unwrap_or("security");
+        return err(
+            missing,
+            "TLS needs tls_cert, tls_key and tls_ca together".into(),
         );
     }
     let labels = config.metrics.max_queue_labels;

@@ -16,4 +16,5 @@ pub mod raft;
 pub mod shutdown;
 pub mod store;
 pub mod testing;
+pub mod tls;
 pub mod worker;

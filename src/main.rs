@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use deckhand::admin::client::{Ctl, CtlError, TaskAction, DEFAULT_ADDR};
+use deckhand::admin::client::{Ctl, CtlError, CtlOptions, TaskAction, DEFAULT_ADDR};
 use deckhand::config::{self, NodeConfig};
 use deckhand::node::Node;
 use tracing_subscriber::EnvFilter;
@@ -39,6 +39,8 @@ enum Command {
         /// Print JSON instead of tables.
         #[arg(long, global = true)]
         json: bool,
+        #[command(flatten)]
+        security: CtlSecurity,
         #[command(subcommand)]
         command: CtlCommand,
     },
@@ -106,6 +108,23 @@ struct LoadArgs {
     json: bool,
 }
 
+/// How `ctl` authenticates (all optional).
+#[derive(clap::Args)]
+struct CtlSecurity {
+    /// The admin token mutations need when the cluster sets one.
+    #[arg(long, env = "DECKHAND_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) of a cluster running TLS; switches to https.
+    #[arg(long, env = "DECKHAND_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a cluster running mutual TLS.
+    #[arg(long, env = "DECKHAND_CERT", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, env = "DECKHAND_KEY", global = true, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum CtlCommand {
     /// This node's role, the leader, term, log indexes and the members.
@@ -143,6 +162,26 @@ enum CtlCommand {
         /// UNLOCK or TIMEOUT.
         task: String,
     },
+    /// Add a node: it joins as a learner, catches up, then becomes a voter.
+    /// Start it first with `[cluster] join = true`.
+    AddNode {
+        /// The new node's id (never one that was removed).
+        id: u64,
+        /// Where the other nodes reach it for Raft (host:port).
+        raft_addr: String,
+        /// Where clients reach its admin API (host:port).
+        admin_addr: String,
+    },
+    /// Remove a node: its shards move away first, then it leaves for good.
+    RemoveNode {
+        id: u64,
+        /// Remove even if fewer than a majority of the remaining voters are
+        /// live, without waiting for its shards to move first.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move the leadership to another voter.
+    TransferLeader { id: u64 },
 }
 
 fn main() -> ExitCode {
@@ -159,8 +198,9 @@ fn main() -> ExitCode {
         Command::Ctl {
             addr,
             json,
+            security,
             command,
-        } => runtime.block_on(run_ctl(addr, json, command)),
+        } => runtime.block_on(run_ctl(addr, json, security, command)),
         Command::Load(args) => runtime.block_on(run_load(args)),
     }
 }
@@ -220,9 +260,26 @@ async fn wait_for_signal() -> std::io::Result<&'static str> {
     })
 }
 
-async fn run_ctl(addr: String, json: bool, command: CtlCommand) -> ExitCode {
+async fn run_ctl(addr: String, json: bool, security: CtlSecurity, command: CtlCommand) -> ExitCode {
     let result: Result<String, CtlError> = async {
-        let mut ctl = Ctl::connect(&addr).await?;
+        let tls = match &security.ca {
+            Some(ca) => Some(deckhand::tls::Tls::client_only(
+                ca,
+                security.cert.as_deref().zip(security.key.as_deref()),
+            )?),
+            None => None,
+        };
+        let membership_change = matches!(
+            command,
+            CtlCommand::AddNode { .. } | CtlCommand::RemoveNode { .. }
+        );
+        let options = CtlOptions {
+            token: security.token,
+            tls,
+            // A learner's catch-up plus the drain wait, and some slack.
+            timeout: membership_change.then(|| std::time::Duration::from_secs(120)),
+        };
+        let mut ctl = Ctl::connect_with(&addr, options).await?;
         match command {
             CtlCommand::Status => ctl.status(json).await,
             CtlCommand::Members => ctl.members(json).await,
@@ -234,6 +291,13 @@ async fn run_ctl(addr: String, json: bool, command: CtlCommand) -> ExitCode {
             CtlCommand::Pause { task } => ctl.task(TaskAction::Pause, &task, json).await,
             CtlCommand::Resume { task } => ctl.task(TaskAction::Resume, &task, json).await,
             CtlCommand::Trigger { task } => ctl.task(TaskAction::Trigger, &task, json).await,
+            CtlCommand::AddNode {
+                id,
+                raft_addr,
+                admin_addr,
+            } => ctl.add_node(id, &raft_addr, &admin_addr, json).await,
+            CtlCommand::RemoveNode { id, force } => ctl.remove_node(id, force, json).await,
+            CtlCommand::TransferLeader { id } => ctl.transfer_leader(id, json).await,
         }
     }
     .await;

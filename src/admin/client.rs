@@ -2,13 +2,19 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::Status;
 
+use super::auth::AUTHORIZATION;
 use super::view;
 use crate::proto::admin::admin_client::AdminClient;
 use crate::proto::admin::{
-    DrainRequest, MembersRequest, RebalanceRequest, ShardsRequest, StatusRequest, TaskRequest,
-    TasksRequest,
+    AddNodeRequest, DrainRequest, MembersRequest, MembershipResponse, RebalanceRequest,
+    RemoveNodeRequest, ShardsRequest, StatusRequest, TaskRequest, TasksRequest,
+    TransferLeaderRequest,
 };
 
 /// Default admin address when neither `--addr` nor `DECKHAND_ADDR` is given.
@@ -28,23 +34,76 @@ pub enum CtlError {
     },
     #[error("cannot encode output: {0}")]
     Output(#[from] serde_json::Error),
+    #[error("the admin token must be printable ASCII without line breaks")]
+    BadToken,
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
+
+/// How `ctl` connects: TLS and the admin token, both optional.
+#[derive(Clone, Default)]
+pub struct CtlOptions {
+    /// Sent as `authorization: Bearer <token>` with every request.
+    pub token: Option<String>,
+    /// TLS (with a client certificate, for clusters running mTLS).
+    pub tls: Option<ClientTlsConfig>,
+    /// Per-request deadline; membership changes wait for a learner to catch up.
+    pub timeout: Option<Duration>,
+}
+
+/// Adds the admin token to every request.
+#[derive(Clone)]
+pub struct TokenInterceptor {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for TokenInterceptor {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(h) = &self.header {
+            request.metadata_mut().insert(AUTHORIZATION, h.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Client = AdminClient<InterceptedService<Channel, TokenInterceptor>>;
 
 /// A connected admin client.
 pub struct Ctl {
     addr: String,
-    client: AdminClient<Channel>,
+    client: Client,
 }
 
 impl Ctl {
     pub async fn connect(addr: &str) -> Result<Self, CtlError> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| CtlError::BadAddress {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?
+        Self::connect_with(addr, CtlOptions::default()).await
+    }
+
+    pub async fn connect_with(addr: &str, options: CtlOptions) -> Result<Self, CtlError> {
+        let bad = |reason: String| CtlError::BadAddress {
+            addr: addr.to_string(),
+            reason,
+        };
+        let header = match &options.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| CtlError::BadToken)?,
+            ),
+            None => None,
+        };
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10));
+            .timeout(options.timeout.unwrap_or(Duration::from_secs(10)));
+        if let Some(tls) = options.tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(root_cause(&e)))?;
+        }
         let channel = endpoint
             .connect()
             .await
@@ -54,7 +113,7 @@ impl Ctl {
             })?;
         Ok(Self {
             addr: addr.to_string(),
-            client: AdminClient::new(channel),
+            client: AdminClient::with_interceptor(channel, TokenInterceptor { header }),
         })
     }
 
@@ -223,4 +282,80 @@ impl Ctl {
             )
         })
     }
+}
+
+impl Ctl {
+    /// Adds a node (learner, catch-up, voter); prints the new membership.
+    pub async fn add_node(
+        &mut self,
+        node: u64,
+        raft_addr: &str,
+        admin_addr: &str,
+        json: bool,
+    ) -> Result<String, CtlError> {
+        let resp = self
+            .client
+            .add_node(AddNodeRequest {
+                node_id: node,
+                raft_addr: raft_addr.to_string(),
+                admin_addr: admin_addr.to_string(),
+            })
+            .await
+            .map_err(|s| self.rpc_error(s))?
+            .into_inner();
+        membership_output(&format!("node {node} added as a voter"), resp, json)
+    }
+
+    /// Removes a node; prints the new membership.
+    pub async fn remove_node(
+        &mut self,
+        node: u64,
+        force: bool,
+        json: bool,
+    ) -> Result<String, CtlError> {
+        let resp = self
+            .client
+            .remove_node(RemoveNodeRequest {
+                node_id: node,
+                force,
+            })
+            .await
+            .map_err(|s| self.rpc_error(s))?
+            .into_inner();
+        membership_output(
+            &format!("node {node} removed; its id can never rejoin"),
+            resp,
+            json,
+        )
+    }
+
+    pub async fn transfer_leader(&mut self, node: u64, json: bool) -> Result<String, CtlError> {
+        let resp = self
+            .client
+            .transfer_leader(TransferLeaderRequest { node_id: node })
+            .await
+            .map_err(|s| self.rpc_error(s))?
+            .into_inner();
+        Ok(if json {
+            serde_json::json!({ "leader_id": resp.leader_id }).to_string()
+        } else {
+            format!("node {} leads", resp.leader_id)
+        })
+    }
+}
+
+fn membership_output(
+    headline: &str,
+    resp: MembershipResponse,
+    json: bool,
+) -> Result<String, CtlError> {
+    let members = crate::proto::admin::MembersResponse {
+        members: resp.members,
+        leader_id: None,
+    };
+    Ok(if json {
+        serde_json::to_string_pretty(&view::members_json(&members))?
+    } else {
+        format!("{headline}\n{}", view::members_text(&members))
+    })
 }

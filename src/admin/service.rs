@@ -14,15 +14,18 @@ use openraft::async_runtime::watch::WatchReceiver;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::auth::Auth;
+use super::membership::{self, Membership, MembershipError};
 use super::status;
 use crate::admin::client::TaskAction;
 use crate::cluster::{Command, TaskKind};
 use crate::proto::admin::admin_client::AdminClient;
 use crate::proto::admin::admin_server::{Admin, AdminServer};
 use crate::proto::admin::{
-    DrainRequest, DrainResponse, MembersRequest, MembersResponse, RebalanceRequest,
-    RebalanceResponse, ShardInfo, ShardsRequest, ShardsResponse, StatusRequest, StatusResponse,
-    TaskRequest, TaskResponse, TasksRequest, TasksResponse,
+    AddNodeRequest, DrainRequest, DrainResponse, Member, MembersRequest, MembersResponse,
+    MembershipResponse, RebalanceRequest, RebalanceResponse, RemoveNodeRequest, ShardInfo,
+    ShardsRequest, ShardsResponse, StatusRequest, StatusResponse, TaskRequest, TaskResponse,
+    TasksRequest, TasksResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use crate::raft::network::Channels;
 use crate::raft::store::StateMachineStore;
@@ -43,6 +46,10 @@ pub struct AdminService {
     worker: Arc<WorkerShared>,
     coordinator: Coordinator,
     channels: Channels,
+    /// Membership changes (leader side); one at a time.
+    membership: Membership,
+    /// The bearer token mutations need, if configured.
+    auth: Auth,
 }
 
 /// Where a leader-only request is answered.
@@ -60,6 +67,13 @@ impl AdminService {
         coordinator: Coordinator,
         channels: Channels,
     ) -> Self {
+        let membership = Membership {
+            raft: raft.clone(),
+            state_machine: state_machine.clone(),
+            coordinator: coordinator.clone(),
+            node_id: worker.node_id,
+            changing: Arc::new(tokio::sync::Mutex::new(())),
+        };
         Self {
             raft,
             state_machine,
@@ -67,7 +81,15 @@ impl AdminService {
             worker,
             coordinator,
             channels,
+            membership,
+            auth: Auth::default(),
         }
+    }
+
+    /// Requires `auth`'s token on every mutation.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
     }
 
     pub fn into_server(self) -> AdminServer<Self> {
@@ -118,10 +140,25 @@ impl AdminService {
 /// How long a request forwarded to the leader may take.
 const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A copy of `message` marked as forwarded, with a deadline.
-fn forwarded<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(FORWARD_TIMEOUT);
+/// How long a forwarded membership change may take (a learner catches up).
+const MEMBERSHIP_FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
+    membership::CATCH_UP_TIMEOUT.as_secs() + membership::DRAIN_TIMEOUT.as_secs() + 10,
+);
+
+/// `request` marked as forwarded, with a deadline, keeping its credentials.
+fn forwarded<T>(request: Request<T>) -> Request<T> {
+    forwarded_within(request, FORWARD_TIMEOUT)
+}
+
+fn forwarded_within<T>(request: Request<T>, timeout: std::time::Duration) -> Request<T> {
+    let token = request.metadata().get(super::auth::AUTHORIZATION).cloned();
+    let mut request = Request::new(request.into_inner());
+    request.set_timeout(timeout);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert(super::auth::AUTHORIZATION, token);
+    }
     request
         .metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
@@ -187,7 +224,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ShardsResponse>, Status> {
         tracing::debug!("admin shards");
         if let Route::Leader(mut client) = self.route(&request)? {
-            return client.shards(forwarded(request.into_inner())).await;
+            return client.shards(forwarded(request)).await;
         }
         let state = self.state_machine.latest();
         let reports = self.coordinator.reports();
@@ -243,8 +280,9 @@ impl Admin for AdminService {
         request: Request<RebalanceRequest>,
     ) -> Result<Response<RebalanceResponse>, Status> {
         tracing::debug!("admin rebalance");
+        self.auth.check(request.metadata(), "rebalance")?;
         if let Route::Leader(mut client) = self.route(&request)? {
-            return client.rebalance(forwarded(request.into_inner())).await;
+            return client.rebalance(forwarded(request)).await;
         }
         let moves = self.coordinator.plan_round().await.map_err(coord_status)?;
         Ok(Response::new(RebalanceResponse {
@@ -258,7 +296,7 @@ impl Admin for AdminService {
     ) -> Result<Response<TasksResponse>, Status> {
         tracing::debug!("admin tasks");
         if let Route::Leader(mut client) = self.route(&request)? {
-            return client.tasks(forwarded(request.into_inner())).await;
+            return client.tasks(forwarded(request)).await;
         }
         let state = self.state_machine.latest();
         let tasks = super::tasks::task_infos(
@@ -289,6 +327,108 @@ impl Admin for AdminService {
     ) -> Result<Response<TaskResponse>, Status> {
         self.task_change(request, TaskAction::Trigger).await
     }
+
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let r = request.get_ref();
+        tracing::debug!(node = r.node_id, raft_addr = %r.raft_addr, "admin add node");
+        self.auth.check(request.metadata(), "add-node")?;
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must be greater than 0"));
+        }
+        if let Route::Leader(mut client) = self.route(&request)? {
+            let request = forwarded_within(request, MEMBERSHIP_FORWARD_TIMEOUT);
+            return client.add_node(request).await;
+        }
+        let r = request.into_inner();
+        let info = crate::raft::NodeInfo {
+            raft_addr: r.raft_addr,
+            admin_addr: r.admin_addr,
+        };
+        let members = self
+            .membership
+            .add_node(r.node_id, info)
+            .await
+            .map_err(membership_status)?;
+        Ok(Response::new(MembershipResponse {
+            members: members_of(members),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let r = request.get_ref();
+        tracing::debug!(node = r.node_id, force = r.force, "admin remove node");
+        self.auth.check(request.metadata(), "remove-node")?;
+        if let Route::Leader(mut client) = self.route(&request)? {
+            let request = forwarded_within(request, MEMBERSHIP_FORWARD_TIMEOUT);
+            return client.remove_node(request).await;
+        }
+        let r = request.into_inner();
+        let members = self
+            .membership
+            .remove_node(r.node_id, r.force)
+            .await
+            .map_err(membership_status)?;
+        Ok(Response::new(MembershipResponse {
+            members: members_of(members),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        tracing::debug!(to = request.get_ref().node_id, "admin transfer leader");
+        self.auth.check(request.metadata(), "transfer-leader")?;
+        if let Route::Leader(mut client) = self.route(&request)? {
+            let request = forwarded_within(request, MEMBERSHIP_FORWARD_TIMEOUT);
+            return client.transfer_leader(request).await;
+        }
+        let leader_id = self
+            .membership
+            .transfer_leader(request.into_inner().node_id)
+            .await
+            .map_err(membership_status)?;
+        Ok(Response::new(TransferLeaderResponse { leader_id }))
+    }
+}
+
+/// Membership errors as gRPC statuses.
+fn membership_status(e: MembershipError) -> Status {
+    use MembershipError as E;
+    match e {
+        E::Coord(c) => coord_status(c),
+        E::Busy | E::LastVoter(_) | E::BelowMajority { .. } | E::IsLeader(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        E::DrainTimeout { .. } | E::NotVoter { .. } | E::Retired(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        E::AlreadyMember(_) => Status::already_exists(e.to_string()),
+        E::UnknownNode(_) => Status::not_found(e.to_string()),
+        E::BadAddress { .. } => Status::invalid_argument(e.to_string()),
+        E::CatchUpTimeout { .. } | E::TransferTimeout { .. } => {
+            Status::deadline_exceeded(e.to_string())
+        }
+        E::Raft(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn members_of(members: membership::Members) -> Vec<Member> {
+    members
+        .into_iter()
+        .map(|(id, (info, voter))| Member {
+            id,
+            raft_addr: info.raft_addr,
+            admin_addr: info.admin_addr,
+            voter,
+        })
+        .collect()
 }
 
 /// The task named in a request, or `INVALID_ARGUMENT` naming the choices.
@@ -308,8 +448,10 @@ impl AdminService {
             drained,
             "admin drain change"
         );
+        let what = if drained { "drain" } else { "undrain" };
+        self.auth.check(request.metadata(), what)?;
         if let Route::Leader(mut client) = self.route(&request)? {
-            let message = forwarded(request.into_inner());
+            let message = forwarded(request);
             return if drained {
                 client.drain(message).await
             } else {
@@ -333,9 +475,10 @@ impl AdminService {
         request: Request<TaskRequest>,
         action: TaskAction,
     ) -> Result<Response<TaskResponse>, Status> {
+        self.auth.check(request.metadata(), "task change")?;
         let task = parse_task(request.get_ref())?;
         if let Route::Leader(mut client) = self.route(&request)? {
-            let message = forwarded(request.into_inner());
+            let message = forwarded(request);
             return match action {
                 TaskAction::Pause => client.pause_task(message).await,
                 TaskAction::Resume => client.resume_task(message).await,

@@ -24,6 +24,7 @@
 //! - `last_index` is the log index of the last applied command and only grows.
 //! - Every shard change sets that shard's epoch to the index of the entry
 //!   making it (see [`shards`]), so epochs only grow.
+//! - `removed` only grows: a retired node id is never a member again.
 //!
 //! # Not done here (yet)
 //!
@@ -64,6 +65,9 @@ pub enum Command {
     SetTaskPaused { task: TaskKind, paused: bool },
     /// Makes every owner re-check all its queues for a task now.
     TriggerTask { task: TaskKind },
+    /// Records that `node` is being removed from the cluster: its id is
+    /// never accepted again (committed before the membership change).
+    RetireNode { node: NodeId },
 }
 
 impl fmt::Display for Command {
@@ -78,6 +82,7 @@ impl fmt::Display for Command {
                 write!(f, "SetTaskPaused({task}, paused={paused})")
             }
             Command::TriggerTask { task } => write!(f, "TriggerTask({task})"),
+            Command::RetireNode { node } => write!(f, "RetireNode({node})"),
         }
     }
 }
@@ -110,6 +115,9 @@ pub struct ClusterState {
     /// Operator settings of the housekeeping tasks.
     #[serde(default)]
     pub tasks: Tasks,
+    /// Ids of nodes removed from the cluster; never members again.
+    #[serde(default)]
+    pub removed: BTreeSet<NodeId>,
     /// Log index of the last command applied to this state.
     pub last_index: u64,
 }
@@ -140,6 +148,11 @@ impl ClusterState {
             }
             Command::TriggerTask { task } => {
                 self.tasks.trigger(*task);
+                CommandResult::Applied
+            }
+            Command::RetireNode { node } => {
+                self.removed.insert(*node);
+                self.drained.remove(node);
                 CommandResult::Applied
             }
         };

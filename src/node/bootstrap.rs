@@ -94,6 +94,13 @@ pub async fn run(
     channels: Channels,
     mut shutdown: ShutdownListener,
 ) {
+    if config.cluster.join {
+        tracing::info!(
+            node = config.node_id,
+            "joining an existing cluster: waiting for `deckhand ctl add-node`"
+        );
+        return;
+    }
     let members = initial_members(&config);
     let cluster = config.cluster.name.clone();
     let mut attempts: u64 = 0;

@@ -88,6 +88,10 @@ pub enum NodeError {
     Raft(String),
     #[error("queue store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Security(#[from] crate::tls::TlsError),
+    #[error("{key}: {message}")]
+    Tls { key: &'static str, message: String },
 }
 
 impl NodeError {
@@ -99,6 +103,8 @@ impl NodeError {
             NodeError::RaftConfig(_) => "raft",
             NodeError::Raft(_) => "data_dir",
             NodeError::Store(_) => "store.url",
+            NodeError::Security(e) => e.key(),
+            NodeError::Tls { key, .. } => key,
         }
     }
 }
@@ -206,7 +212,15 @@ impl Node {
         .validate()
         .map_err(|e| NodeError::RaftConfig(e.to_string()))?;
 
-        let channels = Channels::default();
+        let tls = match config.security.tls_files() {
+            Some((cert, key, ca)) => Some(crate::tls::Tls::load(cert, key, ca)?),
+            None => None,
+        };
+        let admin_token = match &config.security.admin_token_file {
+            Some(path) => Some(crate::tls::read_token(path)?),
+            None => None,
+        };
+        let channels = Channels::with_tls(tls.as_ref().map(|t| t.client.clone()));
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -241,10 +255,11 @@ impl Node {
         let worker_service = WorkerRpc::new(coordinator.clone()).into_server();
         let mut stop = shutdown.listener();
         let incoming = TcpListenerStream::new(listeners.raft);
+        let mut raft_server = server_builder(tls.as_ref(), "raft_addr")?;
         tasks.push((
             "raft server",
             tokio::spawn(async move {
-                let result = Server::builder()
+                let result = raft_server
                     .add_service(raft_service)
                     .add_service(worker_service)
                     .serve_with_incoming_shutdown(incoming, async move { stop.recv().await })
@@ -262,10 +277,18 @@ impl Node {
             worker.clone(),
             coordinator.clone(),
             channels.clone(),
-        );
+        )
+        .with_auth(crate::admin::auth::Auth::new(admin_token));
+        let admin_server = server_builder(tls.as_ref(), "admin_addr")?;
         tasks.push((
             "admin server",
-            spawn_admin_server(admin_service, listeners.admin, shutdown.listener()).await,
+            spawn_admin_server(
+                admin_server,
+                admin_service,
+                listeners.admin,
+                shutdown.listener(),
+            )
+            .await,
         ));
 
         let metrics_addr = local_addr(&listeners.metrics, "metrics_addr")?;
@@ -516,7 +539,22 @@ fn best_successor(metrics: &RaftMetrics) -> Option<NodeId> {
     })
 }
 
+/// A server builder, with mutual TLS when the node has certificates.
+fn server_builder(tls: Option<&crate::tls::Tls>, key: &'static str) -> Result<Server, NodeError> {
+    let builder = Server::builder();
+    match tls {
+        Some(tls) => builder
+            .tls_config(tls.server.clone())
+            .map_err(|e| NodeError::Tls {
+                key,
+                message: format!("TLS setup failed: {e}"),
+            }),
+        None => Ok(builder),
+    }
+}
+
 async fn spawn_admin_server(
+    mut server: Server,
     admin: AdminService,
     listener: TcpListener,
     mut stop: ShutdownListener,
@@ -541,7 +579,7 @@ async fn spawn_admin_server(
                 return;
             }
         };
-        let result = Server::builder()
+        let result = server
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

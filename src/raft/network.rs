@@ -18,7 +18,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::codec::{self, SnapshotTransfer};
 use super::{NodeId, NodeInfo, Snapshot, SnapshotData, TypeConfig, Vote};
@@ -36,6 +36,8 @@ pub struct Channels {
     /// Fault injection for tests: addresses this node cannot reach. Checked
     /// on every call, so a partition also cuts connections already open.
     blocked: Arc<Mutex<HashSet<String>>>,
+    /// Mutual TLS to peers when the cluster runs with certificates.
+    tls: Option<ClientTlsConfig>,
 }
 
 /// Why no channel to an address can be had.
@@ -51,6 +53,14 @@ pub enum ChannelError {
 }
 
 impl Channels {
+    /// Channels that dial peers over TLS with this node's certificate.
+    pub fn with_tls(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            tls,
+            ..Self::default()
+        }
+    }
+
     /// Cuts this node off from `addr` (outgoing calls fail as unreachable).
     pub fn block(&self, addr: &str) {
         self.blocked
@@ -86,11 +96,24 @@ impl Channels {
         if let Some(channel) = map.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|source| ChannelError::BadAddress {
-                addr: addr.to_string(),
-                source,
-            })?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint =
+            Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|source| {
+                ChannelError::BadAddress {
+                    addr: addr.to_string(),
+                    source,
+                }
+            })?;
+        if let Some(tls) = &self.tls {
+            endpoint =
+                endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|source| ChannelError::BadAddress {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

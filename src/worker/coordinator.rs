@@ -281,6 +281,31 @@ impl Coordinator {
         })
     }
 
+    /// The members this leader has heard from within `lease + margin`
+    /// (itself included). A new leader counts everyone live until it has
+    /// waited that long, as for shard moves.
+    pub async fn live_nodes(&self) -> Result<BTreeSet<NodeId>, CoordError> {
+        let m = self.metrics();
+        let term = self.leading(&m).await?;
+        let now = Instant::now();
+        let me = self.inner.node_id;
+        Ok(self.with_view(term, |view| {
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|n| *n == me || view.liveness.is_live(*n, now))
+                .collect()
+        }))
+    }
+
+    /// Commits a command as the leader (used by membership changes).
+    pub async fn commit(&self, command: Command) -> Result<CommandResult, CoordError> {
+        let m = self.metrics();
+        self.leading(&m).await?;
+        self.write(command).await
+    }
+
     /// Every queue's latest figures, or `None` unless this node may serve the
     /// cluster's queue gauges right now (see the module invariants).
     ///

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod check;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -107,6 +109,7 @@ impl TestCluster {
                         name: "test".into(),
                         shards: 16,
                         members: members.clone(),
+                        join: false,
                     },
                     raft: test_raft_tuning(),
                     worker: test_worker_tuning(),
@@ -117,6 +120,7 @@ impl TestCluster {
                     },
                     log: LogConfig::default(),
                     metrics: Default::default(),
+                    security: Default::default(),
                 };
                 (m.id, config)
             })
@@ -188,9 +192,11 @@ impl TestCluster {
             .collect()
     }
 
-    /// The leader every running node agrees on, if they all agree and it is running.
+    /// The leader every running member agrees on, if they all agree and it
+    /// is running. Nodes that joined but are not members yet do not vote here.
     pub fn agreed_leader(&self) -> Option<NodeId> {
-        let metrics = self.metrics();
+        let mut metrics = self.metrics();
+        metrics.retain(|_, m| m.membership_config.membership().nodes().next().is_some());
         let first = metrics.values().next()?.current_leader?;
         let all_agree = metrics.values().all(|m| m.current_leader == Some(first));
         let leader_leads = metrics
@@ -426,4 +432,87 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())
         .unwrap_or_default()
+}
+
+impl TestCluster {
+    /// Starts a new node `id` configured to join this cluster (it never
+    /// initializes one); add it with `add-node` afterwards.
+    pub async fn start_joining(&mut self, id: NodeId) -> MemberConfig {
+        assert!(!self.configs.contains_key(&id), "node {id} exists");
+        let l = Listeners {
+            raft: loopback_listener().await,
+            admin: loopback_listener().await,
+            metrics: loopback_listener().await,
+        };
+        let me = MemberConfig {
+            id,
+            raft_addr: addr(&l.raft).to_string(),
+            admin_addr: addr(&l.admin).to_string(),
+        };
+        let template = self.configs.values().next().expect("a node").clone();
+        let mut members = template.cluster.members.clone();
+        members.push(me.clone());
+        let config = NodeConfig {
+            node_id: id,
+            data_dir: self.dir.path().join(format!("node{id}")),
+            raft_addr: me.raft_addr.clone(),
+            admin_addr: me.admin_addr.clone(),
+            metrics_addr: addr(&l.metrics).to_string(),
+            cluster: ClusterConfig {
+                members,
+                join: true,
+                ..template.cluster.clone()
+            },
+            ..template
+        };
+        self.configs.insert(id, config);
+        self.start_node_with(id, l).await;
+        me
+    }
+
+    /// Voter ids in the leader's current membership.
+    pub fn voters(&self) -> Option<Vec<NodeId>> {
+        let leader = self.agreed_leader()?;
+        let m = self.nodes[&leader].metrics();
+        Some(m.membership_config.membership().voter_ids().collect())
+    }
+}
+
+/// Deckard-like traffic on the in-memory store until `stop`: add, pull,
+/// ack or nack with short locks, leave some to time out. Returns the
+/// number of messages added.
+pub async fn traffic(
+    store: MemoryStore,
+    queues: Vec<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> u64 {
+    use deckhand::store::{now_ms, DeckardClient, LockKind};
+    let mut added = 0u64;
+    let mut round = 0u64;
+    loop {
+        for (i, q) in queues.iter().enumerate() {
+            let now = now_ms();
+            let id = format!("{q}-{round}");
+            if store.add(q, &[(id, now as f64)]).await.unwrap_or(0) > 0 {
+                added += 1;
+            }
+            let pulled = store.pull(q, 2, now, 300).await.unwrap_or_default();
+            for (j, id) in pulled.iter().enumerate() {
+                let kind = if (i + j) % 2 == 0 {
+                    LockKind::Ack
+                } else {
+                    LockKind::Nack
+                };
+                // Every third message is left to time out.
+                if (i + j + round as usize) % 3 != 0 {
+                    let _ = store.release(q, kind, id, now, 50, None).await;
+                }
+            }
+        }
+        round += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.changed() => return added,
+        }
+    }
 }
