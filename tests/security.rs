@@ -1,0 +1,258 @@
+//! The admin token and mutual TLS, on real clusters over loopback.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{wait_until, TestCluster};
+use deckhand::admin::client::{Ctl, CtlError, CtlOptions};
+use deckhand::proto::raft::raft_service_client::RaftServiceClient;
+use deckhand::proto::raft::ProbeRequest;
+use deckhand::raft::NodeId;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+fn code(e: &CtlError) -> Option<tonic::Code> {
+    match e {
+        CtlError::Rpc { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr, options: CtlOptions) -> Result<Ctl, CtlError> {
+    Ctl::connect_with(&addr.to_string(), options).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_need_the_token_and_reads_do_not() {
+    let (mut cluster, listeners) = TestCluster::prepare(3).await;
+    let token_file = cluster.dir.path().join("token");
+    std::fs::write(&token_file, "correct-horse\n").expect("write token");
+    for config in cluster.configs.values_mut() {
+        config.security.admin_token_file = Some(token_file.clone());
+    }
+    for (id, l) in listeners {
+        cluster.start_node_with(id, l).await;
+    }
+    cluster.wait_for_balanced_ownership().await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|n| **n != leader)
+        .expect("follower");
+    let addr = cluster.nodes[&follower].admin_addr();
+
+    // Reads are open.
+    let mut anonymous = connect(addr, CtlOptions::default()).await.expect("connect");
+    anonymous
+        .status(true)
+        .await
+        .expect("status without a token");
+    anonymous
+        .shards(true)
+        .await
+        .expect("shards without a token");
+    anonymous.tasks(true).await.expect("tasks without a token");
+
+    // Mutations without or with a wrong token: UNAUTHENTICATED, nothing changes.
+    let e = anonymous.drain(leader, true, false).await.unwrap_err();
+    assert_eq!(code(&e), Some(tonic::Code::Unauthenticated), "{e}");
+    let e = anonymous
+        .transfer_leader(follower, false)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(tonic::Code::Unauthenticated), "{e}");
+    let wrong = CtlOptions {
+        token: Some("wrong".into()),
+        ..CtlOptions::default()
+    };
+    let mut wrong = connect(addr, wrong).await.expect("connect");
+    let e = wrong.drain(leader, true, false).await.unwrap_err();
+    assert_eq!(code(&e), Some(tonic::Code::Unauthenticated), "{e}");
+    let e = wrong
+        .task(deckhand::admin::client::TaskAction::Pause, "UNLOCK", false)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(tonic::Code::Unauthenticated), "{e}");
+    let state = cluster.leader_state().await;
+    assert!(state.cluster.drained.is_empty());
+    assert!(
+        !state
+            .cluster
+            .tasks
+            .get(deckhand::cluster::TaskKind::Unlock)
+            .paused
+    );
+
+    // With the token, through a follower (forwarded with its token).
+    let right = CtlOptions {
+        token: Some("correct-horse".into()),
+        ..CtlOptions::default()
+    };
+    let mut right = connect(addr, right).await.expect("connect");
+    right
+        .drain(follower, true, false)
+        .await
+        .expect("drain with the token");
+    wait_until("the drain is applied", || async {
+        let state = cluster.leader_state().await;
+        state.cluster.drained.contains(&follower).then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+/// A throwaway CA and certificates signed by it, written as PEM files.
+struct Pki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("ca key");
+        let cert = params.self_signed(&key).expect("ca cert");
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("pki dir");
+        let ca_pem = cert.pem();
+        std::fs::write(dir.join("ca.pem"), &ca_pem).expect("write ca");
+        Self {
+            dir,
+            issuer: Issuer::new(params, key),
+            ca_pem,
+        }
+    }
+
+    /// `(cert, key)` paths of a certificate for loopback names.
+    fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        let (c, k) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write cert");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        (c, k)
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn client_tls(&self, cert: &Path, key: &Path) -> ClientTlsConfig {
+        let read = |p: &Path| std::fs::read(p).expect("read pem");
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(read(cert), read(key)))
+    }
+}
+
+async fn probe(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Result<(), String> {
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    RaftServiceClient::new(channel)
+        .probe(ProbeRequest {
+            cluster_name: "test".into(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| s.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_only_holders_of_the_clusters_certificates_get_in() {
+    let (mut cluster, listeners) = TestCluster::prepare(3).await;
+    let pki = Pki::new(cluster.dir.path(), "cluster-ca");
+    let rogue = Pki::new(cluster.dir.path(), "rogue-ca");
+    for (id, config) in cluster.configs.iter_mut() {
+        let (cert, key) = pki.issue(&format!("node{id}"));
+        config.security.tls_cert = Some(cert);
+        config.security.tls_key = Some(key);
+        config.security.tls_ca = Some(pki.ca());
+    }
+    for (id, l) in listeners {
+        cluster.start_node_with(id, l).await;
+    }
+    // The cluster forms and assigns shards over mutual TLS.
+    cluster.wait_for_balanced_ownership().await;
+    let leader: NodeId = cluster.wait_for_leader().await;
+    let node = &cluster.nodes[&leader];
+
+    // A client with a certificate from the cluster's CA is served.
+    let (cert, key) = pki.issue("operator");
+    let tls = deckhand::tls::Tls::client_only(&pki.ca(), Some((&cert, &key))).expect("client tls");
+    let options = CtlOptions {
+        tls: Some(tls),
+        ..CtlOptions::default()
+    };
+    let mut ctl = connect(node.admin_addr(), options)
+        .await
+        .expect("connect with a cert");
+    let status = ctl.status(true).await.expect("status over mTLS");
+    assert!(status.contains("\"role\": \"leader\""), "{status}");
+    probe(node.raft_addr(), pki.client_tls(&cert, &key))
+        .await
+        .expect("raft probe with the cluster's certificate");
+
+    // Plain text: refused.
+    let plain = connect(node.admin_addr(), CtlOptions::default()).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut c) => c.status(true).await.is_err(),
+    };
+    assert!(refused, "a plaintext client was served");
+
+    // TLS without a client certificate: refused.
+    let tls = deckhand::tls::Tls::client_only(&pki.ca(), None).expect("client tls");
+    let options = CtlOptions {
+        tls: Some(tls),
+        ..CtlOptions::default()
+    };
+    let refused = match connect(node.admin_addr(), options).await {
+        Err(_) => true,
+        Ok(mut c) => c.status(true).await.is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+
+    // A node with a certificate from another CA cannot send Raft messages
+    // (and does not trust the cluster's servers either).
+    let (rcert, rkey) = rogue.issue("intruder");
+    let rogue_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .identity(Identity::from_pem(
+            std::fs::read(&rcert).expect("read"),
+            std::fs::read(&rkey).expect("read"),
+        ));
+    let e = probe(node.raft_addr(), rogue_tls)
+        .await
+        .expect_err("a foreign certificate was accepted on the raft address");
+    eprintln!("foreign certificate refused: {e}");
+    assert!(probe(node.raft_addr(), rogue.client_tls(&rcert, &rkey))
+        .await
+        .is_err());
+    cluster.shutdown().await;
+}
