@@ -406,3 +406,82 @@ fn ctl_against_nothing_fails_with_one_line() {
     let line = one_error_line(&out);
     assert!(line.contains("not a valid admin address"), "{line}");
 }
+
+#[test]
+fn tls_certificates_from_the_script_and_the_token_through_the_binary() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let certs = tmp.path().join("certs");
+    let made = run(Command::new(repo_root().join("scripts/make-certs.sh"))
+        .arg(&certs)
+        .args(["node1", "ctl"]));
+    assert!(
+        made.status.success(),
+        "make-certs.sh failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let ports = write_configs(tmp.path(), 1);
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "s3cret\n").expect("token");
+    let config = tmp.path().join("node1.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!(
+        "\n[security]\ntls_cert = \"{c}/node1.pem\"\ntls_key = \"{c}/node1-key.pem\"\ntls_ca = \"{c}/ca.pem\"\nadmin_token_file = \"{t}\"\n",
+        c = certs.display(),
+        t = token.display()
+    ));
+    std::fs::write(&config, text).expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start node");
+    let addr = format!("127.0.0.1:{}", ports[0].admin);
+    let ctl = |args: &[&str], tls: bool, token: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["ctl", "--addr", &addr]).args(args);
+        for var in ["DECKHAND_CA", "DECKHAND_CERT", "DECKHAND_KEY", "DECKHAND_TOKEN"] {
+            cmd.env_remove(var);
+        }
+        if tls {
+            cmd.env("DECKHAND_CA", certs.join("ca.pem"))
+                .env("DECKHAND_CERT", certs.join("ctl.pem"))
+                .env("DECKHAND_KEY", certs.join("ctl-key.pem"));
+        }
+        if let Some(t) = token {
+            cmd.env("DECKHAND_TOKEN", t);
+        }
+        run(&mut cmd)
+    };
+    let status = wait_for(|| {
+        let out = ctl(&["status", "--json"], true, None);
+        let status = out.status.success().then(|| json(&out))?;
+        (status["role"] == "leader").then_some(status)
+    });
+    assert_eq!(status["node_id"], 1);
+    // Without the client certificate: refused, one line, non-zero exit.
+    let line = one_error_line(&ctl(&["status"], false, None));
+    assert!(line.contains("deckhand ctl:"), "{line}");
+    // A mutation without the token: UNAUTHENTICATED; with it: done.
+    let line = one_error_line(&ctl(&["pause", "UNLOCK"], true, None));
+    assert!(line.contains("Unauthenticated") || line.contains("token"), "{line}");
+    let line = one_error_line(&ctl(&["pause", "UNLOCK"], true, Some("nope")));
+    assert!(line.contains("token is wrong"), "{line}");
+    let out = ctl(&["pause", "UNLOCK", "--json"], true, Some("s3cret"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["enabled"], false);
+    // Membership mistakes are one clear line each.
+    let line = one_error_line(&ctl(&["add-node", "1", "127.0.0.1:1", "127.0.0.1:2"], true, Some("s3cret")));
+    assert!(line.contains("already a voting member"), "{line}");
+    let line = one_error_line(&ctl(&["remove-node", "1"], true, Some("s3cret")));
+    assert!(line.contains("leader") || line.contains("last voter"), "{line}");
+    let line = one_error_line(&ctl(&["transfer-leader", "7"], true, Some("s3cret")));
+    assert!(line.contains("not a member"), "{line}");
+
+    let term = run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    assert!(term.status.success());
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "node exited with {exit}");
+}
