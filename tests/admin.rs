@@ -102,3 +102,50 @@ async fn garbage_on_the_raft_address_is_invalid_argument() {
     assert_eq!(cluster.wait_for_leader().await, leader);
     cluster.shutdown().await;
 }
+
+/// A message of the wrong shape for the admin methods it is sent to.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Bogus {
+    #[prost(string, tag = "1")]
+    text: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_are_invalid_arguments() {
+    let cluster = common::TestCluster::start(1).await;
+    let leader = cluster.wait_for_leader().await;
+    let addr = cluster.nodes[&leader].admin_addr();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let call = |message: Bogus| {
+        let channel = channel.clone();
+        async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await.expect("ready");
+            let codec =
+                tonic_prost::ProstCodec::<Bogus, deckhand::proto::admin::DrainResponse>::default();
+            grpc.unary(
+                tonic::Request::new(message),
+                http::uri::PathAndQuery::from_static("/deckhand.admin.v1.Admin/Drain"),
+                codec,
+            )
+            .await
+        }
+    };
+    // Field 1 of DrainRequest is a varint; a string there does not decode.
+    let err = call(Bogus { text: "x".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // Over the 4 MiB request limit.
+    let err = call(Bogus {
+        text: "x".repeat(5 * 1024 * 1024),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // The node is unharmed.
+    assert_eq!(cluster.wait_for_leader().await, leader);
+    cluster.shutdown().await;
+}

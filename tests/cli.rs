@@ -442,7 +442,12 @@ fn tls_certificates_from_the_script_and_the_token_through_the_binary() {
     let ctl = |args: &[&str], tls: bool, token: Option<&str>| {
         let mut cmd = Command::new(BIN);
         cmd.args(["ctl", "--addr", &addr]).args(args);
-        for var in ["DECKHAND_CA", "DECKHAND_CERT", "DECKHAND_KEY", "DECKHAND_TOKEN"] {
+        for var in [
+            "DECKHAND_CA",
+            "DECKHAND_CERT",
+            "DECKHAND_KEY",
+            "DECKHAND_TOKEN",
+        ] {
             cmd.env_remove(var);
         }
         if tls {
@@ -466,17 +471,31 @@ fn tls_certificates_from_the_script_and_the_token_through_the_binary() {
     assert!(line.contains("deckhand ctl:"), "{line}");
     // A mutation without the token: UNAUTHENTICATED; with it: done.
     let line = one_error_line(&ctl(&["pause", "UNLOCK"], true, None));
-    assert!(line.contains("Unauthenticated") || line.contains("token"), "{line}");
+    assert!(
+        line.contains("Unauthenticated") || line.contains("token"),
+        "{line}"
+    );
     let line = one_error_line(&ctl(&["pause", "UNLOCK"], true, Some("nope")));
     assert!(line.contains("token is wrong"), "{line}");
     let out = ctl(&["pause", "UNLOCK", "--json"], true, Some("s3cret"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(json(&out)["enabled"], false);
     // Membership mistakes are one clear line each.
-    let line = one_error_line(&ctl(&["add-node", "1", "127.0.0.1:1", "127.0.0.1:2"], true, Some("s3cret")));
+    let line = one_error_line(&ctl(
+        &["add-node", "1", "127.0.0.1:1", "127.0.0.1:2"],
+        true,
+        Some("s3cret"),
+    ));
     assert!(line.contains("already a voting member"), "{line}");
     let line = one_error_line(&ctl(&["remove-node", "1"], true, Some("s3cret")));
-    assert!(line.contains("leader") || line.contains("last voter"), "{line}");
+    assert!(
+        line.contains("leader") || line.contains("last voter"),
+        "{line}"
+    );
     let line = one_error_line(&ctl(&["transfer-leader", "7"], true, Some("s3cret")));
     assert!(line.contains("not a member"), "{line}");
 

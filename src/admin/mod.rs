@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod grpc_errors;
 pub mod membership;
 pub mod service;
 pub mod status;

@@ -260,6 +260,7 @@ impl Node {
             "raft server",
             tokio::spawn(async move {
                 let result = raft_server
+                    .layer(crate::admin::grpc_errors::DecodeErrorLayer)
                     .add_service(raft_service)
                     .add_service(worker_service)
                     .serve_with_incoming_shutdown(incoming, async move { stop.recv().await })
@@ -580,6 +581,7 @@ async fn spawn_admin_server(
             }
         };
         let result = server
+            .layer(crate::admin::grpc_errors::DecodeErrorLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
