@@ -255,7 +255,7 @@ impl Node {
         let worker_service = WorkerRpc::new(coordinator.clone()).into_server();
         let mut stop = shutdown.listener();
         let incoming = TcpListenerStream::new(listeners.raft);
-        let mut raft_server = server_builder(tls.as_ref(), "raft_addr")?;
+        let raft_server = server_builder(tls.as_ref(), "raft_addr")?;
         tasks.push((
             "raft server",
             tokio::spawn(async move {
@@ -555,7 +555,7 @@ fn server_builder(tls: Option<&crate::tls::Tls>, key: &'static str) -> Result<Se
 }
 
 async fn spawn_admin_server(
-    mut server: Server,
+    server: Server,
     admin: AdminService,
     listener: TcpListener,
     mut stop: ShutdownListener,
