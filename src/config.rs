@@ -82,21 +82,31 @@ impl SecurityConfig {
 }
 
 /// What `/metrics` exports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Most distinct `queue` label values (Deckard's name before `::`); the
     /// rest are summed under `queue="_other"`. Bounds the series count.
     #[serde(default = "default_max_queue_labels")]
     pub max_queue_labels: usize,
+    /// How often Prometheus scrapes the nodes. A new leader serves the queue
+    /// gauges only after this long (plus the leader freshness), so that no
+    /// Prometheus evaluation sees them from two nodes after a failover.
+    #[serde(default = "default_scrape_interval", with = "humantime_serde")]
+    pub scrape_interval: Duration,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             max_queue_labels: default_max_queue_labels(),
+            scrape_interval: default_scrape_interval(),
         }
     }
+}
+
+fn default_scrape_interval() -> Duration {
+    Duration::from_secs(15)
 }
 
 fn default_max_queue_labels() -> usize {
@@ -442,6 +452,11 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         EnvKind::String,
     ),
     (
+        "DECKHAND_METRICS_SCRAPE_INTERVAL",
+        "metrics.scrape_interval",
+        EnvKind::String,
+    ),
+    (
         "DECKHAND_METRICS_MAX_QUEUE_LABELS",
         "metrics.max_queue_labels",
         EnvKind::Integer,
@@ -734,6 +749,13 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
         return err(
             missing,
             "TLS needs tls_cert, tls_key and tls_ca together".into(),
+        );
+    }
+    let scrape = config.metrics.scrape_interval;
+    if scrape.is_zero() || scrape > Duration::from_secs(600) {
+        return err(
+            "metrics.scrape_interval",
+            format!("{scrape:?} is outside (0, 10m]"),
         );
     }
     let labels = config.metrics.max_queue_labels;

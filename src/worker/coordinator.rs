@@ -15,11 +15,12 @@
 //! - One planning round at a time (the `planning` lock).
 //! - Queue gauges ([`Coordinator::queue_gauges`]) are served only while this
 //!   node leads with a fresh quorum acknowledgement, and only once it has led
-//!   for `2 × leader_freshness`. A deposed leader is fresh at most
-//!   `leader_freshness` after its successor's election (the quorums
-//!   intersect in a node that stopped acknowledging it when it voted), so the
-//!   windows in which two nodes serve gauges never overlap, with a gap of at
-//!   least `leader_freshness` between them.
+//!   for `gauge_holdoff = leader_freshness + scrape_interval`. A deposed
+//!   leader is fresh at most `leader_freshness` after its successor's
+//!   election (the quorums intersect in a node that stopped acknowledging it
+//!   when it voted), so the windows in which two nodes serve gauges never
+//!   overlap, and are at least one scrape interval apart: the old leader's
+//!   next scrape (showing none) comes before the new leader's first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -314,7 +315,7 @@ impl Coordinator {
     pub async fn queue_gauges(&self) -> Option<Vec<(String, QueueSizes)>> {
         let m = self.metrics();
         let term = self.leading(&m).await.ok()?;
-        let hold_off = self.inner.settings.leader_freshness * 2;
+        let hold_off = self.inner.settings.gauge_holdoff;
         let state = self.inner.state_machine.latest();
         let guard = lock(&self.inner.view);
         let view = guard.as_ref().filter(|v| v.term == term)?;

@@ -68,6 +68,9 @@ pub struct WorkerSettings {
     pub idle_poll_interval: Duration,
     /// Housekeeping calls in flight at once per shard.
     pub concurrency: usize,
+    /// How long a new leader waits before serving queue gauges:
+    /// `leader_freshness + metrics.scrape_interval`.
+    pub gauge_holdoff: Duration,
 }
 
 impl WorkerSettings {
@@ -86,6 +89,7 @@ impl WorkerSettings {
             poll_interval: config.tasks.poll_interval,
             idle_poll_interval: config.tasks.idle_poll_interval,
             concurrency: config.tasks.concurrency,
+            gauge_holdoff: config.raft.election_timeout_min + config.metrics.scrape_interval,
         }
     }
 }

@@ -119,7 +119,11 @@ impl TestCluster {
                         key_prefix: "deckard_v1".into(),
                     },
                     log: LogConfig::default(),
-                    metrics: Default::default(),
+                    // Queue gauges return one second after a failover.
+                    metrics: deckhand::config::MetricsConfig {
+                        scrape_interval: Duration::from_secs(1),
+                        ..Default::default()
+                    },
                     security: Default::default(),
                 };
                 (m.id, config)
