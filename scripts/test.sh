@@ -20,6 +20,23 @@ if ! command -v redis-server >/dev/null; then
 fi
 redis-server --version
 
+# scripts/prometheus-check.sh runs a real Prometheus; promtool checks metric names.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  echo "test.sh: installing prometheus from Debian's packages" >&2
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus >/dev/null
+  $sudo systemctl stop prometheus prometheus-node-exporter 2>/dev/null || true
+fi
+
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --locked --all-targets
 cargo test --locked --all-targets "$@"
+
+# Prometheus itself through a transfer and a leader kill (debug binary,
+# short phases; the documented run uses the defaults). Needs the local-3
+# ports, so it runs after the tests. SKIP_PROMETHEUS=1 skips it.
+if [ "${SKIP_PROMETHEUS:-0}" != 1 ] && [ $# -eq 0 ]; then
+  DECKHAND_BIN=target/debug/deckhand PHASE=12 KILLS=1 OUT=target/prometheus-check.json \
+    scripts/prometheus-check.sh
+fi

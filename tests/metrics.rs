@@ -269,7 +269,37 @@ async fn exported_metric_names_match_the_documented_list() {
         );
         check_name(name, kind);
     }
+    promtool_check(&body);
     cluster.shutdown().await;
+}
+
+/// `promtool check metrics` on the exposition, when promtool is installed
+/// (scripts/test.sh installs Debian's prometheus package, which has it).
+fn promtool_check(body: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("promtool not installed: checked by the parser above only");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `# TYPE` lines of an exposition: family name -> type.
