@@ -6,8 +6,10 @@
 //! client), [`node`] (wiring one node together), [`config`].
 
 pub mod admin;
+pub mod baseline;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod load;
 pub mod metrics;
 pub mod node;

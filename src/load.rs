@@ -100,6 +100,11 @@ pub struct LoadSummary {
     pub unlock_lateness_ms: Percentiles,
     /// Consumer-observed lateness of timed-out messages, ms after the deadline.
     pub timeout_lateness_ms: Percentiles,
+    /// `(quantile, ms)` of the unlock lateness, every percent and p99.9 (plots).
+    pub unlock_lateness_quantiles_ms: Vec<(f64, u64)>,
+    /// `(seconds since the traffic started, messages back so far)`, every
+    /// half second: the throughput as consumers see it (plots).
+    pub timeline: Vec<(f64, u64)>,
     /// Drain mode: expired locks written, seconds to drain, elements per second.
     pub drained: u64,
     pub drain_s: f64,
@@ -236,8 +241,30 @@ fn progress_bar(show: bool) -> ProgressBar {
     bar
 }
 
+/// What the consumer has seen so far, published after every sweep.
+#[derive(Debug, Clone, Default)]
+pub struct LiveLoad {
+    pub added: u64,
+    /// Locked or timed-out messages that came back so far.
+    pub returned: u64,
+    pub pending: u64,
+    pub unlock_p50_ms: u64,
+    pub unlock_p99_ms: u64,
+    pub early: u64,
+    pub errors: u64,
+}
+
 /// Runs the traffic and returns what the consumer saw.
 pub async fn run(client: Arc<dyn DeckardClient>, opts: LoadOptions) -> LoadSummary {
+    run_with(client, opts, None).await
+}
+
+/// [`run`], publishing [`LiveLoad`] after every sweep of the consumer.
+pub async fn run_with(
+    client: Arc<dyn DeckardClient>,
+    opts: LoadOptions,
+    live: Option<tokio::sync::watch::Sender<LiveLoad>>,
+) -> LoadSummary {
     let show = opts.progress && std::io::stderr().is_terminal();
     if opts.expired_locks > 0 {
         return drain(client, opts, show).await;
@@ -318,6 +345,8 @@ pub async fn run(client: Arc<dyn DeckardClient>, opts: LoadOptions) -> LoadSumma
     // run is over and every locked or timed-out message came back (or grace ends).
     let deadline = producing_until + opts.grace;
     let mut rng = SmallRng::seed_from_u64(opts.seed);
+    let mut timeline = Vec::new();
+    let mut next_sample = started;
     loop {
         let seeds: Vec<u64> = (0..shared.names.len()).map(|_| rng.random()).collect();
         let sweep = futures::stream::iter(seeds.into_iter().enumerate().map(|(qi, seed)| {
@@ -331,6 +360,24 @@ pub async fn run(client: Arc<dyn DeckardClient>, opts: LoadOptions) -> LoadSumma
         .collect::<Vec<()>>();
         sweep.await;
         let p = Percentiles::of(&lock(&shared.unlock_late));
+        if Instant::now() >= next_sample {
+            timeline.push((
+                started.elapsed().as_secs_f64(),
+                shared.returned.load(Ordering::Relaxed),
+            ));
+            next_sample += Duration::from_millis(500);
+        }
+        if let Some(live) = &live {
+            live.send_replace(LiveLoad {
+                added: shared.added.load(Ordering::Relaxed),
+                returned: shared.returned.load(Ordering::Relaxed),
+                pending: shared.pending_count() as u64,
+                unlock_p50_ms: p.p50,
+                unlock_p99_ms: p.p99,
+                early: shared.early.load(Ordering::Relaxed),
+                errors: shared.errors.load(Ordering::Relaxed),
+            });
+        }
         bar.set_message(format!(
             "added {} pulls {} returned {} pending {} unlock lateness p50 {} ms p99 {} ms max {} ms errors {}",
             shared.added.load(Ordering::Relaxed),
@@ -353,6 +400,19 @@ pub async fn run(client: Arc<dyn DeckardClient>, opts: LoadOptions) -> LoadSumma
     bar.finish_and_clear();
     let unlock_lateness_ms = Percentiles::of(&lock(&shared.unlock_late));
     let timeout_lateness_ms = Percentiles::of(&lock(&shared.timeout_late));
+    let unlock_lateness_quantiles_ms = {
+        let h = lock(&shared.unlock_late);
+        let mut qs: Vec<f64> = (1..=100).map(|i| i as f64 / 100.0).collect();
+        qs.push(0.999);
+        qs.sort_by(f64::total_cmp);
+        if h.is_empty() {
+            Vec::new()
+        } else {
+            qs.into_iter()
+                .map(|q| (q, h.value_at_quantile(q)))
+                .collect()
+        }
+    };
     LoadSummary {
         mode: "traffic",
         queues: opts.queues,
@@ -369,6 +429,8 @@ pub async fn run(client: Arc<dyn DeckardClient>, opts: LoadOptions) -> LoadSumma
         errors: shared.errors.load(Ordering::Relaxed),
         unlock_lateness_ms,
         timeout_lateness_ms,
+        unlock_lateness_quantiles_ms,
+        timeline,
         ..Default::default()
     }
 }

@@ -29,6 +29,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a 3-node cluster, the embedded store and Deckard-like traffic in
+    /// this process; kill and restart nodes; check nothing was lost.
+    Demo(DemoArgs),
     /// Act like Deckard's API pods on a store and measure what consumers see.
     Load(LoadArgs),
     /// Inspect and steer a running cluster through any node's admin API.
@@ -44,6 +47,28 @@ enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// How long the traffic runs (faults at a third, half, ...).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Nodes in the cluster (3 or 5 are typical).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Queues the traffic uses.
+    #[arg(long, default_value_t = 300)]
+    queues: usize,
+    /// Messages added per second.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Seed of the consumers' random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as JSON (no live view).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -98,6 +123,11 @@ struct LoadArgs {
     /// locks, drained by calling the script directly) instead of running traffic.
     #[arg(long, default_value_t = 0)]
     redis_limit: usize,
+    /// Benchmarks only: instead of traffic, run the baseline deckhand is
+    /// compared with, Deckard's single housekeeper policy (1 s tick, 1000 per
+    /// queue and set per run, most recent first), for --duration.
+    #[arg(long)]
+    baseline_housekeeper: bool,
     /// Elements per housekeeping call in --redis-limit mode.
     #[arg(long, default_value_t = 500)]
     batch: usize,
@@ -202,6 +232,7 @@ fn main() -> ExitCode {
             command,
         } => runtime.block_on(run_ctl(addr, json, security, command)),
         Command::Load(args) => runtime.block_on(run_load(args)),
+        Command::Demo(args) => runtime.block_on(run_demo(args)),
     }
 }
 
@@ -217,6 +248,58 @@ fn init_logging(config: &NodeConfig) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+async fn run_demo(args: DemoArgs) -> ExitCode {
+    // Node logs would scroll the live view away (and the faults are on
+    // purpose): errors only, unless RUST_LOG asks for more.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error,openraft=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let opts = deckhand::demo::DemoOptions {
+        duration: args.duration,
+        nodes: args.nodes,
+        queues: args.queues,
+        seed: args.seed,
+        rate: args.rate,
+        live: !args.json,
+    };
+    if let Err(e) = opts.check() {
+        eprintln!("deckhand demo: {e}");
+        return ExitCode::FAILURE;
+    }
+    if !args.json {
+        eprintln!(
+            "deckhand demo: {} nodes on loopback, embedded store, {} queues, {:?}; faults at 1/3 and later",
+            args.nodes, args.queues, args.duration
+        );
+    }
+    let summary = match deckhand::demo::run(opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("deckhand demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&summary) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("deckhand demo: cannot encode the summary: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", deckhand::demo::summary_text(&summary));
+    }
+    if summary.consistency.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -326,6 +409,25 @@ async fn run_load(args: LoadArgs) -> ExitCode {
     }
     if args.lock_ms <= 0 || args.timeout_ms <= 0 {
         return fail("--lock-ms and --timeout-ms must be positive".into());
+    }
+    if args.baseline_housekeeper {
+        let opts = deckhand::baseline::BaselineOptions {
+            url: args.store.clone(),
+            prefix: args.prefix.clone(),
+            tick: std::time::Duration::from_secs(1),
+            per_run: 1000,
+            duration: args.duration,
+        };
+        return match deckhand::baseline::run(&opts).await {
+            Ok(s) => match serde_json::to_string(&s) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("cannot encode the result: {e}")),
+            },
+            Err(e) => fail(e.to_string()),
+        };
     }
     if args.redis_limit > 0 {
         let limit = deckhand::load::redis_limit(

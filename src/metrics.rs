@@ -315,7 +315,7 @@ pub const QUEUE_GAUGE_NAMES: &[&str] = &[
     "deckhand_queue_processing_messages",
     "deckhand_queue_locked_messages",
     "deckhand_queue_oldest_overdue_lock_seconds",
-    "deckhand_queue_gauge_queues",
+    "deckhand_queues_reported",
 ];
 
 /// Figures of all queues sharing one label.

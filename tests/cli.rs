@@ -504,3 +504,49 @@ fn tls_certificates_from_the_script_and_the_token_through_the_binary() {
     let exit = child.wait().expect("wait");
     assert!(exit.success(), "node exited with {exit}");
 }
+
+#[test]
+fn demo_runs_kills_restarts_and_passes_its_consistency_check() {
+    let out = run(Command::new(BIN).args([
+        "demo",
+        "--duration",
+        "9s",
+        "--queues",
+        "100",
+        "--rate",
+        "300",
+        "--json",
+    ]));
+    assert!(
+        out.status.success(),
+        "demo failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = json(&out);
+    assert_eq!(summary["consistency"]["ok"], true, "{summary}");
+    assert_eq!(summary["consistency"]["duplicated"], 0);
+    assert_eq!(summary["consistency"]["missing"], 0);
+    assert!(
+        summary["messages_added"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    assert!(
+        summary["elements_moved"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    let events = summary["events"].as_array().expect("events");
+    assert_eq!(events.len(), 4, "{summary}");
+    assert!(events[0]["what"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("killed leader"));
+    assert!(
+        events[0]["recovered_ms"].is_u64(),
+        "no new leader after the kill: {summary}"
+    );
+    // Bad options: one line, non-zero exit.
+    let out = run(Command::new(BIN).args(["demo", "--nodes", "0"]));
+    let line = one_error_line(&out);
+    assert!(line.contains("--nodes 0"), "{line}");
+}

@@ -58,7 +58,7 @@ async fn scrape_rounds(
                 .sum::<f64>();
             if body.contains(&format!("{ACTIVE_GAUGE}{{")) {
                 round.with_gauges.push(id);
-                round.queues_covered = samples(&body, "deckhand_queue_gauge_queues")
+                round.queues_covered = samples(&body, "deckhand_queues_reported")
                     .iter()
                     .map(|(_, v)| v)
                     .sum();
@@ -108,7 +108,7 @@ async fn queue_gauges_come_from_one_node_only_through_transfers_and_crashes() {
     let leader = cluster.wait_for_leader().await;
     let body = wait_until("the leader serves gauges for every queue", || async {
         let body = try_http_get(cluster.nodes[&leader].metrics_addr(), "/metrics").await?;
-        let covered: f64 = samples(&body, "deckhand_queue_gauge_queues")
+        let covered: f64 = samples(&body, "deckhand_queues_reported")
             .iter()
             .map(|(_, v)| v)
             .sum();
@@ -363,5 +363,51 @@ fn check_name(name: &str, kind: &str) {
         for bad in ["_ms", "_milliseconds", "_minutes", "_bytes_total_"] {
             assert!(!name.contains(bad), "{name}: use base units");
         }
+    }
+}
+
+/// The Grafana dashboard is valid JSON and uses only documented metrics.
+#[test]
+fn the_grafana_dashboard_uses_documented_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/deckhand-dashboard.json"
+    );
+    let text = std::fs::read_to_string(path).expect("dashboard file");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let documented = documented_metrics();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 5);
+    let mut used = std::collections::BTreeSet::new();
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if token.starts_with("deckhand_") || token.starts_with("deckard_") {
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| token.strip_suffix(s))
+                        .unwrap_or(token);
+                    assert!(
+                        documented.contains_key(family),
+                        "panel {:?} uses undocumented metric {token}",
+                        panel["title"]
+                    );
+                    used.insert(family.to_string());
+                }
+            }
+        }
+    }
+    for needed in [
+        "deckhand_node_is_leader",
+        "deckhand_unlock_lateness_seconds",
+        "deckhand_task_elements_total",
+        "deckhand_fenced_writes_total",
+        "deckhand_queue_active_messages",
+    ] {
+        assert!(
+            used.contains(needed),
+            "the dashboard does not show {needed}"
+        );
     }
 }

@@ -250,8 +250,13 @@ impl Node {
             settings,
         );
 
-        let raft_service =
-            RaftRpc::new(raft.clone(), config.node_id, config.cluster.name.clone()).into_server();
+        let raft_service = RaftRpc::new(
+            raft.clone(),
+            config.node_id,
+            config.cluster.name.clone(),
+            state_machine.clone(),
+        )
+        .into_server();
         let worker_service = WorkerRpc::new(coordinator.clone()).into_server();
         let mut stop = shutdown.listener();
         let incoming = TcpListenerStream::new(listeners.raft);

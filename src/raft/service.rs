@@ -1,12 +1,18 @@
 //! The server side of node-to-node Raft RPCs: decode, hand to openraft, encode.
+//!
+//! Votes and appends from a node whose id was retired (`ctl remove-node`)
+//! are refused before openraft sees them: a removed node that comes back
+//! with its old data cannot disturb the cluster with elections.
 
 use tonic::{Request, Response, Status};
 
 use super::codec::{self, SnapshotTransfer};
 use super::network::MAX_RAFT_MESSAGE;
+use super::store::StateMachineStore;
 use super::{NodeId, Raft};
 use crate::proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::raft::{ProbeRequest, ProbeResponse, RaftPayload};
+use openraft::vote::RaftLeaderId;
 
 /// Serves the internal Raft service for one node.
 #[derive(Clone)]
@@ -14,15 +20,34 @@ pub struct RaftRpc {
     raft: Raft,
     node_id: NodeId,
     cluster_name: String,
+    /// The applied state, for the retired ids.
+    state_machine: StateMachineStore,
 }
 
 impl RaftRpc {
-    pub fn new(raft: Raft, node_id: NodeId, cluster_name: String) -> Self {
+    pub fn new(
+        raft: Raft,
+        node_id: NodeId,
+        cluster_name: String,
+        state_machine: StateMachineStore,
+    ) -> Self {
         Self {
             raft,
             node_id,
             cluster_name,
+            state_machine,
         }
+    }
+
+    /// `PERMISSION_DENIED` if `from` was removed from the cluster.
+    fn refuse_retired(&self, from: NodeId) -> Result<(), Status> {
+        if self.state_machine.latest().cluster.removed.contains(&from) {
+            tracing::debug!(from, "refused a raft message from a removed node");
+            return Err(Status::permission_denied(format!(
+                "node {from} was removed from this cluster and can never rejoin"
+            )));
+        }
+        Ok(())
     }
 
     pub fn into_server(self) -> RaftServiceServer<Self> {
@@ -44,7 +69,9 @@ impl RaftService for RaftRpc {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let req = codec::decode("append entries", request.get_ref())?;
+        let req: openraft::raft::AppendEntriesRequest<super::TypeConfig> =
+            codec::decode("append entries", request.get_ref())?;
+        self.refuse_retired(*req.vote.leader_id().node_id())?;
         let resp = self.raft.append_entries(req).await.map_err(raft_error)?;
         Ok(Response::new(codec::encode(
             "append entries response",
@@ -53,7 +80,9 @@ impl RaftService for RaftRpc {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let req = codec::decode("vote", request.get_ref())?;
+        let req: openraft::raft::VoteRequest<super::TypeConfig> =
+            codec::decode("vote", request.get_ref())?;
+        self.refuse_retired(*req.vote.leader_id().node_id())?;
         let resp = self.raft.vote(req).await.map_err(raft_error)?;
         Ok(Response::new(codec::encode("vote response", &resp)?))
     }
