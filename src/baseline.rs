@@ -71,6 +71,10 @@ pub struct BaselineOptions {
     pub per_run: usize,
     /// Stop after this long.
     pub duration: Duration,
+    /// Wait until this file exists before the first tick (benchmarks).
+    pub start_file: Option<std::path::PathBuf>,
+    /// Stop after a tick that moved nothing, once a tick moved something.
+    pub stop_when_idle: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -82,6 +86,8 @@ pub struct BaselineSummary {
     pub overrun_ticks: u64,
     pub max_pass_ms: u64,
     pub errors: u64,
+    /// From the first tick to the end of the last tick that moved anything.
+    pub busy_s: f64,
 }
 
 /// Runs the baseline housekeeper until `duration` has passed.
@@ -95,8 +101,14 @@ pub async fn run(opts: &BaselineOptions) -> Result<BaselineSummary, StoreError> 
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let script = Script::new(BASELINE_RUN);
     let mut summary = BaselineSummary::default();
-    let end = Instant::now() + opts.duration;
-    let mut next_tick = Instant::now();
+    if let Some(path) = &opts.start_file {
+        while !path.exists() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let first = Instant::now();
+    let end = first + opts.duration;
+    let mut next_tick = first;
     while Instant::now() < end {
         tokio::time::sleep_until(next_tick.into()).await;
         let started = Instant::now();
@@ -111,6 +123,7 @@ pub async fn run(opts: &BaselineOptions) -> Result<BaselineSummary, StoreError> 
             }
         };
         summary.queues = queues.len();
+        let moved_before = summary.moved;
         for q in &queues {
             let k = QueueKeys::new(&prefix, q);
             let result: Result<u64, _> = script
@@ -134,6 +147,11 @@ pub async fn run(opts: &BaselineOptions) -> Result<BaselineSummary, StoreError> 
         }
         let took = started.elapsed();
         summary.max_pass_ms = summary.max_pass_ms.max(took.as_millis() as u64);
+        if summary.moved > moved_before {
+            summary.busy_s = first.elapsed().as_secs_f64();
+        } else if opts.stop_when_idle && summary.moved > 0 {
+            break;
+        }
         if took > opts.tick {
             summary.overrun_ticks += 1;
             next_tick = Instant::now();

@@ -55,6 +55,9 @@ pub struct LoadOptions {
     /// before measuring, so the housekeeper knows the queues, as it would
     /// know long-lived Deckard queues.
     pub warmup: Duration,
+    /// Drain mode: created once the locks are written and the clock starts
+    /// (benchmarks start a housekeeper that waits for it).
+    pub signal_file: Option<std::path::PathBuf>,
 }
 
 /// Lateness percentiles in ms.
@@ -487,6 +490,11 @@ async fn drain(client: Arc<dyn DeckardClient>, opts: LoadOptions, show: bool) ->
         }
     }
     let started = Instant::now();
+    if let Some(path) = &opts.signal_file {
+        if let Err(e) = std::fs::write(path, b"written\n") {
+            tracing::warn!(path = %path.display(), error = %e, "could not create the signal file");
+        }
+    }
     let deadline = started + opts.grace.max(Duration::from_secs(300));
     // In drain mode nothing refills a lock set, so a queue seen empty once
     // is done for good. While a sample of queues still has locks, only the

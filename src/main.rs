@@ -128,6 +128,15 @@ struct LoadArgs {
     /// queue and set per run, most recent first), for --duration.
     #[arg(long)]
     baseline_housekeeper: bool,
+    /// Drain mode: create this file once the locks are written.
+    #[arg(long)]
+    signal_file: Option<PathBuf>,
+    /// Baseline mode: wait until this file exists before the first tick.
+    #[arg(long)]
+    start_file: Option<PathBuf>,
+    /// Baseline mode: stop after a tick that moved nothing, once something moved.
+    #[arg(long)]
+    stop_when_idle: bool,
     /// Elements per housekeeping call in --redis-limit mode.
     #[arg(long, default_value_t = 500)]
     batch: usize,
@@ -417,6 +426,8 @@ async fn run_load(args: LoadArgs) -> ExitCode {
             tick: std::time::Duration::from_secs(1),
             per_run: 1000,
             duration: args.duration,
+            start_file: args.start_file.clone(),
+            stop_when_idle: args.stop_when_idle,
         };
         return match deckhand::baseline::run(&opts).await {
             Ok(s) => match serde_json::to_string(&s) {
@@ -477,6 +488,7 @@ async fn run_load(args: LoadArgs) -> ExitCode {
         expired_locks: args.expired_locks,
         admin: args.admin.clone(),
         warmup: args.warmup,
+        signal_file: args.signal_file.clone(),
     };
     let summary = deckhand::load::run(store, opts).await;
     if args.json {

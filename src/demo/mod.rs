@@ -169,6 +169,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
         expired_locks: 0,
         admin: None,
         warmup,
+        signal_file: None,
     };
     let (live_tx, live_rx) = tokio::sync::watch::channel(LiveLoad::default());
     let client: Arc<dyn DeckardClient> = Arc::new(store.clone());

@@ -1,0 +1,412 @@
+#!/usr/bin/env python3
+"""The benchmark suite behind scripts/bench.sh (see there for usage).
+
+Every figure is measured twice in the same run, on the same Redis: once for
+deckhand (a local 3-node cluster of release binaries) and once for the
+baseline, Deckard's single-housekeeper policy (`deckhand load
+--baseline-housekeeper`: one process, 1 s tick, 1000 per queue and set per
+run, most recent first). Results go to bench/results.json and two SVG plots;
+a table is printed.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import svgplot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("DECKHAND_BIN", os.path.join(ROOT, "target/release/deckhand"))
+IDLE_QUEUES = int(os.environ.get("IDLE_QUEUES", "10000"))
+LATENESS_QUEUES = int(os.environ.get("QUEUES", "1000"))
+RATE = int(os.environ.get("RATE", "1000"))
+TRAFFIC_S = int(os.environ.get("TRAFFIC_S", "20"))
+DRAIN_LOCKS = int(os.environ.get("DRAIN_LOCKS", "300000"))
+DRAIN_QUEUES = int(os.environ.get("DRAIN_QUEUES", "3000"))
+KILLS = int(os.environ.get("KILLS", "5"))
+MEASURE_S = float(os.environ.get("MEASURE_S", "10"))
+OUT = os.path.join(ROOT, "bench")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Redis:
+    def __init__(self, work):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", work],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        for _ in range(100):
+            if self.cli("ping").strip() == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def cli(self, *args, stdin=None):
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], input=stdin,
+                             capture_output=True, text=True)
+        return out.stdout
+
+    def flush(self):
+        self.cli("flushall")
+        self.cli("config", "resetstat")
+
+    def total_commands(self):
+        for line in self.cli("info", "stats").splitlines():
+            if line.startswith("total_commands_processed:"):
+                return int(line.split(":")[1])
+        return 0
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Cluster:
+    """A local-3 cluster on Redis, through scripts/cluster.sh."""
+
+    def __init__(self, work, redis_url):
+        self.cfg = os.path.join(work, "local-3")
+        os.makedirs(self.cfg, exist_ok=True)
+        self.work = work
+        self.env = dict(os.environ, DECKHAND_BIN=BIN, DECKHAND_RUN_DIR=os.path.join(work, "run"),
+                        DECKHAND_STORE_URL=redis_url)
+        self.generation = 0
+
+    def start(self, fresh=False):
+        if fresh:
+            self.generation += 1
+            for n in (1, 2, 3):
+                src = os.path.join(ROOT, f"cluster-config/local-3/node{n}.toml")
+                text = open(src).read().replace(
+                    'data_dir = "data/node%d"' % n,
+                    'data_dir = "%s/data%d/node%d"' % (self.work, self.generation, n))
+                open(os.path.join(self.cfg, f"node{n}.toml"), "w").write(text)
+        subprocess.run([os.path.join(ROOT, "scripts/cluster.sh"), "start", self.cfg],
+                       env=self.env, check=True, capture_output=True)
+
+    def stop(self):
+        subprocess.run([os.path.join(ROOT, "scripts/cluster.sh"), "stop", self.cfg],
+                       env=self.env, capture_output=True)
+
+    def pid(self, node):
+        path = os.path.join(self.env["DECKHAND_RUN_DIR"], f"node{node}.pid")
+        return int(open(path).read().strip())
+
+    def pids(self):
+        return [self.pid(n) for n in (1, 2, 3)]
+
+    def ctl(self, *args):
+        out = subprocess.run([BIN, "ctl", "--addr", "127.0.0.1:7201", "--json", *args],
+                             capture_output=True, text=True)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def leader(self):
+        for _ in range(300):
+            s = self.ctl("status")
+            if s and s.get("leader_id"):
+                return s["leader_id"]
+            time.sleep(0.05)
+        raise RuntimeError("no leader")
+
+    def busiest_follower(self):
+        table = self.ctl("shards") or []
+        counts = {}
+        for row in table:
+            if row.get("owner"):
+                counts[row["owner"]] = counts.get(row["owner"], 0) + 1
+        return max(counts, key=counts.get)
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def measure_idle(redis, pids):
+    """Redis commands per second and per-process CPU and RSS over MEASURE_S."""
+    hz = os.sysconf("SC_CLK_TCK")
+    c0, t0 = redis.total_commands(), {p: cpu_ticks(p) for p in pids}
+    start = time.time()
+    time.sleep(MEASURE_S)
+    elapsed = time.time() - start
+    c1 = redis.total_commands()
+    cpu = [100.0 * (cpu_ticks(p) - t0[p]) / hz / elapsed for p in pids]
+    return {
+        "redis_commands_per_s": round((c1 - c0) / elapsed, 1),
+        "cpu_percent_per_process": [round(c, 2) for c in cpu],
+        "rss_mib_per_process": [round(rss_kib(p) / 1024, 1) for p in pids],
+    }
+
+
+def make_idle_queues(redis, n):
+    lines = "".join(f"ZADD deckard_v1:queue:{{idle::q{i}}} 1 m\n" for i in range(n))
+    redis.cli("--pipe", stdin=lines)
+
+
+def baseline(redis, duration_s, extra=()):
+    return subprocess.Popen(
+        [BIN, "load", "--store", redis.url, "--baseline-housekeeper", "--duration",
+         f"{duration_s}s", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def load(redis, seconds, queues, extra=()):
+    return subprocess.Popen(
+        [BIN, "load", "--store", redis.url, "--queues", str(queues), "--rate", str(RATE),
+         "--duration", f"{seconds}s", "--lock-ms", "500", "--warmup", "2s", "--grace", "15s",
+         "--json", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def finish(proc):
+    out, _ = proc.communicate()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def with_faults(redis, proc_start, faults):
+    """Runs the traffic while `faults` [(seconds after the traffic starts, fn, label)] fire."""
+    traffic = load(redis, TRAFFIC_S, LATENESS_QUEUES)
+    t0 = time.time() + 2.0  # --warmup 2s: the timeline starts after it
+    events = []
+    for at, fn, label in faults:
+        delay = t0 + at - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        fn()
+        events.append({"at_s": round(time.time() - t0, 2), "what": label})
+    return finish(traffic), events
+
+
+def rate_series(timeline):
+    """(t, messages back per second) from cumulative (t, count) samples."""
+    out = []
+    for (t0, c0), (t1, c1) in zip(timeline, timeline[1:]):
+        if t1 > t0:
+            out.append(((t0 + t1) / 2, (c1 - c0) / (t1 - t0)))
+    return out
+
+
+def main():
+    if not os.path.exists(BIN):
+        sys.exit(f"bench.py: {BIN} is missing; build it with cargo build --release")
+    os.makedirs(OUT, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="deckhand-bench-")
+    redis = Redis(work)
+    cluster = Cluster(work, redis.url)
+    results = {"deckhand": {}, "baseline": {}, "config": {
+        "idle_queues": IDLE_QUEUES, "queues": LATENESS_QUEUES, "rate_per_s": RATE,
+        "traffic_s": TRAFFIC_S, "drain_locks": DRAIN_LOCKS, "drain_queues": DRAIN_QUEUES,
+        "lock_ms": 500, "kills": KILLS, "cpus": os.cpu_count()}}
+    d, b = results["deckhand"], results["baseline"]
+    started = time.time()
+    try:
+        # 1. Idle: what 10,000 idle queues cost.
+        log(f"1/5 idle: {IDLE_QUEUES} queues, {MEASURE_S:.0f} s")
+        make_idle_queues(redis, IDLE_QUEUES)
+        cluster.start(fresh=True)
+        time.sleep(5)  # discovery and first passes
+        d["idle"] = measure_idle(redis, cluster.pids())
+        cluster.stop()
+        proc = baseline(redis, 60)
+        time.sleep(3)
+        b["idle"] = measure_idle(redis, [proc.pid])
+        proc.terminate()
+        proc.wait()
+        redis.flush()
+
+        # 2. Lateness as consumers see it, no faults.
+        log(f"2/5 lateness: {LATENESS_QUEUES} queues, {RATE}/s for {TRAFFIC_S} s, 500 ms locks")
+        cluster.start(fresh=True)
+        d["lateness"] = finish(load(redis, TRAFFIC_S, LATENESS_QUEUES))
+        cluster.stop()
+        redis.flush()
+        proc = baseline(redis, TRAFFIC_S + 60)
+        b["lateness"] = finish(load(redis, TRAFFIC_S, LATENESS_QUEUES))
+        proc.terminate()
+        proc.wait()
+        redis.flush()
+
+        # 3. Throughput over time through faults.
+        log("3/5 throughput through faults")
+        cluster.start(fresh=True)
+        time.sleep(1)
+        victim = {}
+
+        def kill_follower():
+            victim["f"] = cluster.busiest_follower()
+            os.kill(cluster.pid(victim["f"]), signal.SIGKILL)
+
+        def kill_leader():
+            victim["l"] = cluster.leader()
+            os.kill(cluster.pid(victim["l"]), signal.SIGKILL)
+
+        summary, events = with_faults(redis, time.time(), [
+            (6, kill_follower, "kill -9 a follower"),
+            (10, cluster.start, "restart it"),
+            (13, kill_leader, "kill -9 the leader"),
+            (16, cluster.start, "restart it"),
+        ])
+        d["faults"] = {"timeline": summary["timeline"], "events": events,
+                       "unlock_lateness_ms": summary["unlock_lateness_ms"],
+                       "missing": summary["missing"]}
+        cluster.stop()
+        redis.flush()
+        box = {"proc": baseline(redis, TRAFFIC_S + 60)}
+
+        def kill_baseline():
+            box["proc"].kill()
+            box["proc"].wait()
+
+        def restart_baseline():
+            box["proc"] = baseline(redis, TRAFFIC_S + 60)
+
+        summary, events = with_faults(redis, time.time(), [
+            (6, kill_baseline, "kill -9 the housekeeper"),
+            (10, restart_baseline, "restart it (a 4 s replacement; Kubernetes takes 15-60 s)"),
+        ])
+        box["proc"].terminate()
+        box["proc"].wait()
+        b["faults"] = {"timeline": summary["timeline"], "events": events,
+                       "unlock_lateness_ms": summary["unlock_lateness_ms"],
+                       "missing": summary["missing"]}
+        redis.flush()
+
+        # 4. Drain: expired locks all at once.
+        log(f"4/5 drain: {DRAIN_LOCKS} expired locks over {DRAIN_QUEUES} queues")
+        cluster.start(fresh=True)
+        d["drain"] = finish(subprocess.Popen(
+            [BIN, "load", "--store", redis.url, "--queues", str(DRAIN_QUEUES), "--expired-locks",
+             str(DRAIN_LOCKS), "--admin", "127.0.0.1:7201", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        cluster.stop()
+        redis.flush()
+        signal_file = os.path.join(work, "written")
+        proc = baseline(redis, 600, ["--start-file", signal_file, "--stop-when-idle"])
+        writer = subprocess.Popen(
+            [BIN, "load", "--store", redis.url, "--queues", str(DRAIN_QUEUES), "--expired-locks",
+             str(DRAIN_LOCKS), "--signal-file", signal_file, "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        b["drain"] = finish(writer)
+        b["drain_housekeeper"] = finish(proc)
+        redis.flush()
+
+        # 5. Failover and handoff (deckhand; the baseline has none).
+        log(f"5/5 failover and handoff: {KILLS} kills each")
+        env = dict(os.environ, DECKHAND_BIN=BIN, KILLS=str(KILLS))
+        subprocess.run([os.path.join(ROOT, "scripts/failover.sh")], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        d["failover"] = json.load(open(os.path.join(OUT, "failover.json")))
+        subprocess.run([os.path.join(ROOT, "scripts/handoff.py")], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        d["handoff"] = json.load(open(os.path.join(OUT, "handoff.json")))
+    finally:
+        cluster.stop()
+        redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    results["elapsed_s"] = round(time.time() - started, 1)
+    results["ratios"] = ratios(d, b)
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plots(d, b)
+    print(table(results))
+
+
+def ratio(a, b):
+    return round(a / b, 3) if b else None
+
+
+def ratios(d, b):
+    dl, bl = d["lateness"]["unlock_lateness_ms"], b["lateness"]["unlock_lateness_ms"]
+    return {
+        "unlock_lateness_p50": ratio(dl["p50"], bl["p50"]),
+        "unlock_lateness_p99": ratio(dl["p99"], bl["p99"]),
+        "drain_elements_per_s": ratio(d["drain"]["drain_per_s"],
+                                      b["drain_housekeeper"]["moved"] / max(b["drain_housekeeper"]["busy_s"], 1e-9)),
+        "idle_redis_commands_per_s": ratio(d["idle"]["redis_commands_per_s"],
+                                           b["idle"]["redis_commands_per_s"]),
+        "idle_cpu_percent_total": ratio(sum(d["idle"]["cpu_percent_per_process"]),
+                                        sum(b["idle"]["cpu_percent_per_process"])),
+        "idle_rss_mib_total": ratio(sum(d["idle"]["rss_mib_per_process"]),
+                                    sum(b["idle"]["rss_mib_per_process"])),
+    }
+
+
+def table(r):
+    d, b, x = r["deckhand"], r["baseline"], r["ratios"]
+    dl, bl = d["lateness"]["unlock_lateness_ms"], b["lateness"]["unlock_lateness_ms"]
+    bd = b["drain_housekeeper"]
+    b_drain = bd["moved"] / max(bd["busy_s"], 1e-9)
+    rows = [
+        ("unlock lateness p50 (ms)", dl["p50"], bl["p50"], x["unlock_lateness_p50"]),
+        ("unlock lateness p99 (ms)", dl["p99"], bl["p99"], x["unlock_lateness_p99"]),
+        ("unlock lateness max (ms)", dl["max"], bl["max"], ratio(dl["max"], bl["max"])),
+        ("drain (elements/s)", round(d["drain"]["drain_per_s"]), round(b_drain),
+         x["drain_elements_per_s"]),
+        (f"idle Redis commands/s ({r['config']['idle_queues']} queues)",
+         d["idle"]["redis_commands_per_s"], b["idle"]["redis_commands_per_s"],
+         x["idle_redis_commands_per_s"]),
+        ("idle CPU % (all processes)", round(sum(d["idle"]["cpu_percent_per_process"]), 2),
+         round(sum(b["idle"]["cpu_percent_per_process"]), 2), x["idle_cpu_percent_total"]),
+        ("idle RSS MiB (all processes)", round(sum(d["idle"]["rss_mib_per_process"]), 1),
+         round(sum(b["idle"]["rss_mib_per_process"]), 1), x["idle_rss_mib_total"]),
+        ("failover after kill -9, median / max (ms)",
+         f"{d['failover']['median_ms']} / {d['failover']['max_ms']}", "none (single process)", "-"),
+        ("handoff after a crash, median (ms)", d["handoff"]["crash"]["median_ms"],
+         "until replaced", "-"),
+        ("handoff after SIGTERM, median (ms)", d["handoff"]["graceful"]["median_ms"],
+         "until replaced", "-"),
+    ]
+    w = max(len(r[0]) for r in rows)
+    lines = [f"{'figure':<{w}}  {'deckhand':>14}  {'baseline':>22}  {'ratio':>7}"]
+    for name, dv, bv, rv in rows:
+        lines.append(f"{name:<{w}}  {str(dv):>14}  {str(bv):>22}  {str(rv):>7}")
+    lines.append(f"(ratio = deckhand / baseline; whole run {r['elapsed_s']} s)")
+    return "\n".join(lines)
+
+
+def plots(d, b):
+    def cdf(summary):
+        return [(max(ms, 0.5), q * 100) for q, ms in summary["unlock_lateness_quantiles_ms"]]
+    svgplot.write(os.path.join(OUT, "lateness.svg"),
+                  title="Unlock lateness as consumers see it (CDF)",
+                  xlabel="ms after the unlock time (log scale)", ylabel="% of unlocked messages",
+                  series=[("deckhand", cdf(d["lateness"])), ("baseline (1 s tick)", cdf(b["lateness"]))],
+                  xlog=True)
+    svgplot.write(os.path.join(OUT, "throughput.svg"),
+                  title="Messages coming back per second, through faults",
+                  xlabel="seconds since the traffic started", ylabel="messages/s",
+                  series=[("deckhand", rate_series(d["faults"]["timeline"])),
+                          ("baseline", rate_series(b["faults"]["timeline"]))],
+                  markers=[(e["at_s"], "deckhand: " + e["what"]) for e in d["faults"]["events"]]
+                  + [(e["at_s"], "baseline: " + e["what"]) for e in b["faults"]["events"]])
+
+
+if __name__ == "__main__":
+    main()
