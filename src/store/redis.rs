@@ -25,8 +25,10 @@ use super::{
 
 /// KEYS: active, processing, lock_ack, lock_ack:score, lock_nack, lock_nack:score, fence.
 /// ARGV: epoch, now_ms, batch, unlock (0/1), timeout (0/1).
-/// Returns {0, fence} when fenced, else
-/// {1, unlocked_ack, unlocked_nack, timed_out, next_due or -1, lateness...}.
+/// Returns {0, fence} when fenced, else {1, unlocked_ack, unlocked_nack,
+/// timed_out, next_due or -1, active, processing, locked_ack, locked_nack,
+/// oldest_overdue_ms, lateness...}. An idle queue (nothing in processing or
+/// locked) costs five calls inside the script: the fence and four ZCARDs.
 const HOUSEKEEP: &str = r#"
 local fence = tonumber(redis.call('GET', KEYS[7]) or '0')
 local epoch = tonumber(ARGV[1])
@@ -38,9 +40,16 @@ if epoch > fence then
 end
 local now = tonumber(ARGV[2])
 local budget = tonumber(ARGV[3])
+local n_tmp = redis.call('ZCARD', KEYS[2])
+local n_ack = redis.call('ZCARD', KEYS[3])
+local n_nack = redis.call('ZCARD', KEYS[5])
+if n_tmp + n_ack + n_nack == 0 then
+  -- Nothing in processing or locked (an idle queue): nothing to move.
+  return {1, 0, 0, 0, -1, redis.call('ZCARD', KEYS[1]), 0, 0, 0, 0}
+end
 local late = {}
-local function unlock(lock, restore, default)
-  if budget <= 0 then return 0 end
+local function unlock(lock, restore, default, count)
+  if budget <= 0 or count == 0 then return 0 end
   local due = redis.call('ZRANGE', lock, '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, budget, 'WITHSCORES')
   if #due == 0 then return 0 end
   local ids = {}
@@ -64,10 +73,10 @@ local function unlock(lock, restore, default)
 end
 local acks, nacks, timeouts = 0, 0, 0
 if ARGV[4] == '1' then
-  acks = unlock(KEYS[3], KEYS[4], ARGV[2])
-  nacks = unlock(KEYS[5], KEYS[6], '0')
+  acks = unlock(KEYS[3], KEYS[4], ARGV[2], n_ack)
+  nacks = unlock(KEYS[5], KEYS[6], '0', n_nack)
 end
-if ARGV[5] == '1' and budget > 0 then
+if ARGV[5] == '1' and budget > 0 and n_tmp > 0 then
   local due = redis.call('ZRANGE', KEYS[2], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, budget)
   if #due > 0 then
     local args = {}
@@ -80,29 +89,29 @@ if ARGV[5] == '1' and budget > 0 then
     timeouts = #due
   end
 end
+-- The lowest score left in a set (-1: empty), without a call for an empty set.
+local function first(key, count)
+  if count <= 0 then return -1 end
+  local f = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #f == 0 then return -1 end
+  return tonumber(f[2])
+end
+local function lower(a, b)
+  if a == -1 then return b end
+  if b == -1 then return a end
+  if a < b then return a end
+  return b
+end
+local f_ack = first(KEYS[3], n_ack - acks)
+local f_nack = first(KEYS[5], n_nack - nacks)
 local next_due = -1
-local function consider(key)
-  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if #first > 0 then
-    local s = tonumber(first[2])
-    if next_due == -1 or s < next_due then next_due = s end
-  end
-end
-if ARGV[4] == '1' then consider(KEYS[3]); consider(KEYS[5]) end
-if ARGV[5] == '1' then consider(KEYS[2]) end
-local oldest = -1
-for _, key in ipairs({KEYS[3], KEYS[5]}) do
-  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if #first > 0 then
-    local s = tonumber(first[2])
-    if oldest == -1 or s < oldest then oldest = s end
-  end
-end
+if ARGV[4] == '1' then next_due = lower(f_ack, f_nack) end
+if ARGV[5] == '1' then next_due = lower(next_due, first(KEYS[2], n_tmp - timeouts)) end
+local oldest = lower(f_ack, f_nack)
 local overdue = 0
 if oldest ~= -1 and oldest < now then overdue = now - oldest end
 local result = {1, acks, nacks, timeouts, next_due,
-  redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]),
-  redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[5]), overdue}
+  redis.call('ZCARD', KEYS[1]), n_tmp - timeouts, n_ack - acks, n_nack - nacks, overdue}
 for _, l in ipairs(late) do result[#result + 1] = l end
 return result
 "#;
