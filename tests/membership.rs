@@ -129,12 +129,7 @@ async fn removals_that_would_lose_the_quorum_are_refused_without_force() {
     let mut cluster = TestCluster::start(3).await;
     cluster.wait_for_balanced_ownership().await;
     let leader = cluster.wait_for_leader().await;
-    let followers: Vec<NodeId> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|n| *n != leader)
-        .collect();
+    let followers = cluster.followers_of(leader);
     let (dead, live) = (followers[0], followers[1]);
     cluster.crash(dead).await;
     // The leader notices the silence after lease + margin: it reassigns the

@@ -124,12 +124,7 @@ async fn queue_gauges_come_from_one_node_only_through_transfers_and_crashes() {
     let mut events = Vec::new();
     for i in 0..10 {
         let leader = cluster.wait_for_leader().await;
-        let followers: Vec<NodeId> = cluster
-            .nodes
-            .keys()
-            .copied()
-            .filter(|n| *n != leader)
-            .collect();
+        let followers = cluster.followers_of(leader);
         // A transfer first, then a crash of whoever leads after it.
         let to = followers[i % followers.len()];
         let trigger = cluster.nodes[&leader].raft.clone();

@@ -220,12 +220,7 @@ async fn drain_moves_every_shard_off_a_node_and_bad_drains_change_nothing() {
     cluster.add_queues(50);
     let owners = cluster.wait_for_balanced_ownership().await;
     let leader = cluster.wait_for_leader().await;
-    let followers: Vec<NodeId> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|n| *n != leader)
-        .collect();
+    let followers = cluster.followers_of(leader);
     let (drained, other) = (followers[0], followers[1]);
     assert!(!shards_of(&owners, drained).is_empty());
 

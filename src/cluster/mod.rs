@@ -26,10 +26,10 @@
 //!   making it (see [`shards`]), so epochs only grow.
 //! - `removed` only grows: a retired node id is never a member again.
 //!
-//! # Not done here (yet)
+//! # Deliberately not done here
 //!
-//! Task settings arrive with the tasks issue; they extend [`Command`] and
-//! [`ClusterState`] and keep this module free of I/O.
+//! Membership lives in openraft's own entries, not in [`ClusterState`]: only
+//! the retired ids are kept here, so they outlive the membership change.
 
 pub mod lease;
 pub mod planner;

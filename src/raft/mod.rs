@@ -29,7 +29,7 @@
 //!
 //! - No streaming snapshot transfer: the replicated state is small (members,
 //!   shard map, settings), so a snapshot is one message.
-//! - No TLS yet on this address; it comes with the security issue.
+//! - Certificates are read at start; rotating them needs a restart.
 
 pub mod codec;
 pub mod network;

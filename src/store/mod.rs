@@ -20,8 +20,10 @@
 //! # Implementations
 //!
 //! - [`memory::MemoryStore`]: embedded, for the demo and fast tests.
-//! - The Redis store in Deckard's key layout comes with the tasks issue and
-//!   must pass the same contract tests.
+//! - [`redis::RedisStore`]: Deckard's Redis, in Deckard's key layout, one Lua
+//!   script per operation.
+//!
+//! Both pass the same contract tests (`contract`).
 
 pub mod layout;
 pub mod memory;

@@ -13,6 +13,8 @@
 //!   queues (one scan for the cluster), plans moves with `cluster::planner`
 //!   and commits them through Raft.
 //! - [`service`]: the internal gRPC face of the coordinator (`raft_addr`).
+//! - [`queue_stats`]: owners' per-queue set sizes, sent with heartbeats; the
+//!   leader's union behind the leader-only queue gauges.
 //!
 //! # Invariants
 //!
@@ -26,8 +28,8 @@
 //!
 //! # Deliberately not done
 //!
-//! Per-queue tasks are a fenced `touch` until the Redis tasks land; they use
-//! the same store trait and fencing path the real tasks will.
+//! No work stealing between owners: a shard's queues are worked by its
+//! owner alone, and balance comes from moving whole shards.
 
 pub mod coordinator;
 pub mod heartbeat;

@@ -217,6 +217,15 @@ impl TestCluster {
         .await
     }
 
+    /// Every running node except `leader`, in id order.
+    pub fn followers_of(&self, leader: NodeId) -> Vec<NodeId> {
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|n| *n != leader)
+            .collect()
+    }
+
     pub fn leaders(&self) -> Vec<NodeId> {
         self.metrics()
             .into_iter()
