@@ -328,6 +328,12 @@ def main():
         b["drain"] = finish(writer)
         b["drain_housekeeper"] = finish(proc)
         redis.flush()
+        # What this Redis sustains for the same moves, whoever sends them.
+        results["redis_limit"] = finish(subprocess.Popen(
+            [BIN, "load", "--store", redis.url, "--queues", str(DRAIN_QUEUES), "--redis-limit",
+             str(DRAIN_LOCKS), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        redis.flush()
 
         # 5. Failover and handoff (deckhand; the baseline has none).
         log(f"5/5 failover and handoff: {KILLS} kills each")
@@ -343,7 +349,13 @@ def main():
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
     results["elapsed_s"] = round(time.time() - started, 1)
+    results["commit"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                                       capture_output=True, text=True).stdout.strip()
+    results["date"] = time.strftime("%Y-%m-%d")
     results["ratios"] = ratios(d, b)
+    limit = results["redis_limit"]["elements_per_s"]
+    results["ratios"]["drain_deckhand_vs_redis_limit"] = ratio(d["drain"]["drain_per_s"], limit)
+    results["ratios"]["drain_baseline_vs_redis_limit"] = ratio(b["drain"]["drain_per_s"], limit)
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     plots(d, b)
@@ -383,6 +395,8 @@ def table(r):
         ("unlock lateness max (ms)", dl["max"], bl["max"], ratio(dl["max"], bl["max"])),
         ("drain (elements/s)", round(d["drain"]["drain_per_s"]), round(b_drain),
          x["drain_elements_per_s"]),
+        ("drain, share of the Redis limit", x["drain_deckhand_vs_redis_limit"],
+         x["drain_baseline_vs_redis_limit"], "-"),
         (f"idle Redis commands/s ({r['config']['idle_queues']} queues)",
          d["idle"]["redis_commands_per_s"], b["idle"]["redis_commands_per_s"],
          x["idle_redis_commands_per_s"]),
