@@ -237,6 +237,9 @@ def main():
         "traffic_s": TRAFFIC_S, "drain_locks": DRAIN_LOCKS, "drain_queues": DRAIN_QUEUES,
         "lock_ms": 500, "kills": KILLS, "cpus": os.cpu_count()}}
     d, b = results["deckhand"], results["baseline"]
+    # Taken now: the run itself rewrites bench/*.json, which would read as "dirty" later.
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
     started = time.time()
     try:
         # 1. Idle: what 10,000 idle queues cost.
@@ -349,8 +352,7 @@ def main():
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
     results["elapsed_s"] = round(time.time() - started, 1)
-    results["commit"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
-                                       capture_output=True, text=True).stdout.strip()
+    results["commit"] = commit
     results["date"] = time.strftime("%Y-%m-%d")
     results["ratios"] = ratios(d, b)
     limit = results["redis_limit"]["elements_per_s"]
