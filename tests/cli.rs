@@ -550,3 +550,157 @@ fn demo_runs_kills_restarts_and_passes_its_consistency_check() {
     let line = one_error_line(&out);
     assert!(line.contains("--nodes 0"), "{line}");
 }
+
+/// Writes a config for node `id` joining the cluster of `ports` (it lists
+/// the existing members and itself, with `join = true`).
+fn write_join_config(dir: &Path, id: u64, ports: &[Ports], own: Ports) -> PathBuf {
+    let mut members: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "[[cluster.members]]\nid = {}\nraft_addr = \"127.0.0.1:{}\"\nadmin_addr = \"127.0.0.1:{}\"\n",
+                i + 1,
+                p.raft,
+                p.admin
+            )
+        })
+        .collect();
+    members.push_str(&format!(
+        "[[cluster.members]]\nid = {id}\nraft_addr = \"127.0.0.1:{}\"\nadmin_addr = \"127.0.0.1:{}\"\n",
+        own.raft, own.admin
+    ));
+    let tuning = common::test_raft_tuning();
+    let text = format!(
+        "node_id = {id}\ndata_dir = \"{data}\"\nraft_addr = \"127.0.0.1:{}\"\nadmin_addr = \"127.0.0.1:{}\"\nmetrics_addr = \"127.0.0.1:{}\"\n\n[cluster]\nname = \"cli-test\"\njoin = true\n{members}\n[raft]\nheartbeat_interval = \"{}ms\"\nelection_timeout_min = \"{}ms\"\nelection_timeout_max = \"{}ms\"\n\n[store]\nurl = \"memory://\"\n",
+        own.raft,
+        own.admin,
+        own.metrics,
+        tuning.heartbeat_interval.as_millis(),
+        tuning.election_timeout_min.as_millis(),
+        tuning.election_timeout_max.as_millis(),
+        data = dir.join(format!("data/node{id}")).display(),
+    );
+    let path = dir.join(format!("join-node{id}.toml"));
+    std::fs::write(&path, text).expect("write join config");
+    path
+}
+
+#[test]
+fn ctl_grows_the_cluster_to_five_voters_and_back_to_three() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config_dir = tmp.path().join("cfg");
+    std::fs::create_dir_all(&config_dir).expect("mkdir");
+    let ports = write_configs(&config_dir, 3);
+    let script = repo_root().join("scripts/cluster.sh");
+    let script_cmd = |action: &str| {
+        let mut cmd = Command::new(&script);
+        cmd.arg(action)
+            .arg(&config_dir)
+            .env("DECKHAND_BIN", BIN)
+            .env("DECKHAND_RUN_DIR", tmp.path().join("run"))
+            .env("START_TIMEOUT", "60");
+        cmd
+    };
+    let started = run(&mut script_cmd("start"));
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    common_leader(&ports);
+    let ctl = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["ctl", "--addr", &format!("127.0.0.1:{}", ports[0].admin)])
+            .args(args);
+        run(&mut cmd)
+    };
+    let voters = || {
+        let out = ctl(&["members", "--json"]);
+        let members = json(&out);
+        let mut ids: Vec<u64> = members["members"]
+            .as_array()
+            .or_else(|| members.as_array())
+            .expect("members")
+            .iter()
+            .filter(|m| m["voter"] == true)
+            .filter_map(|m| m["id"].as_u64())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+
+    // Start nodes 4 and 5 in join mode, then add them through ctl.
+    let mut joiners = Vec::new();
+    for id in [4u64, 5] {
+        let own = Ports {
+            raft: free_port(),
+            admin: free_port(),
+            metrics: free_port(),
+        };
+        let path = write_join_config(tmp.path(), id, &ports, own);
+        let child = Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start joining node");
+        joiners.push((id, child));
+        let out = ctl(&[
+            "add-node",
+            &id.to_string(),
+            &format!("127.0.0.1:{}", own.raft),
+            &format!("127.0.0.1:{}", own.admin),
+        ]);
+        assert!(
+            out.status.success(),
+            "add-node {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("node {id} added")));
+    }
+    assert_eq!(voters(), vec![1, 2, 3, 4, 5]);
+    // The new voters get shards.
+    wait_for(|| {
+        let out = ctl(&["shards", "--json"]);
+        let rows = out.status.success().then(|| json(&out))?;
+        let owners: Vec<u64> = rows
+            .as_array()?
+            .iter()
+            .filter_map(|r| r["owner"].as_u64())
+            .collect();
+        (owners.contains(&4) && owners.contains(&5)).then_some(())
+    });
+    let line = one_error_line(&ctl(&["add-node", "4", "127.0.0.1:1", "127.0.0.1:2"]));
+    assert!(line.contains("already a voting member"), "{line}");
+
+    // Shrink back: move the leadership to node 1 first if a new node leads.
+    let leader = common_leader(&ports);
+    if leader > 3 {
+        let out = ctl(&["transfer-leader", "1"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (id, mut child) in joiners {
+        let out = ctl(&["remove-node", &id.to_string()]);
+        assert!(
+            out.status.success(),
+            "remove-node {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        let _ = child.wait();
+    }
+    assert_eq!(voters(), vec![1, 2, 3]);
+    let line = one_error_line(&ctl(&["add-node", "4", "127.0.0.1:1", "127.0.0.1:2"]));
+    assert!(line.contains("can never rejoin"), "{line}");
+    let line = one_error_line(&ctl(&["remove-node", "9"]));
+    assert!(line.contains("not a member"), "{line}");
+    let stopped = run(&mut script_cmd("stop"));
+    assert!(stopped.status.success());
+}

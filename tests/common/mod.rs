@@ -196,11 +196,15 @@ impl TestCluster {
             .collect()
     }
 
-    /// The leader every running member agrees on, if they all agree and it
-    /// is running. Nodes that joined but are not members yet do not vote here.
+    /// The leader every running node agrees on, if they all agree and it is
+    /// running. A node started to join (`start_joining`) counts only once
+    /// its membership names it: until `add-node`, it has no leader to agree on.
     pub fn agreed_leader(&self) -> Option<NodeId> {
         let mut metrics = self.metrics();
-        metrics.retain(|_, m| m.membership_config.membership().nodes().next().is_some());
+        metrics.retain(|id, m| {
+            !self.configs[id].cluster.join
+                || m.membership_config.membership().get_node(id).is_some()
+        });
         let first = metrics.values().next()?.current_leader?;
         let all_agree = metrics.values().all(|m| m.current_leader == Some(first));
         let leader_leads = metrics
