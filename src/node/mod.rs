@@ -452,6 +452,11 @@ impl Node {
         let mut request = tonic::Request::new(HandBackRequest {
             node_id: self.node_id,
             applied_index,
+            incarnation: self.worker.incarnation,
+            last_seq: self
+                .worker
+                .report_seq
+                .load(std::sync::atomic::Ordering::SeqCst),
         });
         request.set_timeout(HANDOFF_DEADLINE);
         match WorkerServiceClient::new(channel).hand_back(request).await {

@@ -13,6 +13,9 @@
 //!   assigned again once that owner reported it stopped after applying the
 //!   release, or went silent for `lease + margin`, or handed its shards back.
 //! - One planning round at a time (the `planning` lock).
+//! - A hand-back is undone only by a report the node built after it, or one
+//!   from a new process (`returned`): a report still in flight when the node
+//!   left would otherwise make the leader wait out its lease.
 //! - Queue gauges ([`Coordinator::queue_gauges`]) are served only while this
 //!   node leads with a fresh quorum acknowledgement, and only once it has led
 //!   for `gauge_holdoff = leader_freshness + scrape_interval`. A deposed
@@ -94,6 +97,9 @@ struct LeaderView {
     liveness: Liveness,
     reports: BTreeMap<NodeId, Report>,
     departed: BTreeSet<NodeId>,
+    /// For each departed node, the (incarnation, report seq) it handed back
+    /// at: only a later report, or one from a new incarnation, means it is back.
+    departed_at: BTreeMap<NodeId, (u64, u64)>,
 }
 
 /// The longest a Raft write of the coordinator may take.
@@ -133,6 +139,30 @@ fn content_version(by_shard: &BTreeMap<u32, Vec<String>>) -> u64 {
         }
     }
     h.max(1)
+}
+
+/// Whether a report `(incarnation, seq)` from a node that handed its shards
+/// back at `departed_at` means it is back: a report from a new process, or
+/// one built after the hand-back. A report that was in flight when the node
+/// left (same process, not later) is not.
+fn returned(departed_at: Option<(u64, u64)>, incarnation: u64, seq: u64) -> bool {
+    departed_at.is_none_or(|(inc, last)| incarnation != inc || seq > last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::returned;
+
+    #[test]
+    fn a_report_sent_before_the_hand_back_is_not_a_return() {
+        // Handed back after report 7 of incarnation 42.
+        let at = Some((42, 7));
+        assert!(!returned(at, 42, 7), "the last report before leaving");
+        assert!(!returned(at, 42, 3), "an older report arriving late");
+        assert!(returned(at, 42, 8), "a report built after the hand-back");
+        assert!(returned(at, 99, 1), "a restarted process");
+        assert!(returned(None, 42, 1), "never departed");
+    }
 }
 
 /// Cheap to clone; all clones share state.
@@ -228,6 +258,7 @@ impl Coordinator {
                 liveness: Liveness::new(s.lease, s.lease_margin, Instant::now()),
                 reports: BTreeMap::new(),
                 departed: BTreeSet::new(),
+                departed_at: BTreeMap::new(),
             });
             tracing::info!(term, "leading: tracking worker liveness from now");
         }
@@ -268,7 +299,13 @@ impl Coordinator {
                 view.stats.apply(node, stats_full, stats);
             }
             view.liveness.heard(node, now);
-            if view.departed.remove(&node) {
+            let back = returned(
+                view.departed_at.get(&node).copied(),
+                req.incarnation,
+                req.seq,
+            );
+            if back && view.departed.remove(&node) {
+                view.departed_at.remove(&node);
                 tracing::info!(node, "node is back after handing its shards back");
             }
             view.reports.insert(node, report);
@@ -375,7 +412,15 @@ impl Coordinator {
     }
 
     /// A node stopped all its shard work and is leaving: reassign now.
-    pub async fn hand_back(&self, node: NodeId, applied_index: u64) -> Result<u32, CoordError> {
+    ///
+    /// `last_report` is the node's (incarnation, seq of its last heartbeat
+    /// report): a report that was in flight when it left does not undo this.
+    pub async fn hand_back(
+        &self,
+        node: NodeId,
+        applied_index: u64,
+        last_report: (u64, u64),
+    ) -> Result<u32, CoordError> {
         let m = self.metrics();
         let term = self.leading(&m).await?;
         if m.membership_config.membership().get_node(&node).is_none() {
@@ -390,6 +435,7 @@ impl Coordinator {
             .count() as u32;
         self.with_view(term, |view| {
             view.departed.insert(node);
+            view.departed_at.insert(node, last_report);
             let report = view.reports.entry(node).or_insert_with(|| Report {
                 received_at: Instant::now(),
                 applied_index,

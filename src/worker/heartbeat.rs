@@ -71,6 +71,8 @@ pub fn build_report(shared: &WorkerShared, applied_index: u64) -> HeartbeatReque
         tasks: Some(task_counters(shared)),
         stats_full: false,
         stats: Vec::new(),
+        incarnation: shared.incarnation,
+        seq: shared.report_seq.fetch_add(1, Ordering::SeqCst) + 1,
     }
 }
 
@@ -98,7 +100,9 @@ impl HeartbeatLoop {
                 _ = self.shared.report_now.notified() => {}
                 _ = stop.recv() => return,
             }
-            if self.shared.freeze.is_frozen() {
+            // Frozen (test pause), or retired: a leaving node has no lease to
+            // renew and has handed its shards back.
+            if self.shared.freeze.is_frozen() || self.shared.is_retired() {
                 continue;
             }
             self.beat(&mut stats).await;

@@ -207,6 +207,11 @@ pub struct WorkerShared {
     pub freeze: Freeze,
     /// Set once on graceful shutdown: no lease is renewed and no shard runs.
     retired: AtomicBool,
+    /// Random per process start; with `report_seq`, lets the leader tell a
+    /// late report of a leaving node from the node coming back.
+    pub incarnation: u64,
+    /// Heartbeat reports built so far by this process.
+    pub report_seq: AtomicU64,
     /// Which tasks run, from the replicated state (set by the runner); shard
     /// tasks watch it to react to pause, resume and trigger at once.
     task_state: watch::Sender<TaskRunState>,
@@ -259,6 +264,8 @@ impl WorkerShared {
             metrics,
             freeze: Freeze::default(),
             retired: AtomicBool::new(false),
+            incarnation: rand::random::<u64>().max(1),
+            report_seq: AtomicU64::new(0),
             task_state: watch::channel(TaskRunState::default()).0,
         })
     }

@@ -69,7 +69,11 @@ impl WorkerService for WorkerRpc {
         let req = request.into_inner();
         let shards = self
             .coordinator
-            .hand_back(req.node_id, req.applied_index)
+            .hand_back(
+                req.node_id,
+                req.applied_index,
+                (req.incarnation, req.last_seq),
+            )
             .await
             .map_err(coord_status)?;
         Ok(Response::new(HandBackResponse { shards }))
