@@ -36,18 +36,7 @@ fn write_configs(dir: &Path, n: u64) -> Vec<Ports> {
             metrics: free_port(),
         })
         .collect();
-    let members: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            format!(
-                "[[cluster.members]]\nid = {}\nraft_addr = \"127.0.0.1:{}\"\nadmin_addr = \"127.0.0.1:{}\"\n",
-                i + 1,
-                p.raft,
-                p.admin
-            )
-        })
-        .collect();
+    let members = members_toml(&ports);
     let tuning = common::test_raft_tuning();
     for (i, p) in ports.iter().enumerate() {
         let id = i + 1;
@@ -102,22 +91,46 @@ fn one_error_line(output: &Output) -> String {
     stderr
 }
 
-#[test]
-fn cluster_script_starts_reports_and_stops_three_nodes() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let config_dir = tmp.path().join("cfg");
+/// Configs for `n` nodes under `dir/cfg`, and a builder of
+/// `scripts/cluster.sh ACTION` commands for them.
+fn script_cluster(dir: &Path, n: u64) -> (Vec<Ports>, impl Fn(&str) -> Command) {
+    let config_dir = dir.join("cfg");
     std::fs::create_dir_all(&config_dir).expect("mkdir");
-    let ports = write_configs(&config_dir, 3);
+    let ports = write_configs(&config_dir, n);
     let script = repo_root().join("scripts/cluster.sh");
-    let script_cmd = |action: &str| {
+    let run_dir = dir.join("run");
+    let script_cmd = move |action: &str| {
         let mut cmd = Command::new(&script);
         cmd.arg(action)
             .arg(&config_dir)
             .env("DECKHAND_BIN", BIN)
-            .env("DECKHAND_RUN_DIR", tmp.path().join("run"))
+            .env("DECKHAND_RUN_DIR", &run_dir)
             .env("START_TIMEOUT", "60");
         cmd
     };
+    (ports, script_cmd)
+}
+
+/// `[[cluster.members]]` entries for nodes 1.. on `ports`.
+fn members_toml(ports: &[Ports]) -> String {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "[[cluster.members]]\nid = {}\nraft_addr = \"127.0.0.1:{}\"\nadmin_addr = \"127.0.0.1:{}\"\n",
+                i + 1,
+                p.raft,
+                p.admin
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_script_starts_reports_and_stops_three_nodes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ports, script_cmd) = script_cluster(tmp.path(), 3);
 
     let started = run(&mut script_cmd("start"));
     assert!(
@@ -554,18 +567,7 @@ fn demo_runs_kills_restarts_and_passes_its_consistency_check() {
 /// Writes a config for node `id` joining the cluster of `ports` (it lists
 /// the existing members and itself, with `join = true`).
 fn write_join_config(dir: &Path, id: u64, ports: &[Ports], own: Ports) -> PathBuf {
-    let mut members: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            format!(
-                "[[cluster.members]]\nid = {}\nraft_addr = \"127.0.0.1:{}\"\nadmin_addr = \"127.0.0.1:{}\"\n",
-                i + 1,
-                p.raft,
-                p.admin
-            )
-        })
-        .collect();
+    let mut members = members_toml(ports);
     members.push_str(&format!(
         "[[cluster.members]]\nid = {id}\nraft_addr = \"127.0.0.1:{}\"\nadmin_addr = \"127.0.0.1:{}\"\n",
         own.raft, own.admin
@@ -589,19 +591,7 @@ fn write_join_config(dir: &Path, id: u64, ports: &[Ports], own: Ports) -> PathBu
 #[test]
 fn ctl_grows_the_cluster_to_five_voters_and_back_to_three() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config_dir = tmp.path().join("cfg");
-    std::fs::create_dir_all(&config_dir).expect("mkdir");
-    let ports = write_configs(&config_dir, 3);
-    let script = repo_root().join("scripts/cluster.sh");
-    let script_cmd = |action: &str| {
-        let mut cmd = Command::new(&script);
-        cmd.arg(action)
-            .arg(&config_dir)
-            .env("DECKHAND_BIN", BIN)
-            .env("DECKHAND_RUN_DIR", tmp.path().join("run"))
-            .env("START_TIMEOUT", "60");
-        cmd
-    };
+    let (ports, script_cmd) = script_cluster(tmp.path(), 3);
     let started = run(&mut script_cmd("start"));
     assert!(
         started.status.success(),
