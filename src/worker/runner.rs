@@ -1,6 +1,6 @@
 //! Runs this node's shards: one task per owned shard while the lease holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,6 +274,9 @@ async fn run_shard(
     };
     let mut task_state = shared.watch_task_state();
     let mut schedule: HashMap<String, Instant> = HashMap::new();
+    // The queue list the schedule was last pruned against (lists are
+    // replaced, never changed in place, so a new Arc means a new list).
+    let mut pruned_for: Option<Arc<Vec<String>>> = None;
     let mut seen = *task_state.borrow();
     while !cancel.is_cancelled() {
         let Some(queues) = shared.queues_of(shard) else {
@@ -293,10 +296,13 @@ async fn run_shard(
             seen = run;
             schedule.clear();
         }
-        if schedule.keys().any(|q| !queues.contains(q)) {
+        if pruned_for.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &queues)) {
+            // A new list: forget queues that left it, here and in the statistics.
+            let current: HashSet<&str> = queues.iter().map(String::as_str).collect();
+            schedule.retain(|q, _| current.contains(q.as_str()));
             lock(&shared.queue_stats).retain_queues(shard, &queues);
+            pruned_for = Some(queues.clone());
         }
-        schedule.retain(|q, _| queues.contains(q));
         let now = Instant::now();
         let due: Vec<String> = queues
             .iter()
