@@ -329,29 +329,44 @@ struct LabelTotals {
     oldest_overdue_ms: u64,
 }
 
+impl LabelTotals {
+    /// One queue's figures.
+    fn of(s: &QueueSizes) -> Self {
+        Self {
+            queues: 1,
+            active: s.active,
+            processing: s.processing,
+            locked_ack: s.locked_ack,
+            locked_nack: s.locked_nack,
+            oldest_overdue_ms: s.oldest_overdue_ms,
+        }
+    }
+
+    /// Sums sizes and counts; keeps the larger overdue age.
+    fn add(&mut self, o: &Self) {
+        self.queues += o.queues;
+        self.active += o.active;
+        self.processing += o.processing;
+        self.locked_ack += o.locked_ack;
+        self.locked_nack += o.locked_nack;
+        self.oldest_overdue_ms = self.oldest_overdue_ms.max(o.oldest_overdue_ms);
+    }
+}
+
 /// Groups `rows` by Deckard's queue label, keeping the first `cap` labels in
 /// name order and folding the rest into `_other`.
 fn group_by_label(rows: &[(String, QueueSizes)], cap: usize) -> BTreeMap<String, LabelTotals> {
     let mut by_label: BTreeMap<&str, LabelTotals> = BTreeMap::new();
     for (queue, s) in rows {
-        let t = by_label.entry(queue_label(queue)).or_default();
-        t.queues += 1;
-        t.active += s.active;
-        t.processing += s.processing;
-        t.locked_ack += s.locked_ack;
-        t.locked_nack += s.locked_nack;
-        t.oldest_overdue_ms = t.oldest_overdue_ms.max(s.oldest_overdue_ms);
+        by_label
+            .entry(queue_label(queue))
+            .or_default()
+            .add(&LabelTotals::of(s));
     }
     let mut out: BTreeMap<String, LabelTotals> = BTreeMap::new();
     for (i, (label, t)) in by_label.into_iter().enumerate() {
         let key = if i < cap { label } else { OVERFLOW_LABEL };
-        let o = out.entry(key.to_string()).or_default();
-        o.queues += t.queues;
-        o.active += t.active;
-        o.processing += t.processing;
-        o.locked_ack += t.locked_ack;
-        o.locked_nack += t.locked_nack;
-        o.oldest_overdue_ms = o.oldest_overdue_ms.max(t.oldest_overdue_ms);
+        out.entry(key.to_string()).or_default().add(&t);
     }
     debug_assert!(out.len() <= cap + 1, "label cap exceeded");
     out

@@ -492,10 +492,10 @@ impl Coordinator {
 
     /// Pauses, resumes or triggers a task through Raft (leader only).
     pub async fn task_command(&self, command: Command) -> Result<(), CoordError> {
-        let m = self.metrics();
-        self.leading(&m).await?;
-        tracing::info!(%command, "task settings changed");
-        self.write(command).await.map(|_| ())
+        let described = command.to_string();
+        self.commit(command).await?;
+        tracing::info!(command = %described, "task settings changed");
+        Ok(())
     }
 
     /// Commits a command, bounded: a leader that lost its quorum would

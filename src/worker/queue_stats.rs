@@ -28,6 +28,29 @@ use crate::proto::worker::{QueueStats, ShardStats};
 use crate::raft::NodeId;
 use crate::store::QueueSizes;
 
+/// A queue's figures as they travel in a heartbeat.
+fn to_proto(queue: &str, s: &QueueSizes) -> QueueStats {
+    QueueStats {
+        queue: queue.to_string(),
+        active: s.active,
+        processing: s.processing,
+        locked_ack: s.locked_ack,
+        locked_nack: s.locked_nack,
+        oldest_overdue_ms: s.oldest_overdue_ms,
+    }
+}
+
+fn from_proto(q: QueueStats) -> (String, QueueSizes) {
+    let sizes = QueueSizes {
+        active: q.active,
+        processing: q.processing,
+        locked_ack: q.locked_ack,
+        locked_nack: q.locked_nack,
+        oldest_overdue_ms: q.oldest_overdue_ms,
+    };
+    (q.queue, sizes)
+}
+
 /// One shard's figures on its owner.
 #[derive(Debug, Default)]
 struct ShardBook {
@@ -88,18 +111,7 @@ impl QueueStatsBook {
                 ShardStats {
                     shard: *shard,
                     epoch: b.epoch,
-                    queues: b
-                        .queues
-                        .iter()
-                        .map(|(queue, s)| QueueStats {
-                            queue: queue.clone(),
-                            active: s.active,
-                            processing: s.processing,
-                            locked_ack: s.locked_ack,
-                            locked_nack: s.locked_nack,
-                            oldest_overdue_ms: s.oldest_overdue_ms,
-                        })
-                        .collect(),
+                    queues: b.queues.iter().map(|(q, s)| to_proto(q, s)).collect(),
                 }
             })
             .collect()
@@ -127,20 +139,7 @@ impl LeaderQueueStats {
             self.by_shard.retain(|_, r| r.node != node);
         }
         for s in shards {
-            let queues = s
-                .queues
-                .into_iter()
-                .map(|q| {
-                    let sizes = QueueSizes {
-                        active: q.active,
-                        processing: q.processing,
-                        locked_ack: q.locked_ack,
-                        locked_nack: q.locked_nack,
-                        oldest_overdue_ms: q.oldest_overdue_ms,
-                    };
-                    (q.queue, sizes)
-                })
-                .collect();
+            let queues = s.queues.into_iter().map(from_proto).collect();
             self.by_shard.insert(
                 s.shard,
                 Reported {
