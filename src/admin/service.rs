@@ -403,12 +403,13 @@ fn membership_status(e: MembershipError) -> Status {
     use MembershipError as E;
     match e {
         E::Coord(c) => coord_status(c),
-        E::Busy | E::LastVoter(_) | E::BelowMajority { .. } | E::IsLeader(_) => {
-            Status::failed_precondition(e.to_string())
-        }
-        E::DrainTimeout { .. } | E::NotVoter { .. } | E::Retired(_) => {
-            Status::failed_precondition(e.to_string())
-        }
+        E::Busy
+        | E::LastVoter(_)
+        | E::BelowMajority { .. }
+        | E::IsLeader(_)
+        | E::DrainTimeout { .. }
+        | E::NotVoter { .. }
+        | E::Retired(_) => Status::failed_precondition(e.to_string()),
         E::AlreadyMember(_) => Status::already_exists(e.to_string()),
         E::UnknownNode(_) => Status::not_found(e.to_string()),
         E::BadAddress { .. } => Status::invalid_argument(e.to_string()),

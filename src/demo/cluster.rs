@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::ServerState;
 use tempfile::TempDir;
@@ -193,22 +193,6 @@ impl DemoCluster {
                     })
                 })
             })
-    }
-
-    /// Polls `check` every 10 ms until true or `limit`; returns the time taken.
-    pub async fn time_until(
-        &self,
-        limit: Duration,
-        check: impl Fn(&Self) -> bool,
-    ) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if check(self) {
-                return Some(start.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        None
     }
 
     /// Stops every node gracefully.

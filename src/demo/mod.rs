@@ -143,12 +143,10 @@ pub struct DemoState {
 pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
     opts.check()?;
     let store = MemoryStore::with_history();
-    let cluster = DemoCluster::start(opts.nodes, store.clone()).await?;
-    let _ = cluster
-        .time_until(FAULT_LIMIT, |c| c.agreed_leader().is_some())
-        .await;
+    let cluster = tokio::sync::RwLock::new(DemoCluster::start(opts.nodes, store.clone()).await?);
+    let _ = poll_until(&cluster, |c| c.agreed_leader().is_some()).await;
     let state = Arc::new(DemoState {
-        cluster: tokio::sync::RwLock::new(cluster),
+        cluster,
         events: std::sync::Mutex::new(Vec::new()),
         started: Instant::now(),
     });
@@ -254,10 +252,8 @@ async fn kill_leader(state: &DemoState) -> Option<NodeId> {
     let leader = cluster.agreed_leader()?;
     let at = Instant::now();
     cluster.crash(leader).await;
-    let took = cluster
-        .time_until(FAULT_LIMIT, |c| c.agreed_leader().is_some())
-        .await;
     drop(cluster);
+    let took = poll_until(&state.cluster, |c| c.agreed_leader().is_some()).await;
     let new = state.cluster.read().await.agreed_leader();
     record(
         state,
@@ -290,7 +286,7 @@ async fn kill_follower(state: &DemoState, spare: Option<NodeId>) -> Option<NodeI
     let at = Instant::now();
     cluster.crash(follower).await;
     drop(cluster);
-    let took = time_until_worked(state).await;
+    let took = poll_until(&state.cluster, DemoCluster::all_shards_worked).await;
     record(
         state,
         format!("killed follower node {follower}; its shards moved"),
@@ -305,7 +301,13 @@ async fn restart(state: &DemoState, id: NodeId) {
     let result = state.cluster.write().await.restart(id).await;
     match result {
         Ok(()) => {
-            let took = time_until_running_shards(state, id).await;
+            // The leader rebalances onto a returning node.
+            let took = poll_until(&state.cluster, |c| {
+                c.nodes
+                    .get(&id)
+                    .is_some_and(|n| !n.worker.running().is_empty())
+            })
+            .await;
             record(
                 state,
                 format!("restarted node {id}; it runs shards again"),
@@ -317,31 +319,15 @@ async fn restart(state: &DemoState, id: NodeId) {
     }
 }
 
-/// Polls until node `id` runs at least one shard (the leader rebalances
-/// onto a returning node).
-async fn time_until_running_shards(state: &DemoState, id: NodeId) -> Option<Duration> {
+/// Polls `check` every 10 ms, taking the read lock only for each check,
+/// until it holds or [`FAULT_LIMIT`]; returns the time it took.
+async fn poll_until(
+    cluster: &tokio::sync::RwLock<DemoCluster>,
+    check: impl Fn(&DemoCluster) -> bool,
+) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < FAULT_LIMIT {
-        let runs = state
-            .cluster
-            .read()
-            .await
-            .nodes
-            .get(&id)
-            .is_some_and(|n| !n.worker.running().is_empty());
-        if runs {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    None
-}
-
-/// Polls (without holding the lock between polls) until every shard is worked.
-async fn time_until_worked(state: &DemoState) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < FAULT_LIMIT {
-        if state.cluster.read().await.all_shards_worked() {
+        if check(&*cluster.read().await) {
             return Some(start.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
