@@ -14,6 +14,8 @@ pub struct RedisServer {
     pub port: u16,
     /// The server's working directory (its append-only file), removed on drop.
     dir: tempfile::TempDir,
+    /// Extra arguments, kept for restarts.
+    extra: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,17 @@ impl RedisServer {
     /// Starts a server (append-only file on, in a temporary directory, so
     /// a restart keeps the data) and waits until it answers.
     pub fn start() -> Result<Self, RedisServerError> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server that publishes keyspace events for sorted sets
+    /// (`notify-keyspace-events Kz`), as lock events need.
+    pub fn start_with_notifications() -> Result<Self, RedisServerError> {
+        Self::start_with(&["--notify-keyspace-events", "Kz"])
+    }
+
+    /// Starts a server with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Result<Self, RedisServerError> {
         // A port freed a moment ago can be taken by someone else: try a few.
         let mut last = RedisServerError::NotReady(0);
         for _ in 0..5 {
@@ -41,6 +54,7 @@ impl RedisServer {
                 child: None,
                 port: free_port()?,
                 dir: tempfile::tempdir()?,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
@@ -58,6 +72,7 @@ impl RedisServer {
             child: None,
             port,
             dir: tempfile::tempdir()?,
+            extra: Vec::new(),
         };
         server.spawn()?;
         Ok(server)
@@ -73,6 +88,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .args(["--dir", &self.dir.path().display().to_string()])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

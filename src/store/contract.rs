@@ -35,6 +35,68 @@ pub async fn run(store: &dyn QueueStore, client: &dyn DeckardClient) {
     batches_and_order(store, client).await;
     fencing(store, client).await;
     bad_names(store, client).await;
+    gone_queues(store, client).await;
+}
+
+/// A queue Deckard emptied is gone: not discovered, no work, and its fence
+/// (kept for the retention) still holds off older owners.
+async fn gone_queues(s: &dyn QueueStore, c: &dyn DeckardClient) {
+    let q = "c::gone";
+    c.add(q, &[("g1".to_string(), 1.0)]).await.expect("add");
+    c.pull(q, 1, 0, 10).await.expect("pull");
+    let out = s.housekeep(q, req(0, 10), fence(20)).await.expect("live");
+    assert!(!out.gone);
+    assert!(s
+        .discover_queues()
+        .await
+        .expect("discover")
+        .contains(&q.to_string()));
+    // Deckard finishes the message for good: every set of the queue is empty.
+    c.remove(q, &["g1".to_string()]).await.expect("remove");
+    let out = s.housekeep(q, req(0, 10), fence(20)).await.expect("gone");
+    assert!(out.gone, "{out:?}");
+    assert_eq!((out.moved(), out.next_due_ms), (0, None));
+    assert!(!s
+        .discover_queues()
+        .await
+        .expect("discover")
+        .contains(&q.to_string()));
+    assert_eq!(s.fence_of(q).await.expect("fence"), 20);
+    assert!(s
+        .housekeep(q, req(0, 10), fence(19))
+        .await
+        .expect_err("older owner")
+        .is_fenced());
+    // It comes back: live again, discovered again.
+    c.add(q, &[("g2".to_string(), 1.0)]).await.expect("add");
+    let out = s.housekeep(q, req(0, 10), fence(21)).await.expect("back");
+    assert!(!out.gone);
+    assert_eq!(out.sizes.active, 1);
+    assert!(s
+        .discover_queues()
+        .await
+        .expect("discover")
+        .contains(&q.to_string()));
+}
+
+/// Lock events: a lock announces its queue; pulls and unlocked acks do not.
+pub async fn lock_events(s: &dyn QueueStore, c: &dyn DeckardClient) {
+    use futures::StreamExt;
+    let mut events = s.watch_locks().await.expect("lock events");
+    for q in ["e::plain", "e::locked"] {
+        c.add(q, &[("m".to_string(), 1.0)]).await.expect("add");
+        c.pull(q, 1, 0, 60_000).await.expect("pull");
+    }
+    c.release("e::plain", LockKind::Ack, "m", 0, 0, None)
+        .await
+        .expect("ack without lock");
+    c.release("e::locked", LockKind::Nack, "m", 0, 500, Some(3.0))
+        .await
+        .expect("nack with lock");
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+        .await
+        .expect("an event within 10 s");
+    assert_eq!(first.as_deref(), Some("e::locked"));
 }
 
 async fn deckard_client_semantics(c: &dyn DeckardClient) {

@@ -80,6 +80,16 @@ pub fn queue_of_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     (!queue.is_empty()).then_some(queue)
 }
 
+/// The queue name inside the key of one of Deckard's four sets that make a
+/// queue exist (active pool, `:tmp`, `:lock_ack`, `:lock_nack`); `None` for
+/// the restore-score sets, deckhand's fence and anything else.
+pub fn queue_of_set_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    let queue = queue_of_key(prefix, key)?;
+    let rest = key.strip_prefix(prefix)?.strip_prefix(":queue:{")?;
+    let suffix = &rest[queue.len() + 1..];
+    matches!(suffix, "" | ":tmp" | ":lock_ack" | ":lock_nack").then_some(queue)
+}
+
 /// Deckard's `queue` metrics label: the part before `::`, or the whole name.
 pub fn queue_label(queue: &str) -> &str {
     queue.split_once("::").map_or(queue, |(prefix, _)| prefix)
@@ -110,6 +120,17 @@ mod tests {
         );
         assert_eq!(queue_of_key("deckard_v1", "deckard_v1:queue:{}:tmp"), None);
         assert_eq!(queue_of_key("deckard_v1", "other:queue:{a}:tmp"), None);
+        for (key, queue) in [
+            ("deckard_v1:queue:{a}", Some("a")),
+            ("deckard_v1:queue:{a}:tmp", Some("a")),
+            ("deckard_v1:queue:{a}:lock_ack", Some("a")),
+            ("deckard_v1:queue:{a}:lock_nack", Some("a")),
+            ("deckard_v1:queue:{a}:lock_ack:score", None),
+            ("deckard_v1:queue:{a}:deckhand_fence", None),
+            ("deckard_v1:queue:{a}x", None),
+        ] {
+            assert_eq!(queue_of_set_key("deckard_v1", key), queue, "{key}");
+        }
         assert_eq!(queue_label("orders::eu"), "orders");
         assert_eq!(queue_label("orders"), "orders");
     }

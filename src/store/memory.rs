@@ -6,6 +6,15 @@
 //! behave like the Redis store; `store::contract` checks both.
 //!
 //! Optionally records every accepted fenced operation for history checks.
+//!
+//! Lock events ([`QueueStore::watch_locks`]) go through a broadcast channel
+//! with Redis pub/sub's semantics: a subscriber that falls behind by more
+//! than [`EVENT_BUFFER`] events loses its subscription (the stream ends), as
+//! Redis drops a subscriber whose output buffer overflows.
+//!
+//! A queue whose four Deckard sets are empty is *gone*, as in Redis: it is
+//! not discovered and housekeeping reports it gone. Its entry (and fence) is
+//! kept: this store lives as long as one demo or test.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -132,6 +141,11 @@ impl Queue {
         }
     }
 
+    /// None of Deckard's four sets holds anything (see the module doc).
+    fn is_gone(&self) -> bool {
+        self.active.len() + self.processing.len() + self.lock_ack.len() + self.lock_nack.len() == 0
+    }
+
     fn holds(&self, id: &str) -> bool {
         self.active.contains(id)
             || self.processing.contains(id)
@@ -147,10 +161,24 @@ struct Inner {
     next_seq: u64,
 }
 
+/// Lock events a subscriber may fall behind by before it loses its subscription.
+pub const EVENT_BUFFER: usize = 65_536;
+
 /// Clones share the same data.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
+    /// Queue names whose lock sets received an element (see the module doc).
+    lock_events: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            lock_events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -171,10 +199,15 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates an empty queue (as if Deckard had created it).
+    /// Creates a queue holding one message `seed` in its active pool (as if
+    /// Deckard had created it: a queue with no message does not exist).
     pub fn add_queue(&self, queue: &str) -> Result<(), StoreError> {
         validate_queue_name(queue)?;
-        self.lock().queues.entry(queue.to_string()).or_default();
+        let mut inner = self.lock();
+        let q = inner.queues.entry(queue.to_string()).or_default();
+        if !q.holds("seed") {
+            q.active.add("seed", SCORE_MIN);
+        }
         Ok(())
     }
 
@@ -213,7 +246,24 @@ fn unlock(
 #[async_trait::async_trait]
 impl QueueStore for MemoryStore {
     async fn discover_queues(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self.lock().queues.keys().cloned().collect())
+        Ok(self
+            .lock()
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_gone())
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+
+    async fn watch_locks(&self) -> Result<super::LockEventStream, StoreError> {
+        use futures::StreamExt;
+        let events = tokio_stream::wrappers::BroadcastStream::new(self.lock_events.subscribe());
+        // A lagging subscriber has lost events: end the stream, as Redis would.
+        Ok(Box::pin(
+            events
+                .take_while(|e| std::future::ready(e.is_ok()))
+                .filter_map(|e| std::future::ready(e.ok())),
+        ))
     }
 
     async fn housekeep(
@@ -233,39 +283,13 @@ impl QueueStore for MemoryStore {
             });
         }
         q.fence = fence.epoch;
-        let mut out = HousekeepOutcome::default();
-        let mut budget = req.batch;
-        if req.unlock {
-            unlock(q, LockKind::Ack, &req, &mut budget, &mut out);
-            unlock(q, LockKind::Nack, &req, &mut budget, &mut out);
-        }
-        if req.timeout {
-            let due = q.processing.due(req.now_ms as f64, budget);
-            for (id, _) in &due {
-                q.processing.remove(id);
-                q.active.add(id, SCORE_MIN);
+        let out = if q.is_gone() {
+            HousekeepOutcome {
+                gone: true,
+                ..HousekeepOutcome::default()
             }
-            out.timed_out = due.len() as u64;
-        }
-        let mut firsts = Vec::new();
-        if req.unlock {
-            firsts.extend(q.lock_ack.first_score());
-            firsts.extend(q.lock_nack.first_score());
-        }
-        if req.timeout {
-            firsts.extend(q.processing.first_score());
-        }
-        out.next_due_ms = firsts.into_iter().reduce(f64::min).map(|s| s as i64);
-        let oldest_lock = [q.lock_ack.first_score(), q.lock_nack.first_score()]
-            .into_iter()
-            .flatten()
-            .reduce(f64::min);
-        out.sizes = QueueSizes {
-            active: q.active.len(),
-            processing: q.processing.len(),
-            locked_ack: q.lock_ack.len(),
-            locked_nack: q.lock_nack.len(),
-            oldest_overdue_ms: oldest_lock.map_or(0, |s| (req.now_ms as f64 - s).max(0.0) as u64),
+        } else {
+            housekeep_queue(q, req)
         };
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -285,6 +309,45 @@ impl QueueStore for MemoryStore {
         validate_queue_name(queue)?;
         Ok(self.lock().queues.get(queue).map_or(0, |q| q.fence))
     }
+}
+
+/// The moves of one accepted housekeeping call on a queue that is not gone.
+fn housekeep_queue(q: &mut Queue, req: HousekeepRequest) -> HousekeepOutcome {
+    let mut out = HousekeepOutcome::default();
+    let mut budget = req.batch;
+    if req.unlock {
+        unlock(q, LockKind::Ack, &req, &mut budget, &mut out);
+        unlock(q, LockKind::Nack, &req, &mut budget, &mut out);
+    }
+    if req.timeout {
+        let due = q.processing.due(req.now_ms as f64, budget);
+        for (id, _) in &due {
+            q.processing.remove(id);
+            q.active.add(id, SCORE_MIN);
+        }
+        out.timed_out = due.len() as u64;
+    }
+    let mut firsts = Vec::new();
+    if req.unlock {
+        firsts.extend(q.lock_ack.first_score());
+        firsts.extend(q.lock_nack.first_score());
+    }
+    if req.timeout {
+        firsts.extend(q.processing.first_score());
+    }
+    out.next_due_ms = firsts.into_iter().reduce(f64::min).map(|s| s as i64);
+    let oldest_lock = [q.lock_ack.first_score(), q.lock_nack.first_score()]
+        .into_iter()
+        .flatten()
+        .reduce(f64::min);
+    out.sizes = QueueSizes {
+        active: q.active.len(),
+        processing: q.processing.len(),
+        locked_ack: q.lock_ack.len(),
+        locked_nack: q.lock_nack.len(),
+        oldest_overdue_ms: oldest_lock.map_or(0, |s| (req.now_ms as f64 - s).max(0.0) as u64),
+    };
+    out
 }
 
 #[async_trait::async_trait]
@@ -342,6 +405,8 @@ impl DeckardClient for MemoryStore {
             if let Some(score) = score {
                 restore.add(id, score);
             }
+            // No subscriber is not an error (as PUBLISH to nobody).
+            let _ = self.lock_events.send(queue.to_string());
         } else {
             let default = match kind {
                 LockKind::Ack => now_ms as f64,
@@ -417,6 +482,7 @@ mod tests {
     async fn memory_store_meets_the_contract() {
         let store = MemoryStore::new();
         crate::store::contract::run(&store, &store).await;
+        crate::store::contract::lock_events(&store, &store).await;
     }
 
     #[tokio::test]

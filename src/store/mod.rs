@@ -17,6 +17,28 @@
 //!
 //! Epochs are plain integers here: this module knows nothing of Raft.
 //!
+//! # Queues Deckard emptied, and fence retention
+//!
+//! A queue whose four Deckard sets (active, processing, both lock sets) are
+//! all empty is *gone*: Deckard created its keys on demand and Redis removed
+//! them with their last member. A housekeeping call on a gone queue moves
+//! nothing, reports [`HousekeepOutcome::gone`], and does not keep the fence
+//! alive: the fence is kept (raised if the caller's epoch is higher) for
+//! [`FENCE_RETENTION`] and then expires, so a queue Deckard stopped using
+//! costs no memory and no discovery after that. A housekeeping call on a
+//! queue that holds anything makes the fence permanent again.
+//!
+//! Why letting a fence expire is safe: the fence can only be lost after the
+//! queue held nothing for the whole retention (24 h). An owner whose epoch
+//! was superseded before that could then be accepted once, on a queue that
+//! came back, only if it passed its lease check more than 24 h earlier and
+//! was paused since (its lease is a second; its next call checks the lease
+//! again and stops). Even that one call cannot corrupt a queue: every
+//! accepted operation moves only elements already due by the caller's own
+//! clock, with Deckard's own scores, in one atomic script, so it does what
+//! the current owner would do; what is lost in that corner is only the
+//! "one writer per queue" property, for one call.
+//!
 //! # Implementations
 //!
 //! - [`memory::MemoryStore`]: embedded, for the demo and fast tests.
@@ -28,6 +50,7 @@
 pub mod layout;
 pub mod memory;
 pub mod redis;
+pub mod redis_events;
 
 use std::sync::Arc;
 
@@ -57,6 +80,9 @@ pub enum StoreError {
     /// The store cannot be reached or failed; retry later.
     #[error("queue store unavailable: {0}")]
     Unavailable(String),
+    /// The store is reachable but does not announce lock changes.
+    #[error("lock events unavailable: {0}")]
+    NoLockEvents(String),
 }
 
 impl StoreError {
@@ -107,6 +133,11 @@ pub struct HousekeepOutcome {
     pub next_due_ms: Option<i64>,
     /// The queue's set sizes right after the call (for the leader's gauges).
     pub sizes: QueueSizes,
+    /// The queue has no Deckard set left (active, processing and both lock
+    /// sets are empty): Deckard emptied it. Nothing was moved, the fence was
+    /// left to expire (see the fence retention in the module doc), and the
+    /// caller should stop spending calls on it.
+    pub gone: bool,
 }
 
 /// A queue's set sizes as one housekeeping call left them, read inside the
@@ -152,7 +183,20 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// The queue's current fence (highest epoch that wrote to it), 0 if none.
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError>;
+
+    /// Subscribes to lock events: the returned stream yields the name of a
+    /// queue each time an element enters one of its lock sets (Deckard's ack
+    /// or nack with a lock), and ends when the subscription is lost (events
+    /// from then on are lost: the caller resubscribes and sweeps).
+    ///
+    /// Fails with [`StoreError::NoLockEvents`] when the store cannot announce
+    /// locks (Redis without keyspace notifications), naming why.
+    async fn watch_locks(&self) -> Result<LockEventStream, StoreError>;
 }
+
+/// Queue names whose lock sets just received an element; ends when the
+/// subscription is lost. See [`QueueStore::watch_locks`].
+pub type LockEventStream = std::pin::Pin<Box<dyn futures::Stream<Item = String> + Send>>;
 
 /// A queue's sets, for checks: `(id, score)` sorted by score then id.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -242,7 +286,7 @@ pub fn validate_queue_name(queue: &str) -> Result<(), StoreError> {
     })
 }
 
-/// Parses `memory://` or `memory://?queues=N` (N empty queues `q0..`,
+/// Parses `memory://` or `memory://?queues=N` (N queues `q0..` holding one message each,
 /// for demos and measurements: each process has its own embedded store).
 pub fn parse_memory_url(url: &str) -> Option<Result<usize, String>> {
     let rest = url.strip_prefix("memory://")?;
@@ -281,6 +325,9 @@ pub async fn open(url: &str, prefix: &str) -> Result<Arc<dyn FullStoreDyn>, Stor
         "{url}: unknown store scheme"
     )))
 }
+
+/// How long a gone queue's fence is kept before it expires (see the module doc).
+pub const FENCE_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Object-safe union of both store traits, with upcasts.
 pub trait FullStoreDyn: QueueStore + DeckardClient {

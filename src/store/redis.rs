@@ -17,36 +17,56 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script};
 use tokio::sync::Mutex;
 
-use super::layout::{discovery_pattern, normalize_prefix, queue_of_key, QueueKeys, SCORE_MIN};
+use super::layout::{discovery_pattern, normalize_prefix, queue_of_set_key, QueueKeys, SCORE_MIN};
 use super::{
-    validate_queue_name, DeckardClient, Fence, HousekeepOutcome, HousekeepRequest, LockKind,
-    QueueSizes, QueueSnapshot, QueueStore, StoreError,
+    validate_queue_name, DeckardClient, Fence, HousekeepOutcome, HousekeepRequest, LockEventStream,
+    LockKind, QueueSizes, QueueSnapshot, QueueStore, StoreError, FENCE_RETENTION,
 };
 
 /// KEYS: active, processing, lock_ack, lock_ack:score, lock_nack, lock_nack:score, fence.
-/// ARGV: epoch, now_ms, batch, unlock (0/1), timeout (0/1).
-/// Returns {0, fence} when fenced, else {1, unlocked_ack, unlocked_nack,
-/// timed_out, next_due or -1, active, processing, locked_ack, locked_nack,
-/// oldest_overdue_ms, lateness...}. An idle queue (nothing in processing or
-/// locked) costs five calls inside the script: the fence and four ZCARDs.
+/// ARGV: epoch, now_ms, batch, unlock (0/1), timeout (0/1), fence retention ms.
+/// Returns {0, fence} when fenced, {2} when the queue is gone (its four sets
+/// empty: the fence is kept, raised if need be, only for the retention),
+/// else {1, unlocked_ack, unlocked_nack, timed_out, next_due or -1, active,
+/// processing, locked_ack, locked_nack, oldest_overdue_ms, lateness...}.
+/// An idle queue (nothing in processing or locked) costs six calls inside
+/// the script: the fence, its PERSIST and four ZCARDs.
 const HOUSEKEEP: &str = r#"
 local fence = tonumber(redis.call('GET', KEYS[7]) or '0')
 local epoch = tonumber(ARGV[1])
 if epoch < fence then
   return {0, fence}
 end
-if epoch > fence then
-  redis.call('SET', KEYS[7], ARGV[1])
-end
-local now = tonumber(ARGV[2])
-local budget = tonumber(ARGV[3])
 local n_tmp = redis.call('ZCARD', KEYS[2])
 local n_ack = redis.call('ZCARD', KEYS[3])
 local n_nack = redis.call('ZCARD', KEYS[5])
 if n_tmp + n_ack + n_nack == 0 then
+  local n_active = redis.call('ZCARD', KEYS[1])
+  if n_active == 0 then
+    -- Gone: Deckard emptied the queue. Keep the fence only for the retention.
+    if epoch > fence then
+      redis.call('SET', KEYS[7], ARGV[1], 'PX', ARGV[6])
+    elseif fence > 0 then
+      redis.call('PEXPIRE', KEYS[7], ARGV[6])
+    end
+    return {2}
+  end
+  if epoch > fence then
+    redis.call('SET', KEYS[7], ARGV[1])
+  else
+    redis.call('PERSIST', KEYS[7])
+  end
   -- Nothing in processing or locked (an idle queue): nothing to move.
-  return {1, 0, 0, 0, -1, redis.call('ZCARD', KEYS[1]), 0, 0, 0, 0}
+  return {1, 0, 0, 0, -1, n_active, 0, 0, 0, 0}
 end
+if epoch > fence then
+  redis.call('SET', KEYS[7], ARGV[1])
+else
+  -- A fence left to expire while the queue was gone is permanent again.
+  redis.call('PERSIST', KEYS[7])
+end
+local now = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
 local late = {}
 local function unlock(lock, restore, default, count)
   if budget <= 0 or count == 0 then return 0 end
@@ -262,6 +282,35 @@ impl RedisStore {
             .map_err(|e| op_error(queue, e))
     }
 
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Runs a pipeline that concerns no queue in particular.
+    pub(super) async fn run_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut con = self.connection().await?;
+        pipe.query_async(&mut con).await.map_err(unavailable)
+    }
+
+    /// One Redis setting, by `CONFIG GET` (refused on many managed services).
+    pub async fn config_get(&self, name: &str) -> Result<String, StoreError> {
+        let mut con = self.connection().await?;
+        let pairs: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        Ok(pairs.get(1).cloned().unwrap_or_default())
+    }
+
     fn keys(&self, queue: &str) -> Result<QueueKeys, StoreError> {
         validate_queue_name(queue)?;
         Ok(QueueKeys::new(&self.prefix, queue))
@@ -280,6 +329,10 @@ fn parse_housekeep(
             epoch: fence.epoch,
             fence: reply.get(1).copied().ok_or_else(bad)? as u64,
         }),
+        Some(2) => Ok(HousekeepOutcome {
+            gone: true,
+            ..HousekeepOutcome::default()
+        }),
         Some(1) if reply.len() >= 10 => Ok(HousekeepOutcome {
             unlocked_ack: reply[1] as u64,
             unlocked_nack: reply[2] as u64,
@@ -293,6 +346,7 @@ fn parse_housekeep(
                 oldest_overdue_ms: reply[9].max(0) as u64,
             },
             unlock_lateness_ms: reply[10..].to_vec(),
+            gone: false,
         }),
         _ => Err(bad()),
     }
@@ -317,7 +371,9 @@ impl QueueStore for RedisStore {
                     .await
                     .map_err(unavailable)?;
                 for key in &keys {
-                    if let Some(q) = queue_of_key(&self.prefix, key) {
+                    // Deckard's four sets say a queue exists; a fence or an
+                    // orphan restore-score set alone does not.
+                    if let Some(q) = queue_of_set_key(&self.prefix, key) {
                         if validate_queue_name(q).is_ok() {
                             queues.insert(q.to_string());
                         }
@@ -354,10 +410,15 @@ impl QueueStore for RedisStore {
             .arg(req.batch.max(1))
             .arg(if req.unlock { "1" } else { "0" })
             .arg(if req.timeout { "1" } else { "0" })
+            .arg(FENCE_RETENTION.as_millis() as u64)
             .invoke_async(&mut con)
             .await
             .map_err(|e| op_error(queue, e))?;
         parse_housekeep(queue, fence, reply)
+    }
+
+    async fn watch_locks(&self) -> Result<LockEventStream, StoreError> {
+        self.subscribe_lock_events().await
     }
 
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError> {
@@ -496,11 +557,12 @@ mod tests {
 
     #[tokio::test]
     async fn redis_store_meets_the_contract() {
-        let server = RedisServer::start().expect("redis-server");
+        let server = RedisServer::start_with_notifications().expect("redis-server");
         let store = RedisStore::open(&server.url(), "deckard_v1")
             .await
             .expect("open");
         crate::store::contract::run(&store, &store).await;
+        crate::store::contract::lock_events(&store, &store).await;
         // The keys are Deckard's, under the prefix, with the fence beside them.
         let mut con = store.connection().await.expect("connection");
         let keys: Vec<String> = redis::cmd("KEYS")
@@ -517,6 +579,53 @@ mod tests {
                 "deckard_v1:queue:{c::fenced}:deckhand_fence"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn without_keyspace_events_the_error_names_the_setting() {
+        let server = RedisServer::start().expect("redis-server");
+        let store = RedisStore::open(&server.url(), "deckard_v1")
+            .await
+            .expect("open");
+        let err = match store.watch_locks().await {
+            Ok(_) => panic!("events without notify-keyspace-events"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, StoreError::NoLockEvents(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("notify-keyspace-events"), "{text}");
+        assert!(text.contains("it is \"\""), "the current value: {text}");
+        // The probe left nothing behind.
+        let mut con = store.connection().await.expect("connection");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut con)
+            .await
+            .expect("keys");
+        assert!(keys.is_empty(), "{keys:?}");
+    }
+
+    #[tokio::test]
+    async fn a_killed_subscription_ends_the_event_stream() {
+        use futures::StreamExt;
+        let server = RedisServer::start_with_notifications().expect("redis-server");
+        let store = RedisStore::open(&server.url(), "deckard_v1")
+            .await
+            .expect("open");
+        let mut events = store.watch_locks().await.expect("lock events");
+        let mut con = store.connection().await.expect("connection");
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut con)
+            .await
+            .expect("client kill");
+        assert_eq!(killed, 1);
+        let end = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("the stream ends within 10 s");
+        assert_eq!(end, None);
     }
 
     #[tokio::test]
