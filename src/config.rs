@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::MAX_SHARDS;
 
 mod sections;
+mod tasks;
 pub use sections::{MetricsConfig, SecurityConfig};
+pub use tasks::{NotificationMode, TaskTuning};
 
 /// One node's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,7 +126,10 @@ pub struct WorkerTuning {
     /// Most shards taken from live owners per planning round (rate limit).
     #[serde(default = "default_max_releases")]
     pub max_releases_per_round: usize,
-    /// How often the leader scans the store for queues.
+    /// How often the leader scans the store for queues. With lock events an
+    /// owner adopts a new queue at its first lock without waiting for this;
+    /// discovery finds the rest (queues holding only active or processing
+    /// messages). A queue unseen by three discoveries in a row leaves the lists.
     #[serde(default = "default_discovery_interval", with = "humantime_serde")]
     pub discovery_interval: Duration,
 }
@@ -141,51 +146,6 @@ impl Default for WorkerTuning {
             discovery_interval: default_discovery_interval(),
         }
     }
-}
-
-/// How the housekeeping tasks run on each owner.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskTuning {
-    /// Most elements one housekeeping call moves in one queue (a batch).
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    /// How often a queue with nothing due is looked at again (new locks and
-    /// deadlines written by Deckard are found within this).
-    #[serde(default = "default_poll_interval", with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// How often a queue with nothing in processing or locked is looked at.
-    /// A lock shorter than this on a queue that was idle can come back up to
-    /// this much late; longer locks are found before they are due.
-    #[serde(default = "default_idle_poll_interval", with = "humantime_serde")]
-    pub idle_poll_interval: Duration,
-    /// Housekeeping calls in flight at once per shard.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-}
-
-impl Default for TaskTuning {
-    fn default() -> Self {
-        Self {
-            batch: default_batch(),
-            poll_interval: default_poll_interval(),
-            idle_poll_interval: default_idle_poll_interval(),
-            concurrency: default_concurrency(),
-        }
-    }
-}
-
-fn default_batch() -> usize {
-    500
-}
-fn default_poll_interval() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_idle_poll_interval() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_concurrency() -> usize {
-    8
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,7 +212,7 @@ fn default_max_releases() -> usize {
     32
 }
 fn default_discovery_interval() -> Duration {
-    Duration::from_millis(500)
+    Duration::from_secs(5)
 }
 fn default_key_prefix() -> String {
     "deckard_v1".into()
@@ -355,8 +315,18 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         EnvKind::String,
     ),
     (
-        "DECKHAND_TASKS_IDLE_POLL_INTERVAL",
-        "tasks.idle_poll_interval",
+        "DECKHAND_TASKS_SWEEP_INTERVAL",
+        "tasks.sweep_interval",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_TASKS_NOTIFICATIONS",
+        "tasks.notifications",
+        EnvKind::String,
+    ),
+    (
+        "DECKHAND_TASKS_CALL_SPACING",
+        "tasks.call_spacing",
         EnvKind::String,
     ),
     (
@@ -655,28 +625,10 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
     if worker.max_releases_per_round == 0 {
         return err("worker.max_releases_per_round", "must be at least 1".into());
     }
-    let tasks = &config.tasks;
-    if tasks.batch == 0 || tasks.batch > 4000 {
-        return err(
-            "tasks.batch",
-            format!("{} is outside 1..=4000", tasks.batch),
-        );
-    }
-    if tasks.poll_interval.is_zero() {
-        return err("tasks.poll_interval", "must be greater than zero".into());
-    }
-    if tasks.idle_poll_interval < tasks.poll_interval {
-        return err(
-            "tasks.idle_poll_interval",
-            "must be at least tasks.poll_interval".into(),
-        );
-    }
-    if tasks.concurrency == 0 || tasks.concurrency > 1024 {
-        return err(
-            "tasks.concurrency",
-            format!("{} is outside 1..=1024", tasks.concurrency),
-        );
-    }
+    config
+        .tasks
+        .check()
+        .map_err(|(key, message)| (key.to_string(), message))?;
     let s = &config.security;
     let set = [&s.tls_cert, &s.tls_key, &s.tls_ca].map(|v| v.is_some());
     if set.iter().any(|v| *v) && !set.iter().all(|v| *v) {

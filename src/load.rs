@@ -11,6 +11,16 @@
 //! run, the consumer keeps going until every such message came back, or a
 //! grace period ends: messages that never came back are reported missing.
 //!
+//! Lock durations are drawn uniformly from `lock_ms..=lock_ms_max`. With
+//! `new_queues_pct`, that share of the queues receives its first message
+//! only during the run (spread over its first 80 %), as Deckard creates
+//! queues on demand. Finished messages are removed, so a quiet queue goes
+//! empty between locks and comes back.
+//!
+//! Besides the sweeps over every queue, a watcher pulls each queue that has
+//! a message due back every [`WATCH_TICK`] until it is seen, so what is
+//! measured is the housekeeper's lateness, not the consumer's sweep time.
+//!
 //! With `expired_locks > 0` it instead measures drain throughput: it writes
 //! that many already-expired ack locks, spread over the queues, and times
 //! until the lock sets are empty.
@@ -37,7 +47,11 @@ pub struct LoadOptions {
     pub rate: u64,
     pub duration: Duration,
     pub lock_ms: i64,
+    /// Locks last a uniformly drawn `lock_ms..=lock_ms_max` (equal: fixed).
+    pub lock_ms_max: i64,
     pub timeout_ms: i64,
+    /// Percent of the queues first written during the run (see the module doc).
+    pub new_queues_pct: u32,
     /// Percentages of pulled messages: ack-locked, nack-locked, left to time out (rest: finished).
     pub ack_lock_pct: u32,
     pub nack_lock_pct: u32,
@@ -123,11 +137,16 @@ enum Fate {
 /// Messages the consumer waits to see again: queue index -> id -> (fate, due ms).
 type Pending = Vec<Mutex<HashMap<String, (Fate, i64)>>>;
 
+/// How often the watcher pulls a queue whose message is due back and unseen.
+const WATCH_TICK: Duration = Duration::from_millis(1);
+
 struct Shared {
     opts: LoadOptions,
     client: Arc<dyn DeckardClient>,
     names: Vec<String>,
     pending: Pending,
+    /// `(due ms, queue index, id)` of every message the consumer waits for.
+    due: Mutex<std::collections::BTreeSet<(i64, usize, String)>>,
     unlock_late: Mutex<Histogram<u64>>,
     timeout_late: Mutex<Histogram<u64>>,
     added: AtomicU64,
@@ -195,13 +214,19 @@ impl Shared {
                     LockKind::Nack
                 };
                 let restore = (kind == LockKind::Ack).then_some(now as f64);
+                let lock_ms = if o.lock_ms_max > o.lock_ms {
+                    rng.random_range(o.lock_ms..=o.lock_ms_max)
+                } else {
+                    o.lock_ms
+                };
                 match self
                     .client
-                    .release(queue, kind, &id, now, o.lock_ms, restore)
+                    .release(queue, kind, &id, now, lock_ms, restore)
                     .await
                 {
                     Ok(true) => {
-                        lock(&self.pending[qi]).insert(id, (Fate::Unlock, now + o.lock_ms));
+                        lock(&self.due).insert((now + lock_ms, qi, id.clone()));
+                        lock(&self.pending[qi]).insert(id, (Fate::Unlock, now + lock_ms));
                         let counter = if kind == LockKind::Ack {
                             &self.ack_locks
                         } else {
@@ -214,6 +239,7 @@ impl Shared {
                 }
             } else if roll < o.ack_lock_pct + o.nack_lock_pct + o.timeout_pct {
                 // Left in processing: back after its deadline (now + timeout_ms).
+                lock(&self.due).insert((now + o.timeout_ms, qi, id.clone()));
                 lock(&self.pending[qi]).insert(id, (Fate::Timeout, now + o.timeout_ms));
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -225,6 +251,46 @@ impl Shared {
                 self.error(e);
             }
         }
+    }
+
+    /// Pulls every queue with a message due back and not seen yet, once.
+    async fn watch_due(&self, rng: &mut SmallRng) {
+        let now = now_ms();
+        let queues: std::collections::BTreeSet<usize> = {
+            let mut due = lock(&self.due);
+            // Forget what was seen (by any pull) since.
+            let seen: Vec<(i64, usize, String)> = due
+                .iter()
+                .take_while(|(at, _, _)| *at <= now)
+                .filter(|(_, qi, id)| !lock(&self.pending[*qi]).contains_key(id))
+                .cloned()
+                .collect();
+            for entry in &seen {
+                due.remove(entry);
+            }
+            due.iter()
+                .take_while(|(at, _, _)| *at <= now)
+                .map(|(_, qi, _)| *qi)
+                .collect()
+        };
+        for qi in queues {
+            self.consume(qi, rng).await;
+        }
+    }
+
+    /// Whether queue `qi` may be written yet (see `new_queues_pct`).
+    fn open(&self, qi: usize, elapsed: Duration) -> bool {
+        let n = self.names.len();
+        let late = n * self.opts.new_queues_pct as usize / 100;
+        let first_late = n - late;
+        if qi < first_late || late == 0 {
+            return true;
+        }
+        let opens_at = self
+            .opts
+            .duration
+            .mul_f64(0.8 * (qi - first_late) as f64 / late as f64);
+        elapsed >= opens_at
     }
 
     fn pending_count(&self) -> usize {
@@ -279,6 +345,7 @@ pub async fn run_with(
             .collect(),
         names,
         client,
+        due: Mutex::new(std::collections::BTreeSet::new()),
         unlock_late: Mutex::new(histogram()),
         timeout_late: Mutex::new(histogram()),
         added: AtomicU64::new(0),
@@ -323,7 +390,15 @@ pub async fn run_with(
                 let due = (started.elapsed().as_secs_f64() * shared.opts.rate as f64) as u64;
                 let mut batches: HashMap<usize, Vec<(String, f64)>> = HashMap::new();
                 let now = now_ms() as f64;
+                let elapsed = started.elapsed();
                 while seq < due {
+                    // Skip queues not created yet (at most one full turn).
+                    for _ in 0..shared.names.len() {
+                        if shared.open(next_queue, elapsed) {
+                            break;
+                        }
+                        next_queue = (next_queue + 1) % shared.names.len();
+                    }
                     seq += 1;
                     batches
                         .entry(next_queue)
@@ -344,9 +419,24 @@ pub async fn run_with(
         })
     };
 
+    // Watcher: pulls queues whose messages are due back (see the module doc).
+    let deadline = producing_until + opts.grace;
+    let watcher = {
+        let shared = shared.clone();
+        let seed = opts.seed ^ 0x5eed;
+        tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            while Instant::now() < deadline {
+                shared.watch_due(&mut rng).await;
+                if Instant::now() >= producing_until && shared.pending_count() == 0 {
+                    break;
+                }
+                tokio::time::sleep(WATCH_TICK).await;
+            }
+        })
+    };
     // Consumer: sweeps every queue, `concurrency` pulls at a time, until the
     // run is over and every locked or timed-out message came back (or grace ends).
-    let deadline = producing_until + opts.grace;
     let mut rng = SmallRng::seed_from_u64(opts.seed);
     let mut timeline = Vec::new();
     let mut next_sample = started;
@@ -400,6 +490,7 @@ pub async fn run_with(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let _ = producer.await;
+    let _ = watcher.await;
     bar.finish_and_clear();
     let unlock_lateness_ms = Percentiles::of(&lock(&shared.unlock_late));
     let timeout_lateness_ms = Percentiles::of(&lock(&shared.timeout_late));

@@ -88,9 +88,16 @@ struct LoadArgs {
     /// How long to produce (then wait for locked messages to come back).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: std::time::Duration,
-    /// Lock duration of acks and nacks with a lock, ms.
+    /// Lock duration of acks and nacks with a lock, ms (the shortest, with --lock-ms-max).
     #[arg(long, default_value_t = 500)]
     lock_ms: i64,
+    /// Longest lock, ms: each lock lasts a uniform draw from --lock-ms to this.
+    #[arg(long)]
+    lock_ms_max: Option<i64>,
+    /// Percent of the queues first written during the run, spread over its
+    /// first 80 % (Deckard creates queues on demand).
+    #[arg(long, default_value_t = 0)]
+    new_queues_pct: u32,
     /// Ack deadline of pulls (messages left to time out come back after it), ms.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: i64,
@@ -419,6 +426,13 @@ async fn run_load(args: LoadArgs) -> ExitCode {
     if args.lock_ms <= 0 || args.timeout_ms <= 0 {
         return fail("--lock-ms and --timeout-ms must be positive".into());
     }
+    let lock_ms_max = args.lock_ms_max.unwrap_or(args.lock_ms);
+    if lock_ms_max < args.lock_ms {
+        return fail("--lock-ms-max must be at least --lock-ms".into());
+    }
+    if args.new_queues_pct > 100 {
+        return fail("--new-queues-pct must be at most 100".into());
+    }
     if args.baseline_housekeeper {
         let opts = deckhand::baseline::BaselineOptions {
             url: args.store.clone(),
@@ -477,7 +491,9 @@ async fn run_load(args: LoadArgs) -> ExitCode {
         rate: args.rate,
         duration: args.duration,
         lock_ms: args.lock_ms,
+        lock_ms_max,
         timeout_ms: args.timeout_ms,
+        new_queues_pct: args.new_queues_pct,
         ack_lock_pct: args.ack_lock_pct,
         nack_lock_pct: args.nack_lock_pct,
         timeout_pct: args.timeout_pct,

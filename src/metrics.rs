@@ -75,6 +75,14 @@ pub struct NodeMetrics {
     pub shards_owned: IntGauge,
     pub shards_running: IntGauge,
     pub lease_remaining_seconds: prometheus::Gauge,
+    /// deckhand_scheduling_polling: 1 while lock events are unavailable and
+    /// every queue is polled (`tasks.notifications` fell back, or is off).
+    pub polling: IntGauge,
+    /// deckhand_lock_events_subscribed: 1 while this node holds a live
+    /// lock-event subscription.
+    pub lock_events_subscribed: IntGauge,
+    /// deckhand_lock_events_total: lock events received.
+    pub lock_events: IntCounter,
     /// The queue label values seen so far (cardinality cap).
     labels: Mutex<HashSet<String>>,
     /// Most distinct `queue` label values (config `metrics.max_queue_labels`).
@@ -189,6 +197,27 @@ impl NodeMetrics {
                 "Messages returned after their ack deadline (Deckard's metric)",
                 &["queue"],
             ),
+            polling: gauge(
+                &registry,
+                "deckhand_scheduling_polling",
+                "1 while this node polls every queue because lock events are unavailable or off",
+            ),
+            lock_events_subscribed: gauge(
+                &registry,
+                "deckhand_lock_events_subscribed",
+                "1 while this node holds a live lock-event (keyspace notification) subscription",
+            ),
+            lock_events: {
+                let c = IntCounter::new(
+                    "deckhand_lock_events_total",
+                    "Lock events (keyspace notifications of new locks) this node received",
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
             is_leader: gauge(
                 &registry,
                 "deckhand_node_is_leader",

@@ -135,7 +135,12 @@ async fn a_crashed_followers_shards_move_only_after_lease_and_margin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_follower_is_fenced_when_it_resumes() {
-    let cluster = TestCluster::start(3).await;
+    // Every queue is called often (a short sweep), so that each shard has a
+    // call parked at the freeze before the lease runs out.
+    let cluster = TestCluster::start_configured(3, None, |c| {
+        c.tasks.sweep_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
     let queues = cluster.add_queues(200);
     let shards_with_queues: BTreeSet<u32> = queues.iter().map(|q| shard_of(q, 16)).collect();
     assert_eq!(shards_with_queues.len(), 16, "every shard has a queue");

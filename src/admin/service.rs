@@ -203,6 +203,8 @@ impl Admin for AdminService {
             .map_or(0, |d| d.as_millis() as u64);
         resp.fenced_writes = self.worker.stats.fenced_writes.load(Ordering::Relaxed);
         resp.drained = applied.cluster.drained.contains(&self.node_id());
+        resp.scheduling = self.worker.scheduling().describe();
+        resp.notifications = self.worker.settings.notifications.as_str().to_string();
         Ok(Response::new(resp))
     }
 

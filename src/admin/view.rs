@@ -32,6 +32,10 @@ pub struct StatusView {
     pub lease_remaining_ms: u64,
     pub fenced_writes: u64,
     pub drained: bool,
+    /// How this node finds new locks (see `worker::events`).
+    pub scheduling: String,
+    /// The configured `tasks.notifications`.
+    pub notifications: String,
     pub members: Vec<MemberView>,
 }
 
@@ -143,6 +147,8 @@ impl From<&StatusResponse> for StatusView {
             lease_remaining_ms: s.lease_remaining_ms,
             fenced_writes: s.fenced_writes,
             drained: s.drained,
+            scheduling: s.scheduling.clone(),
+            notifications: s.notifications.clone(),
             members: s.members.iter().map(MemberView::from).collect(),
         }
     }
@@ -214,6 +220,10 @@ pub fn status_text(s: &StatusResponse) -> String {
             },
         ),
         ("fenced writes", s.fenced_writes.to_string()),
+        (
+            "scheduling",
+            format!("{} (notifications = {})", s.scheduling, s.notifications),
+        ),
     ] {
         out.push_str(&format!("{k:<14} {v}\n"));
     }

@@ -155,8 +155,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
         queues: opts.queues,
         rate: opts.rate,
         duration: opts.duration.saturating_sub(warmup),
-        lock_ms: 500,
+        // Deckard-like: locks from 100 ms to 2 s, a tenth of the queues new.
+        lock_ms: 100,
+        lock_ms_max: 2000,
         timeout_ms: 1000,
+        new_queues_pct: 10,
         ack_lock_pct: 50,
         nack_lock_pct: 20,
         timeout_pct: 10,

@@ -86,6 +86,10 @@ pub enum NodeError {
     RaftConfig(String),
     #[error("raft failed: {0}")]
     Raft(String),
+    #[error(
+        "tasks.notifications = \"require\", but the queue store does not publish lock events: {0}"
+    )]
+    Notifications(crate::store::StoreError),
     #[error("queue store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -103,6 +107,7 @@ impl NodeError {
             NodeError::RaftConfig(_) => "raft",
             NodeError::Raft(_) => "data_dir",
             NodeError::Store(_) => "store.url",
+            NodeError::Notifications(_) => "tasks.notifications",
             NodeError::Security(e) => e.key(),
             NodeError::Tls { key, .. } => key,
         }
@@ -220,6 +225,19 @@ impl Node {
             Some(path) => Some(crate::tls::read_token(path)?),
             None => None,
         };
+        // Before Raft starts: `require` refuses to start without lock events.
+        let settings = WorkerSettings::from_config(&config);
+        let metrics = crate::metrics::NodeMetrics::with_label_cap(config.metrics.max_queue_labels);
+        let worker = WorkerShared::new(
+            config.node_id,
+            queue_store.clone(),
+            settings.clone(),
+            metrics.clone(),
+        );
+        crate::worker::events::check_at_start(&worker)
+            .await
+            .map_err(NodeError::Notifications)?;
+
         let channels = Channels::with_tls(tls.as_ref().map(|t| t.client.clone()));
         let raft = Raft::new(
             config.node_id,
@@ -234,14 +252,6 @@ impl Node {
         let shutdown = Shutdown::new();
         let mut tasks = Vec::new();
 
-        let settings = WorkerSettings::from_config(&config);
-        let metrics = crate::metrics::NodeMetrics::with_label_cap(config.metrics.max_queue_labels);
-        let worker = WorkerShared::new(
-            config.node_id,
-            queue_store.clone(),
-            settings.clone(),
-            metrics.clone(),
-        );
         let coordinator = Coordinator::new(
             config.node_id,
             raft.clone(),
@@ -328,6 +338,20 @@ impl Node {
                 shutdown.listener(),
             )),
         ));
+        tasks.push((
+            "lock events",
+            tokio::spawn(crate::worker::events::run_subscriber(
+                worker.clone(),
+                shutdown.listener(),
+            )),
+        ));
+        let sync = crate::worker::sync::SyncLoop {
+            shared: worker.clone(),
+            applied: state_machine.subscribe(),
+            coordinator: coordinator.clone(),
+            channels: channels.clone(),
+        };
+        tasks.push(("sync", tokio::spawn(sync.run(shutdown.listener()))));
         let heartbeats = HeartbeatLoop {
             shared: worker.clone(),
             raft: raft.clone(),

@@ -39,8 +39,8 @@ use crate::cluster::lease::Liveness;
 use crate::cluster::planner::{self, Candidates, PlanInput};
 use crate::cluster::{shard_of, Command, CommandResult, Move, ShardState};
 use crate::proto::worker::{
-    GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, ShardQueues,
-    TaskCounters,
+    GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, StatsAck,
+    StatsReport, TaskCounters,
 };
 use crate::raft::store::StateMachineStore;
 use crate::raft::{NodeId, Raft, RaftMetrics};
@@ -105,25 +105,34 @@ struct LeaderView {
 /// The longest a Raft write of the coordinator may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a queue stays known after discovery last saw it (so a queue
-/// does not flap out of its owner's list between two discoveries).
-const QUEUE_RETENTION: Duration = Duration::from_secs(60);
+/// How many discoveries in a row may miss a queue before it leaves the
+/// lists (a SCAN returns every key that exists throughout it, so one miss
+/// means the queue was gone at least for a moment; three, that it stayed gone).
+const QUEUE_RETENTION_DISCOVERIES: u64 = 3;
+
+/// How soon a failed (or not yet possible) discovery is tried again.
+const DISCOVERY_RETRY: Duration = Duration::from_millis(500);
 
 /// The queues found by discovery, by shard.
 #[derive(Default)]
 struct QueueIndex {
-    /// When each queue was last seen by a discovery.
-    last_seen: BTreeMap<String, Instant>,
+    /// Successful discoveries so far.
+    round: u64,
+    /// The discovery round that last saw each queue.
+    last_seen: BTreeMap<String, u64>,
     /// A hash of the contents, not a counter: versions from different
-    /// leaders compare correctly (equal contents, equal version; empty is 0).
+    /// leaders compare correctly (equal contents, equal version). Never 0:
+    /// 0 means "no discovery this term" (see [`Coordinator::get_queues`]).
     version: u64,
+    /// The leader term of the last successful discovery.
+    term: u64,
     by_shard: BTreeMap<u32, Vec<String>>,
 }
 
-/// FNV-1a over every (shard, queue) pair in order; 0 for no queues.
+/// FNV-1a over every (shard, queue) pair in order; 1 for no queues, never 0.
 fn content_version(by_shard: &BTreeMap<u32, Vec<String>>) -> u64 {
     if by_shard.is_empty() {
-        return 0;
+        return 1;
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
@@ -138,7 +147,7 @@ fn content_version(by_shard: &BTreeMap<u32, Vec<String>>) -> u64 {
             feed(&[0]);
         }
     }
-    h.max(1)
+    h.max(2)
 }
 
 /// Whether a report `(incarnation, seq)` from a node that handed its shards
@@ -265,8 +274,16 @@ impl Coordinator {
         f(guard.as_mut().expect("view was just ensured"))
     }
 
-    fn queues_version(&self) -> u64 {
-        lock(&self.inner.queues).version
+    /// The discovery version owners may fetch in `term`: 0 (keep what you
+    /// have) until this leader's first discovery of the term succeeded, so a
+    /// new leader that cannot reach the store replaces nobody's lists.
+    fn queues_version(&self, term: u64) -> u64 {
+        let index = lock(&self.inner.queues);
+        if index.term == term {
+            index.version
+        } else {
+            0
+        }
     }
 
     /// A follower's (or this node's own) heartbeat.
@@ -293,11 +310,7 @@ impl Coordinator {
             fenced_writes: req.fenced_writes,
             tasks: req.tasks.unwrap_or_default(),
         };
-        let (stats_full, stats) = (req.stats_full, req.stats);
         self.with_view(term, |view| {
-            if stats_full || !stats.is_empty() {
-                view.stats.apply(node, stats_full, stats);
-            }
             view.liveness.heard(node, now);
             let back = returned(
                 view.departed_at.get(&node).copied(),
@@ -315,7 +328,7 @@ impl Coordinator {
         Ok(HeartbeatResponse {
             leader_id: self.inner.node_id,
             term,
-            queues_version: self.queues_version(),
+            queues_version: self.queues_version(term),
         })
     }
 
@@ -373,20 +386,36 @@ impl Coordinator {
         }))
     }
 
-    /// The queues of the requested shards (every requested shard answered).
+    /// One page of the queues of the requested shards (see `queue_lists`);
+    /// version 0 and no lists until this term's first discovery succeeded.
     pub fn get_queues(&self, req: &GetQueuesRequest) -> GetQueuesResponse {
+        let term = self.metrics().current_term;
         let index = lock(&self.inner.queues);
-        GetQueuesResponse {
-            version: index.version,
-            shards: req
-                .shards
-                .iter()
-                .map(|s| ShardQueues {
-                    shard: *s,
-                    queues: index.by_shard.get(s).cloned().unwrap_or_default(),
-                })
-                .collect(),
+        if index.term != term {
+            return GetQueuesResponse::default();
         }
+        super::queue_lists::page(
+            index.version,
+            &index.by_shard,
+            req,
+            super::queue_lists::PAGE_BYTES,
+        )
+    }
+
+    /// A chunk of an owner's queue figures (see `queue_stats`).
+    pub async fn on_stats(&self, req: StatsReport) -> Result<StatsAck, CoordError> {
+        let m = self.metrics();
+        let term = self.leading(&m).await?;
+        let node = req.node_id;
+        if m.membership_config.membership().get_node(&node).is_none() {
+            return Err(CoordError::UnknownNode(node));
+        }
+        self.with_view(term, |view| view.stats.apply(node, req.full, req.stats));
+        tracing::debug!(node, full = req.full, "queue statistics");
+        Ok(StatsAck {
+            leader_id: self.inner.node_id,
+            term,
+        })
     }
 
     /// Queue count per shard, from the last discovery.
@@ -629,22 +658,26 @@ impl Coordinator {
         }
     }
 
-    /// Scans the store for queues and groups them by shard.
-    async fn discover(&self) {
+    /// Scans the store for queues and groups them by shard; false when it
+    /// could not (not initialized, store unavailable).
+    async fn discover(&self) -> bool {
         let shard_count = self.inner.state_machine.latest().cluster.shard_count;
         if shard_count == 0 {
-            return;
+            return false;
         }
+        let term = self.metrics().current_term;
         match self.inner.store.discover_queues().await {
             Ok(queues) => {
-                let now = Instant::now();
                 let mut index = lock(&self.inner.queues);
+                index.term = term;
+                index.round += 1;
+                let round = index.round;
                 for q in queues {
-                    index.last_seen.insert(q, now);
+                    index.last_seen.insert(q, round);
                 }
                 index
                     .last_seen
-                    .retain(|_, seen| now.duration_since(*seen) < QUEUE_RETENTION);
+                    .retain(|_, seen| round - *seen < QUEUE_RETENTION_DISCOVERIES);
                 // BTreeMap keys are sorted, so each shard's list is too.
                 let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
                 for q in index.last_seen.keys() {
@@ -658,8 +691,12 @@ impl Coordinator {
                     index.by_shard = by_shard;
                     tracing::debug!(version = index.version, "queue discovery changed");
                 }
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "queue discovery failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "queue discovery failed");
+                false
+            }
         }
     }
 
@@ -675,8 +712,13 @@ impl Coordinator {
             }
             let leads = self.metrics().state == ServerState::Leader;
             if leads && Instant::now() >= next_discovery {
-                self.discover().await;
-                next_discovery = Instant::now() + settings.discovery_interval;
+                // A failed discovery is retried soon, not a whole interval later.
+                let wait = if self.discover().await {
+                    settings.discovery_interval
+                } else {
+                    settings.discovery_interval.min(DISCOVERY_RETRY)
+                };
+                next_discovery = Instant::now() + wait;
             }
             match self.plan_round().await {
                 Ok(_) | Err(CoordError::NotLeader { .. }) | Err(CoordError::NotInitialized) => {}

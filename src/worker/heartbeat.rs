@@ -1,29 +1,26 @@
-//! Heartbeats to the leader: report what runs here, renew the lease, and
-//! keep the queue lists of owned shards current.
+//! Heartbeats to the leader: report what runs here and renew the lease.
 //!
 //! The lease is renewed from the time the heartbeat was **sent**, and only by
 //! a reply from the node we believe leads, in a term no older than any reply
 //! seen before. If replies stop, nothing renews the lease and the runner
 //! stops every shard when it runs out, without being told.
 //!
-//! Queue statistics ride along (see `queue_stats`): the first report to a
-//! leader of a new term, or after a failed report, is full; later ones carry
-//! changed shards at most every [`STATS_INTERVAL`].
+//! A heartbeat is small and the same size whatever the number of queues:
+//! queue lists and queue statistics travel in their own RPCs (`sync`), so
+//! the lease never waits on bulk data. Each acknowledged heartbeat tells the
+//! sync loop which leader to talk to ([`LeaderContact`]).
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::watch;
 
 use super::coordinator::Coordinator;
-use super::{lock, QueueCache, WorkerShared};
+use super::WorkerShared;
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
-use crate::proto::worker::{
-    GetQueuesRequest, HeartbeatRequest, HeartbeatResponse, ShardReport, TaskCounters,
-};
+use crate::proto::worker::{HeartbeatRequest, HeartbeatResponse, ShardReport, TaskCounters};
 use crate::raft::network::Channels;
 use crate::raft::store::AppliedState;
 use crate::raft::{NodeId, Raft};
@@ -38,20 +35,18 @@ pub struct HeartbeatLoop {
     pub channels: Channels,
 }
 
-/// How often changed queue statistics are sent (full reports go at once).
-pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What the statistics sender remembers between beats.
-#[derive(Debug, Default)]
-struct StatsSender {
-    /// The leader and term that acknowledged our last report with statistics;
-    /// `None` after a failure (the next report is full).
-    acked_by: Option<(NodeId, u64)>,
-    /// When statistics were last taken for a report.
-    last_sent: Option<Instant>,
+/// The leader that acknowledged this node's last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderContact {
+    pub leader: NodeId,
+    /// Its `raft_addr` (`None` when it is this node).
+    pub addr: Option<String>,
+    pub term: u64,
+    /// Its queue discovery version.
+    pub queues_version: u64,
 }
 
-/// This node's report, as of now, without queue statistics.
+/// This node's report, as of now.
 pub fn build_report(shared: &WorkerShared, applied_index: u64) -> HeartbeatRequest {
     let running = shared
         .running()
@@ -69,8 +64,6 @@ pub fn build_report(shared: &WorkerShared, applied_index: u64) -> HeartbeatReque
         lease_remaining_ms: shared.lease_remaining().map_or(0, |d| d.as_millis() as u64),
         fenced_writes: shared.stats.fenced_writes.load(Ordering::Relaxed),
         tasks: Some(task_counters(shared)),
-        stats_full: false,
-        stats: Vec::new(),
         incarnation: shared.incarnation,
         seq: shared.report_seq.fetch_add(1, Ordering::SeqCst) + 1,
     }
@@ -93,7 +86,6 @@ pub fn task_counters(shared: &WorkerShared) -> TaskCounters {
 impl HeartbeatLoop {
     pub async fn run(self, mut stop: ShutdownListener) {
         let interval = self.shared.settings.heartbeat_interval;
-        let mut stats = StatsSender::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -105,11 +97,11 @@ impl HeartbeatLoop {
             if self.shared.freeze.is_frozen() || self.shared.is_retired() {
                 continue;
             }
-            self.beat(&mut stats).await;
+            self.beat().await;
         }
     }
 
-    async fn beat(&self, stats: &mut StatsSender) {
+    async fn beat(&self) {
         let (leader, leader_addr) = {
             let m = self.raft.metrics().borrow_watched().clone();
             let Some(leader) = m.current_leader else {
@@ -123,22 +115,10 @@ impl HeartbeatLoop {
             (leader, addr)
         };
         let state = self.applied.borrow().clone();
-        let mut report = build_report(&self.shared, state.applied_index());
+        let report = build_report(&self.shared, state.applied_index());
         let sent_at = Instant::now();
-        // Full when this leader has not acknowledged statistics from us yet
-        // (new leader, new term, or the last report failed).
-        let full = stats.acked_by.is_none_or(|(l, _)| l != leader);
-        if full
-            || stats
-                .last_sent
-                .is_none_or(|t| sent_at - t >= STATS_INTERVAL)
-        {
-            report.stats_full = full;
-            report.stats = lock(&self.shared.queue_stats).take_report(full);
-            stats.last_sent = Some(sent_at);
-        }
-        let carried_stats = report.stats_full || !report.stats.is_empty();
-        let reply = if leader == self.shared.node_id {
+        let local = leader == self.shared.node_id;
+        let reply = if local {
             self.coordinator
                 .on_heartbeat(report)
                 .await
@@ -152,27 +132,21 @@ impl HeartbeatLoop {
         match reply {
             Ok(ack) if ack.leader_id == leader => {
                 self.shared.renew_lease(sent_at, ack.term);
-                match stats.acked_by {
-                    // A new term of the same leader id knows nothing either.
-                    Some((_, term)) if term != ack.term => stats.acked_by = None,
-                    _ if carried_stats => stats.acked_by = Some((leader, ack.term)),
-                    _ => {}
-                }
-                self.refresh_queues(&state, leader, leader_addr.as_deref(), ack.queues_version)
-                    .await;
+                self.shared.set_contact(LeaderContact {
+                    leader,
+                    addr: if local { None } else { leader_addr },
+                    term: ack.term,
+                    queues_version: ack.queues_version,
+                });
             }
             Ok(ack) => {
-                stats.acked_by = None;
                 tracing::debug!(
                     expected = leader,
                     answered = ack.leader_id,
                     "heartbeat answered by another leader"
                 )
             }
-            Err(e) => {
-                stats.acked_by = None;
-                tracing::debug!(leader, error = %e, "heartbeat not acknowledged")
-            }
+            Err(e) => tracing::debug!(leader, error = %e, "heartbeat not acknowledged"),
         }
     }
 
@@ -196,60 +170,5 @@ impl HeartbeatLoop {
             .await
             .map(|r| r.into_inner())
             .map_err(|s| format!("{}: {}", s.code(), s.message()))
-    }
-
-    /// Fetches queue lists when discovery moved on or owned shards changed.
-    async fn refresh_queues(
-        &self,
-        state: &AppliedState,
-        leader: NodeId,
-        leader_addr: Option<&str>,
-        version: u64,
-    ) {
-        let owned: BTreeSet<u32> = state
-            .cluster
-            .owned_by(self.shared.node_id)
-            .map(|(s, _)| s)
-            .collect();
-        let cached = self.shared.queues();
-        let cached_shards: BTreeSet<u32> = cached.by_shard.keys().copied().collect();
-        if cached.version == version && cached_shards == owned {
-            return;
-        }
-        let request = GetQueuesRequest {
-            shards: owned.iter().copied().collect(),
-        };
-        let response = if leader == self.shared.node_id {
-            Ok(self.coordinator.get_queues(&request))
-        } else {
-            match leader_addr.map(|a| self.client(a)) {
-                Some(Ok(mut client)) => {
-                    // Bounded like the heartbeat itself: this loop renews the lease.
-                    let mut request = tonic::Request::new(request);
-                    request.set_timeout(self.shared.settings.heartbeat_interval * 2);
-                    client
-                        .get_queues(request)
-                        .await
-                        .map(|r| r.into_inner())
-                        .map_err(|s| s.message().to_string())
-                }
-                Some(Err(e)) => Err(e),
-                None => Err("no leader address".into()),
-            }
-        };
-        match response {
-            Ok(resp) => {
-                let by_shard = resp
-                    .shards
-                    .into_iter()
-                    .map(|sq| (sq.shard, Arc::new(sq.queues)))
-                    .collect();
-                self.shared.set_queues(QueueCache {
-                    version: resp.version,
-                    by_shard,
-                });
-            }
-            Err(e) => tracing::debug!(error = %e, "could not fetch queue lists"),
-        }
     }
 }

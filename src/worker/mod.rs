@@ -13,8 +13,12 @@
 //!   queues (one scan for the cluster), plans moves with `cluster::planner`
 //!   and commits them through Raft.
 //! - [`service`]: the internal gRPC face of the coordinator (`raft_addr`).
-//! - [`queue_stats`]: owners' per-queue set sizes, sent with heartbeats; the
-//!   leader's union behind the leader-only queue gauges.
+//! - [`sync`]: queue lists in and queue statistics out, in pages and chunks
+//!   ([`queue_lists`], [`queue_stats`]), apart from heartbeats; the
+//!   statistics feed the leader-only queue gauges.
+//! - [`events`]: the lock-event subscription that tells shard tasks of new
+//!   locks at once; [`schedule`]: each shard's timers (exact due times,
+//!   a sweep as the safety net, coalescing).
 //!
 //! # Invariants
 //!
@@ -32,13 +36,18 @@
 //! owner alone, and balance comes from moving whole shards.
 
 pub mod coordinator;
+pub mod events;
 pub mod heartbeat;
+pub mod queue_lists;
 pub mod queue_stats;
 pub mod runner;
+pub mod schedule;
 pub mod service;
+pub mod sync;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,10 +73,14 @@ pub struct WorkerSettings {
     pub leader_freshness: Duration,
     /// Most elements per housekeeping call.
     pub batch: usize,
-    /// Longest wait before a queue with pending elements is looked at again.
+    /// Whether lock events are used (`tasks.notifications`).
+    pub notifications: crate::config::NotificationMode,
+    /// With lock events: the longest a queue goes without a call.
+    pub sweep_interval: Duration,
+    /// Without lock events: the longest a queue goes without a call.
     pub poll_interval: Duration,
-    /// Wait before an idle queue (nothing pending) is looked at again.
-    pub idle_poll_interval: Duration,
+    /// Least time between two calls on one queue (except while draining).
+    pub call_spacing: Duration,
     /// Housekeeping calls in flight at once per shard.
     pub concurrency: usize,
     /// How long a new leader waits before serving queue gauges:
@@ -88,8 +101,10 @@ impl WorkerSettings {
             discovery_interval: w.discovery_interval,
             leader_freshness: config.raft.election_timeout_min,
             batch: config.tasks.batch,
+            notifications: config.tasks.notifications,
+            sweep_interval: config.tasks.sweep_interval,
             poll_interval: config.tasks.poll_interval,
-            idle_poll_interval: config.tasks.idle_poll_interval,
+            call_spacing: config.tasks.call_spacing,
             concurrency: config.tasks.concurrency,
             gauge_holdoff: config.raft.election_timeout_min + config.metrics.scrape_interval,
         }
@@ -191,6 +206,17 @@ pub struct WorkerShared {
     lease: Mutex<Lease>,
     /// Shards with a live task (removed by the task itself when it exits).
     running: Mutex<BTreeMap<u32, RunningShard>>,
+    /// How many shards run here (the lock-event subscriber watches it).
+    running_count: watch::Sender<usize>,
+    /// Announced queues per running shard (see [`events`]); an entry lives
+    /// exactly as long as its shard's task at that epoch.
+    pub(crate) inboxes: Mutex<HashMap<u32, Arc<events::ShardInbox>>>,
+    /// The cluster's shard count (0 until known), to route lock events.
+    shard_count: AtomicU32,
+    /// How shard tasks find new locks right now (see [`events`]).
+    scheduling: watch::Sender<events::Scheduling>,
+    /// Bumped whenever the queue lists change: wakes shard tasks.
+    lists_version: watch::Sender<u64>,
     /// shard -> epoch at which the store fenced us; never rerun at that epoch.
     fenced: Mutex<BTreeMap<u32, u64>>,
     queues: Mutex<QueueCache>,
@@ -201,6 +227,10 @@ pub struct WorkerShared {
     pub(crate) changed: Notify,
     /// Wakes the heartbeat loop early (a task exited: tell the leader now).
     pub(crate) report_now: Notify,
+    /// Wakes the sync loop early (a shard task waits for its queue list).
+    pub(crate) sync_now: Notify,
+    /// The leader that acknowledged the last heartbeat (for the sync loop).
+    contact: watch::Sender<Option<heartbeat::LeaderContact>>,
     pub stats: WorkerStats,
     /// Prometheus metrics of this node.
     pub metrics: Arc<crate::metrics::NodeMetrics>,
@@ -249,17 +279,27 @@ impl WorkerShared {
         settings: WorkerSettings,
         metrics: Arc<crate::metrics::NodeMetrics>,
     ) -> Arc<Self> {
+        // Polling until the first check says otherwise (see `events`).
+        metrics.polling.set(1);
+        let scheduling = events::Scheduling::initial(settings.notifications);
         Arc::new(Self {
             node_id,
             store,
             lease: Mutex::new(Lease::new(settings.lease)),
             settings,
             running: Mutex::new(BTreeMap::new()),
+            running_count: watch::channel(0).0,
+            inboxes: Mutex::new(HashMap::new()),
+            shard_count: AtomicU32::new(0),
+            scheduling: watch::channel(scheduling).0,
+            lists_version: watch::channel(0).0,
             fenced: Mutex::new(BTreeMap::new()),
             queues: Mutex::new(QueueCache::default()),
             queue_stats: Mutex::new(queue_stats::QueueStatsBook::default()),
             changed: Notify::new(),
             report_now: Notify::new(),
+            sync_now: Notify::new(),
+            contact: watch::channel(None).0,
             stats: WorkerStats::default(),
             metrics,
             freeze: Freeze::default(),
@@ -337,7 +377,96 @@ impl WorkerShared {
 
     pub(crate) fn set_queues(&self, cache: QueueCache) {
         *lock(&self.queues) = cache;
+        self.lists_version.send_modify(|v| *v += 1);
         self.changed.notify_one();
+    }
+
+    pub(crate) fn set_contact(&self, contact: heartbeat::LeaderContact) {
+        self.contact.send_if_modified(|c| {
+            let changed = c.as_ref() != Some(&contact);
+            *c = Some(contact);
+            changed
+        });
+    }
+
+    pub(crate) fn watch_contact(&self) -> watch::Receiver<Option<heartbeat::LeaderContact>> {
+        self.contact.subscribe()
+    }
+
+    pub(crate) fn watch_lists(&self) -> watch::Receiver<u64> {
+        self.lists_version.subscribe()
+    }
+
+    /// How shard tasks find new locks right now.
+    pub fn scheduling(&self) -> events::Scheduling {
+        self.scheduling.borrow().clone()
+    }
+
+    pub(crate) fn watch_scheduling(&self) -> watch::Receiver<events::Scheduling> {
+        self.scheduling.subscribe()
+    }
+
+    /// Records the scheduling mode; a mode change or a new subscription
+    /// bumps the generation, so every shard task sweeps.
+    pub(crate) fn set_scheduling(&self, mode: events::Mode, subscribed: bool, reason: String) {
+        self.scheduling.send_if_modified(|s| {
+            let bump = s.mode != mode || (subscribed && !s.subscribed);
+            let changed = bump || s.subscribed != subscribed || s.reason != reason;
+            s.mode = mode;
+            s.subscribed = subscribed;
+            s.reason = reason;
+            if bump {
+                s.generation += 1;
+            }
+            changed
+        });
+        self.metrics
+            .polling
+            .set(i64::from(mode == events::Mode::Polling));
+        self.metrics
+            .lock_events_subscribed
+            .set(i64::from(subscribed));
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_shard_count(&self, count: u32) {
+        self.shard_count.store(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn watch_running_count(&self) -> watch::Receiver<usize> {
+        self.running_count.subscribe()
+    }
+
+    /// Registers a shard task starting at `epoch`, with its inbox.
+    pub(crate) fn start_running(
+        &self,
+        shard: u32,
+        running: RunningShard,
+    ) -> Arc<events::ShardInbox> {
+        let inbox = Arc::new(events::ShardInbox::new(running.epoch));
+        lock(&self.inboxes).insert(shard, inbox.clone());
+        let mut map = lock(&self.running);
+        map.insert(shard, running);
+        self.running_count.send_replace(map.len());
+        inbox
+    }
+
+    /// Unregisters the task of `shard` at `epoch` (a newer one is left alone).
+    pub(crate) fn stop_running(&self, shard: u32, epoch: u64) {
+        {
+            let mut inboxes = lock(&self.inboxes);
+            if inboxes.get(&shard).is_some_and(|i| i.epoch == epoch) {
+                inboxes.remove(&shard);
+            }
+        }
+        let mut map = lock(&self.running);
+        if map.get(&shard).is_some_and(|r| r.epoch == epoch) {
+            map.remove(&shard);
+        }
+        self.running_count.send_replace(map.len());
     }
 
     /// The shard's queues, or `None` while its list has not been fetched

@@ -9,15 +9,18 @@
 //! ([`LeaderQueueStats`]) and serves, at scrape time, only the shards whose
 //! reporter is their current owner at the current epoch.
 //!
-//! Heartbeats carry only shards whose figures changed since the last report,
+//! Reports (`ReportStats`, apart from heartbeats: the lease never waits on
+//! bulk data) carry only shards whose figures changed since the last report,
 //! except the first report to a leader (or after a failed one), which is
 //! full: a new leader starts knowing nothing and has everything after one
-//! heartbeat interval.
+//! report interval. A report is cut into chunks of at most [`CHUNK_BYTES`]
+//! ([`chunks`]); a shard too big for one chunk continues in the next.
 //!
 //! # Invariants
 //!
 //! - The book holds figures of one epoch per shard; a new epoch starts empty.
-//! - A full report replaces everything the leader held from that node; so a
+//! - A full report (its first chunk) replaces everything the leader held
+//!   from that node; so a
 //!   shard the node stopped running disappears from the leader at the next
 //!   full report, and at once from the gauges (the leader checks the shard
 //!   table and the node's running set at every scrape).
@@ -93,6 +96,13 @@ impl QueueStatsBook {
         }
     }
 
+    /// Forgets a queue Deckard emptied.
+    pub fn forget_queue(&mut self, shard: u32, queue: &str) {
+        if let Some(book) = self.shards.get_mut(&shard) {
+            book.changed |= book.queues.remove(queue).is_some();
+        }
+    }
+
     /// Forgets a shard whose task at `epoch` ended.
     pub fn drop_shard(&mut self, shard: u32, epoch: u64) {
         if self.shards.get(&shard).is_some_and(|b| b.epoch == epoch) {
@@ -112,10 +122,63 @@ impl QueueStatsBook {
                     shard: *shard,
                     epoch: b.epoch,
                     queues: b.queues.iter().map(|(q, s)| to_proto(q, s)).collect(),
+                    continued: false,
                 }
             })
             .collect()
     }
+}
+
+/// Most bytes of figures in one `ReportStats` chunk (gRPC's default limit is 4 MiB).
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Bytes one queue's figures cost in a chunk (name plus five varints and framing).
+fn cost(q: &QueueStats) -> usize {
+    q.queue.len() + 40
+}
+
+/// Cuts a report into chunks of at most `budget` bytes of figures (at least
+/// one queue each); a shard split across chunks continues with `continued`.
+pub fn chunks(shards: Vec<ShardStats>, budget: usize) -> Vec<Vec<ShardStats>> {
+    let mut out: Vec<Vec<ShardStats>> = vec![Vec::new()];
+    let mut used = 0;
+    for shard in shards {
+        let mut part = ShardStats {
+            shard: shard.shard,
+            epoch: shard.epoch,
+            queues: Vec::new(),
+            continued: false,
+        };
+        for q in shard.queues {
+            let c = cost(&q);
+            if used + c > budget && used > 0 {
+                let continued = !part.queues.is_empty() || part.continued;
+                let full = std::mem::replace(
+                    &mut part,
+                    ShardStats {
+                        shard: shard.shard,
+                        epoch: shard.epoch,
+                        queues: Vec::new(),
+                        continued,
+                    },
+                );
+                if !full.queues.is_empty() || !full.continued {
+                    if let Some(last) = out.last_mut() {
+                        last.push(full);
+                    }
+                }
+                out.push(Vec::new());
+                used = 0;
+            }
+            used += c;
+            part.queues.push(q);
+        }
+        if let Some(last) = out.last_mut() {
+            last.push(part);
+        }
+    }
+    out.retain(|c| !c.is_empty());
+    out
 }
 
 /// What one node reported for one shard.
@@ -133,13 +196,23 @@ pub struct LeaderQueueStats {
 }
 
 impl LeaderQueueStats {
-    /// Takes a report of `node`. A full report replaces all of the node's shards.
+    /// Takes a chunk of a report of `node`. The first chunk of a full report
+    /// replaces all of the node's shards; a `continued` shard extends what
+    /// the same node sent for it at the same epoch, and is dropped otherwise.
     pub fn apply(&mut self, node: NodeId, full: bool, shards: Vec<ShardStats>) {
         if full {
             self.by_shard.retain(|_, r| r.node != node);
         }
         for s in shards {
-            let queues = s.queues.into_iter().map(from_proto).collect();
+            let queues: Vec<(String, QueueSizes)> = s.queues.into_iter().map(from_proto).collect();
+            if s.continued {
+                if let Some(r) = self.by_shard.get_mut(&s.shard) {
+                    if r.node == node && r.epoch == s.epoch {
+                        r.queues.extend(queues);
+                    }
+                }
+                continue;
+            }
             self.by_shard.insert(
                 s.shard,
                 Reported {
@@ -218,6 +291,51 @@ mod tests {
         book.drop_shard(2, 6);
         leader.apply(10, true, book.take_report(true));
         assert_eq!(leader.union(|_, _, _| true).len(), 1);
+    }
+
+    #[test]
+    fn chunks_split_big_shards_and_the_leader_puts_them_back() {
+        let mut book = QueueStatsBook::default();
+        for i in 0..100 {
+            book.record(1, 5, &format!("a{i:03}"), sizes(i));
+            book.record(2, 6, &format!("b{i:03}"), sizes(i));
+        }
+        book.record(3, 7, "c", sizes(1));
+        let report = book.take_report(true);
+        let whole = {
+            let mut leader = LeaderQueueStats::default();
+            leader.apply(10, true, report.clone());
+            leader.union(|_, _, _| true)
+        };
+        for budget in [1, 100, 1000, 10_000] {
+            let parts = chunks(report.clone(), budget);
+            if budget < 10_000 {
+                assert!(parts.len() > 1, "budget {budget}");
+            }
+            for part in &parts {
+                let bytes: usize = part.iter().flat_map(|s| &s.queues).map(cost).sum();
+                assert!(
+                    bytes <= budget.max(cost(&part[0].queues[0])),
+                    "budget {budget}"
+                );
+            }
+            let mut leader = LeaderQueueStats::default();
+            // Something old from this node that the full report replaces.
+            leader.apply(
+                10,
+                true,
+                vec![ShardStats {
+                    shard: 9,
+                    epoch: 1,
+                    queues: vec![to_proto("old", &sizes(1))],
+                    continued: false,
+                }],
+            );
+            for (i, part) in parts.into_iter().enumerate() {
+                leader.apply(10, i == 0, part);
+            }
+            assert_eq!(leader.union(|_, _, _| true), whole, "budget {budget}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Runs this node's shards: one task per owned shard while the lease holds.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::events::{Mode, ShardInbox};
+use super::schedule::{next_call, CallResult, QueueSchedule};
 use super::{lock, RunningShard, TaskRunState, WorkerShared};
 use crate::cluster::TaskKind;
 use crate::raft::store::AppliedState;
@@ -38,6 +40,7 @@ pub async fn run(
     let mut tasks: BTreeMap<u32, Task> = BTreeMap::new();
     loop {
         let state = applied.borrow_and_update().clone();
+        shared.set_shard_count(state.cluster.shard_count);
         let settings = &state.cluster.tasks;
         shared.set_task_state(TaskRunState {
             unlock: !settings.get(TaskKind::Unlock).paused,
@@ -104,7 +107,7 @@ fn reconcile(
         tracing::info!(node = shared.node_id, shard, epoch, "running shard");
         let cancel = CancellationToken::new();
         let passes = Arc::new(AtomicU64::new(0));
-        lock(&shared.running).insert(
+        let inbox = shared.start_running(
             shard,
             RunningShard {
                 epoch,
@@ -117,6 +120,7 @@ fn reconcile(
             epoch,
             cancel.clone(),
             passes,
+            inbox,
         ));
         tasks.insert(
             shard,
@@ -147,38 +151,41 @@ struct RunningGuard {
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        let mut running = lock(&self.shared.running);
-        if running
-            .get(&self.shard)
-            .is_some_and(|r| r.epoch == self.epoch)
-        {
-            running.remove(&self.shard);
-        }
-        drop(running);
+        self.shared.stop_running(self.shard, self.epoch);
         lock(&self.shared.queue_stats).drop_shard(self.shard, self.epoch);
         self.shared.report_now.notify_one();
     }
 }
 
-/// What happened to one queue in one sweep.
+/// What happened to one queue in one call.
 enum QueueResult {
-    /// Look again at this instant.
+    /// Call it again at this instant.
     Next(Instant),
+    /// Deckard emptied it: nothing to do until it comes back.
+    Gone,
     /// The store fenced us: drop the shard.
     Fenced(StoreError),
 }
 
+/// How long a queue may go without a call in the current mode.
+fn look_again(shared: &WorkerShared, mode: Mode) -> Duration {
+    match mode {
+        Mode::Events => shared.settings.sweep_interval,
+        Mode::Polling => shared.settings.poll_interval,
+    }
+}
+
 /// One housekeeping call on one queue: lease check, (test) freeze point,
-/// fenced call, bookkeeping. Returns when to look at the queue again.
+/// fenced call, bookkeeping. Returns when to call the queue again.
 async fn housekeep_queue(
     shared: &WorkerShared,
     queue: &str,
     fence: Fence,
     run: TaskRunState,
+    mode: Mode,
 ) -> QueueResult {
-    let poll = shared.settings.poll_interval;
     if !shared.lease_valid() {
-        return QueueResult::Next(Instant::now() + STORE_RETRY.min(poll));
+        return QueueResult::Next(Instant::now() + STORE_RETRY);
     }
     // A pause here (after the lease check) is the dangerous one; the
     // store's fence check is what makes it harmless.
@@ -201,10 +208,14 @@ async fn housekeep_queue(
                 .metrics
                 .record_housekeep(queue, &out, started.elapsed().as_secs_f64() * 1000.0);
             stats.calls.fetch_add(1, Ordering::Relaxed);
-            lock(&shared.queue_stats).record(fence.shard, fence.epoch, queue, out.sizes);
             stats
                 .last_success_ms
                 .store(now_ms.max(0) as u64, Ordering::Relaxed);
+            if out.gone {
+                lock(&shared.queue_stats).forget_queue(fence.shard, queue);
+                return QueueResult::Gone;
+            }
+            lock(&shared.queue_stats).record(fence.shard, fence.epoch, queue, out.sizes);
             stats
                 .unlocked_ack
                 .fetch_add(out.unlocked_ack, Ordering::Relaxed);
@@ -221,18 +232,17 @@ async fn housekeep_queue(
                     "housekept"
                 );
             }
-            let next = if out.more_due(now_ms) {
-                // The batch limit stopped us: drain on.
-                Instant::now()
-            } else {
-                let wait = match out.next_due_ms {
-                    Some(due) => Duration::from_millis((due - now_ms).max(0) as u64).min(poll),
-                    // Nothing pending: look again at the idle pace.
-                    None => shared.settings.idle_poll_interval,
-                };
-                Instant::now() + wait
+            let result = CallResult {
+                now_ms,
+                next_due_ms: out.next_due_ms,
+                more_due: out.more_due(now_ms),
             };
-            QueueResult::Next(next)
+            QueueResult::Next(next_call(
+                started,
+                result,
+                look_again(shared, mode),
+                shared.settings.call_spacing,
+            ))
         }
         Err(e @ StoreError::Fenced { .. }) => {
             shared
@@ -253,14 +263,78 @@ async fn housekeep_queue(
     }
 }
 
-/// One shard's work loop: keeps every queue of the shard on a schedule by
-/// due time, until cancelled or fenced.
+/// Most queues a shard task adopts from lock events before the leader's
+/// discovery lists them (beyond that, discovery brings them).
+const MAX_ADOPTED: usize = 65_536;
+
+/// The queues one shard task works: the leader's list plus the queues it
+/// adopted from lock events, and their timers.
+struct ShardQueues {
+    shard: u32,
+    schedule: QueueSchedule,
+    /// The list last applied (lists are replaced, never changed in place,
+    /// so a new Arc means a new list).
+    list: Option<Arc<Vec<String>>>,
+    /// Announced by lock events, not (yet) in the leader's list.
+    adopted: HashSet<String>,
+}
+
+impl ShardQueues {
+    /// Applies a new list from the leader: new queues are called now,
+    /// queues that left it (and were not adopted) are forgotten, here and
+    /// in the statistics.
+    fn apply_list(&mut self, shared: &WorkerShared, list: Arc<Vec<String>>, now: Instant) {
+        if self.list.as_ref().is_some_and(|l| Arc::ptr_eq(l, &list)) {
+            return;
+        }
+        let current: HashSet<&str> = list.iter().map(String::as_str).collect();
+        self.adopted.retain(|q| !current.contains(q.as_str()));
+        let adopted = &self.adopted;
+        self.schedule
+            .retain(|q| current.contains(q) || adopted.contains(q));
+        for q in list.iter() {
+            self.schedule.add(q, now);
+        }
+        let mut keep: Vec<String> = list.iter().cloned().collect();
+        keep.extend(self.adopted.iter().cloned());
+        lock(&shared.queue_stats).retain_queues(self.shard, &keep);
+        self.list = Some(list);
+    }
+
+    /// Calls announced queues now (coalesced), adopting unknown ones.
+    fn announce(&mut self, queues: Vec<String>, now: Instant) {
+        for q in queues {
+            if self.schedule.contains(&q) {
+                self.schedule.call_by(&q, now);
+            } else if self.adopted.len() < MAX_ADOPTED {
+                tracing::debug!(shard = self.shard, queue = %q, "adopted a queue from a lock event");
+                self.schedule.add(&q, now);
+                self.adopted.insert(q);
+            }
+        }
+    }
+
+    /// A queue reported gone: an adopted one is forgotten; a listed one waits
+    /// at the sweep pace until the leader's list drops it.
+    fn gone(&mut self, queue: &str, later: Instant) {
+        if self.adopted.remove(queue) {
+            self.schedule.remove(queue);
+        } else {
+            self.schedule.set(queue, later);
+        }
+    }
+}
+
+/// One shard's work loop: calls each queue of the shard when its timer,
+/// a lock event or a sweep says so (see `schedule` and `events`), until
+/// cancelled or fenced. Sleeps, without waking, while nothing is due.
 async fn run_shard(
     shared: Arc<WorkerShared>,
     shard: u32,
     epoch: u64,
     cancel: CancellationToken,
     passes: Arc<AtomicU64>,
+    inbox: Arc<ShardInbox>,
 ) {
     let _guard = RunningGuard {
         shared: shared.clone(),
@@ -273,46 +347,51 @@ async fn run_shard(
         node: shared.node_id,
     };
     let mut task_state = shared.watch_task_state();
-    let mut schedule: HashMap<String, Instant> = HashMap::new();
-    // The queue list the schedule was last pruned against (lists are
-    // replaced, never changed in place, so a new Arc means a new list).
-    let mut pruned_for: Option<Arc<Vec<String>>> = None;
-    let mut seen = *task_state.borrow();
+    let mut scheduling = shared.watch_scheduling();
+    let mut lists = shared.watch_lists();
+    let mut queues = ShardQueues {
+        shard,
+        schedule: QueueSchedule::new(shared.settings.call_spacing),
+        list: None,
+        adopted: HashSet::new(),
+    };
+    let mut seen_run = *task_state.borrow();
+    let mut seen_generation = scheduling.borrow().generation;
     while !cancel.is_cancelled() {
-        let Some(queues) = shared.queues_of(shard) else {
+        lists.borrow_and_update();
+        let Some(list) = shared.queues_of(shard) else {
             // Newly owned: ask for the queue list now rather than at the next
-            // heartbeat, and do not count an empty pass as work done.
-            shared.report_now.notify_one();
+            // sync round, and do not count an empty pass as work done.
+            shared.sync_now.notify_one();
             tokio::select! {
                 _ = tokio::time::sleep(QUEUE_LIST_WAIT) => {}
+                _ = lists.changed() => {}
                 _ = cancel.cancelled() => {}
             }
             continue;
         };
-        let run = *task_state.borrow_and_update();
-        if run != seen {
-            // Triggered, resumed or paused: look at every queue again now
-            // (a queue scheduled at the idle pace may have due work now).
-            seen = run;
-            schedule.clear();
-        }
-        if pruned_for.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &queues)) {
-            // A new list: forget queues that left it, here and in the statistics.
-            let current: HashSet<&str> = queues.iter().map(String::as_str).collect();
-            schedule.retain(|q, _| current.contains(q.as_str()));
-            lock(&shared.queue_stats).retain_queues(shard, &queues);
-            pruned_for = Some(queues.clone());
-        }
         let now = Instant::now();
-        let due: Vec<String> = queues
-            .iter()
-            .filter(|q| schedule.get(*q).is_none_or(|t| *t <= now))
-            .cloned()
-            .collect();
+        queues.apply_list(&shared, list, now);
+        let run = *task_state.borrow_and_update();
+        let sched = scheduling.borrow_and_update().clone();
+        if run != seen_run || sched.generation != seen_generation {
+            // Triggered, resumed or paused; or (re)subscribed, or the mode
+            // changed: call every queue now (events may have been missed).
+            seen_run = run;
+            seen_generation = sched.generation;
+            queues.schedule.call_all_by(now);
+        }
+        let (announced, overflow) = inbox.take();
+        queues.announce(announced, now);
+        if overflow {
+            queues.schedule.call_all_by(now);
+        }
+        let due = queues.schedule.pop_due(now);
+        let worked = !due.is_empty();
         let calls = due.into_iter().map(|q| {
             let shared = shared.clone();
             async move {
-                let result = housekeep_queue(&shared, &q, fence, run).await;
+                let result = housekeep_queue(&shared, &q, fence, run, sched.mode).await;
                 (q, result)
             }
         });
@@ -320,8 +399,10 @@ async fn run_shard(
             futures::stream::iter(calls).buffer_unordered(shared.settings.concurrency);
         while let Some((queue, result)) = results.next().await {
             match result {
-                QueueResult::Next(at) => {
-                    schedule.insert(queue, at);
+                QueueResult::Next(at) => queues.schedule.set(&queue, at),
+                QueueResult::Gone => {
+                    let later = Instant::now() + look_again(&shared, sched.mode);
+                    queues.gone(&queue, later);
                 }
                 QueueResult::Fenced(e) => {
                     shared.stats.fenced_writes.fetch_add(1, Ordering::Relaxed);
@@ -333,21 +414,33 @@ async fn run_shard(
             }
         }
         drop(results);
-        // One sweep done (the first one visits every queue of the shard).
-        if passes.fetch_add(1, Ordering::Relaxed) == 0 {
+        // The first pass visits every queue of the shard (none, for a shard
+        // without queues); later ones count only rounds that made calls.
+        let first = passes.load(Ordering::Relaxed) == 0;
+        if worked || first {
+            passes.fetch_add(1, Ordering::Relaxed);
+        }
+        if first {
             // First pass at this epoch: tell the leader now, not at the
             // next heartbeat (`ctl shards` shows the shard as worked).
             shared.report_now.notify_one();
         }
-        let wake = schedule
-            .values()
-            .min()
-            .copied()
-            .unwrap_or_else(|| Instant::now() + shared.settings.poll_interval);
+        let wake = queues.schedule.next_wake();
         tokio::select! {
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = sleep_until(wake) => {}
+            _ = inbox.wake.notified() => {}
             _ = task_state.changed() => {}
+            _ = scheduling.changed() => {}
+            _ = lists.changed() => {}
             _ = cancel.cancelled() => {}
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when nothing is scheduled.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -8,7 +8,7 @@ use super::coordinator::{CoordError, Coordinator};
 use crate::proto::worker::worker_service_server::{WorkerService, WorkerServiceServer};
 use crate::proto::worker::{
     GetQueuesRequest, GetQueuesResponse, HandBackRequest, HandBackResponse, HeartbeatRequest,
-    HeartbeatResponse,
+    HeartbeatResponse, StatsAck, StatsReport,
 };
 
 /// The gRPC status for a coordinator error, naming the leader when known.
@@ -87,6 +87,23 @@ impl WorkerService for WorkerRpc {
         if req.shards.len() > crate::cluster::MAX_SHARDS as usize {
             return Err(Status::invalid_argument("too many shards requested"));
         }
+        if req.start_shard as usize > req.shards.len() {
+            return Err(Status::invalid_argument(
+                "start_shard is past the requested shards",
+            ));
+        }
         Ok(Response::new(self.coordinator.get_queues(&req)))
+    }
+
+    async fn report_stats(
+        &self,
+        request: Request<StatsReport>,
+    ) -> Result<Response<StatsAck>, Status> {
+        let ack = self
+            .coordinator
+            .on_stats(request.into_inner())
+            .await
+            .map_err(coord_status)?;
+        Ok(Response::new(ack))
     }
 }

@@ -147,7 +147,19 @@ impl TestCluster {
 
     /// Starts `n` nodes sharing `store` (default: the in-memory store).
     pub async fn start_on(n: u64, store: Option<deckhand::store::SharedStore>) -> Self {
+        Self::start_configured(n, store, |_| {}).await
+    }
+
+    /// [`Self::start_on`], with every node's config changed by `tune` first.
+    pub async fn start_configured(
+        n: u64,
+        store: Option<deckhand::store::SharedStore>,
+        tune: impl Fn(&mut NodeConfig),
+    ) -> Self {
         let (mut cluster, listeners) = Self::prepare(n).await;
+        for config in cluster.configs.values_mut() {
+            tune(config);
+        }
         if let Some(store) = store {
             cluster.shared = store;
         }
@@ -258,7 +270,17 @@ pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics at [`DEADLINE`].
-pub async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn wait_until<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_until_within(DEADLINE, what, check).await
+}
+
+/// [`wait_until`] with another deadline (for conditions that must hold
+/// well before something slower, such as a sweep, could make them hold).
+pub async fn wait_until_within<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -269,8 +291,8 @@ where
             return value;
         }
         assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting until {what}"
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -1,0 +1,301 @@
+//! Lock events: how a node learns of new locks the moment Deckard takes them.
+//!
+//! # Design
+//!
+//! One subscriber task per node ([`run_subscriber`]) holds the store's lock
+//! event stream (`QueueStore::watch_locks`: Redis keyspace notifications)
+//! while the node runs at least one shard; a node that runs none (the
+//! leader, usually) does not subscribe, since every subscriber receives
+//! every event. Each event names a queue; the subscriber hashes it to its
+//! shard and, if that shard runs here, drops the name into the shard's
+//! [`ShardInbox`]. The shard task drains its inbox between calls and calls
+//! those queues at once (coalesced by `tasks.call_spacing`), adopting a queue
+//! it has never seen without waiting for the leader's discovery.
+//!
+//! Pub/sub is at-most-once. So:
+//! - every (re)subscription, and every change of [`Scheduling`], bumps its
+//!   `generation`, and every shard task then calls all its queues at once (a
+//!   sweep): whatever was announced while nobody listened is found;
+//! - every queue is still called at least every `tasks.sweep_interval`.
+//!
+//! Modes (`tasks.notifications`): `off` never subscribes; `auto` subscribes
+//! when the store publishes events and polls otherwise, checking again every
+//! [`RECHECK`]; `require` is checked once at start (the node refuses to
+//! start without events, see [`check_at_start`]) and afterwards behaves like
+//! `auto`, logging errors instead of warnings when it has to poll.
+//! deckhand never changes the Redis setting itself (see docs/deckard-compat.md).
+//!
+//! # Invariants
+//!
+//! - An inbox holds at most [`INBOX_LIMIT`] names; past that it records an
+//!   overflow and its shard sweeps instead: memory stays bounded whatever
+//!   the event rate.
+//! - While [`Scheduling::mode`] is `Polling`, no event is relied upon: every
+//!   queue is called at least every `tasks.poll_interval`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+use super::{lock, WorkerShared};
+use crate::cluster::shard_of;
+use crate::config::NotificationMode;
+use crate::shutdown::ShutdownListener;
+use crate::store::{SharedStore, StoreError};
+
+/// Most queue names an inbox holds before it falls back to a sweep.
+pub const INBOX_LIMIT: usize = 65_536;
+/// How often `auto` checks again whether the store publishes events.
+pub const RECHECK: Duration = Duration::from_secs(30);
+/// Longest wait between attempts to (re)subscribe after a failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the start-up check may wait for a store that is down.
+const START_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the shard tasks of this node find new locks right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Lock events drive the calls; the sweep is the safety net.
+    Events,
+    /// No events: every queue is polled at `tasks.poll_interval`.
+    Polling,
+}
+
+/// The node's scheduling state, watched by every shard task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduling {
+    pub mode: Mode,
+    /// Whether the node holds a live subscription right now (a node with
+    /// no shards does not subscribe, while still in `Events` mode).
+    pub subscribed: bool,
+    /// Why the node polls (empty in `Events` mode).
+    pub reason: String,
+    /// Bumped on every (re)subscription and mode change: shard tasks sweep.
+    pub generation: u64,
+}
+
+impl Scheduling {
+    /// The state before the first check: polling, so nothing is missed.
+    pub fn initial(mode: NotificationMode) -> Self {
+        let reason = match mode {
+            NotificationMode::Off => "tasks.notifications = \"off\"",
+            _ => "not subscribed yet",
+        };
+        Self {
+            mode: Mode::Polling,
+            subscribed: false,
+            reason: reason.to_string(),
+            generation: 0,
+        }
+    }
+
+    /// One line for `ctl status` and logs.
+    pub fn describe(&self) -> String {
+        match (self.mode, self.subscribed) {
+            (Mode::Events, true) => "events".to_string(),
+            (Mode::Events, false) => "events (standby: no shards here)".to_string(),
+            (Mode::Polling, _) => format!("polling ({})", self.reason),
+        }
+    }
+}
+
+/// Queue names announced for one running shard, waiting for its task.
+#[derive(Debug)]
+pub struct ShardInbox {
+    /// The epoch of the task that drains it (a new epoch gets a new inbox).
+    pub epoch: u64,
+    queues: Mutex<HashSet<String>>,
+    /// More than [`INBOX_LIMIT`] names arrived: sweep the shard.
+    overflow: AtomicBool,
+    /// Wakes the shard task (a permit is kept if it is busy).
+    pub wake: Notify,
+}
+
+impl ShardInbox {
+    pub fn new(epoch: u64) -> Self {
+        Self {
+            epoch,
+            queues: Mutex::new(HashSet::new()),
+            overflow: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn push(&self, queue: &str) {
+        {
+            let mut queues = lock(&self.queues);
+            if queues.len() < INBOX_LIMIT {
+                queues.insert(queue.to_string());
+            } else if !queues.contains(queue) {
+                self.overflow.store(true, Ordering::Relaxed);
+            }
+            debug_assert!(queues.len() <= INBOX_LIMIT);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Takes the names announced so far, and whether some were dropped.
+    pub fn take(&self) -> (Vec<String>, bool) {
+        let queues: Vec<String> = lock(&self.queues).drain().collect();
+        (queues, self.overflow.swap(false, Ordering::Relaxed))
+    }
+}
+
+/// Hands one announced queue to its shard's task, if it runs here.
+fn route(shared: &WorkerShared, queue: &str) {
+    let shard_count = shared.shard_count();
+    if shard_count == 0 {
+        return;
+    }
+    let shard = shard_of(queue, shard_count);
+    let inbox = lock(&shared.inboxes).get(&shard).cloned();
+    if let Some(inbox) = inbox {
+        inbox.push(queue);
+    }
+}
+
+/// `require`: refuses to start unless the store publishes lock events;
+/// `auto`: logs a warning and starts polling when it does not. Sets the
+/// node's initial [`Scheduling`]. Waits at most [`START_CHECK_TIMEOUT`].
+pub async fn check_at_start(shared: &WorkerShared) -> Result<(), StoreError> {
+    let mode = shared.settings.notifications;
+    if mode == NotificationMode::Off {
+        tracing::info!("lock events off (tasks.notifications = \"off\"): polling every queue");
+        return Ok(());
+    }
+    let result = tokio::time::timeout(START_CHECK_TIMEOUT, shared.store.watch_locks())
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "checking for lock events timed out".into(),
+            ))
+        });
+    match result {
+        // Dropping the stream unsubscribes: a node subscribes only while it runs shards.
+        Ok(_stream) => {
+            shared.set_scheduling(Mode::Events, false, String::new());
+            tracing::info!(notifications = mode.as_str(), "lock events available");
+            Ok(())
+        }
+        Err(e) if mode == NotificationMode::Require => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "tasks.notifications = \"auto\": lock events unavailable, falling back to polling every queue at tasks.poll_interval"
+            );
+            shared.set_scheduling(Mode::Polling, false, e.to_string());
+            Ok(())
+        }
+    }
+}
+
+/// The subscriber loop (see the module doc).
+pub async fn run_subscriber(shared: Arc<WorkerShared>, mut stop: ShutdownListener) {
+    let mode = shared.settings.notifications;
+    if mode == NotificationMode::Off {
+        return;
+    }
+    let store: SharedStore = shared.store.clone();
+    let mut running = shared.watch_running_count();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // Subscribe only while this node runs shards.
+        tokio::select! {
+            r = running.wait_for(|n| *n > 0) => if r.is_err() { return },
+            _ = stop.recv() => return,
+        }
+        let attempt = tokio::select! {
+            r = store.watch_locks() => r,
+            _ = stop.recv() => return,
+        };
+        let wait = match attempt {
+            Ok(mut events) => {
+                backoff = Duration::from_millis(100);
+                shared.set_scheduling(Mode::Events, true, String::new());
+                tracing::info!(
+                    node = shared.node_id,
+                    "subscribed to lock events; sweeping every owned queue"
+                );
+                let lost = loop {
+                    tokio::select! {
+                        event = events.next() => match event {
+                            Some(queue) => {
+                                shared.metrics.lock_events.inc();
+                                route(&shared, &queue);
+                            }
+                            None => break true,
+                        },
+                        r = running.wait_for(|n| *n == 0) => {
+                            if r.is_err() { return }
+                            break false;
+                        }
+                        _ = stop.recv() => return,
+                    }
+                };
+                drop(events);
+                if lost {
+                    tracing::warn!(
+                        node = shared.node_id,
+                        "lost the lock-event subscription; polling until it is back"
+                    );
+                    shared.set_scheduling(Mode::Polling, false, "resubscribing".into());
+                    backoff
+                } else {
+                    tracing::debug!(
+                        node = shared.node_id,
+                        "no shards here: unsubscribed from lock events"
+                    );
+                    shared.set_scheduling(Mode::Events, false, String::new());
+                    Duration::ZERO
+                }
+            }
+            Err(e @ StoreError::NoLockEvents(_)) => {
+                if mode == NotificationMode::Require {
+                    tracing::error!(node = shared.node_id, error = %e, "tasks.notifications = \"require\" but lock events stopped: polling");
+                } else {
+                    tracing::warn!(node = shared.node_id, error = %e, "lock events unavailable: polling");
+                }
+                shared.set_scheduling(Mode::Polling, false, e.to_string());
+                RECHECK
+            }
+            Err(e) => {
+                tracing::warn!(node = shared.node_id, error = %e, "cannot subscribe to lock events: polling");
+                shared.set_scheduling(Mode::Polling, false, e.to_string());
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.recv() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inbox_coalesces_and_overflows_into_a_sweep() {
+        let inbox = ShardInbox::new(7);
+        inbox.push("a");
+        inbox.push("a");
+        inbox.push("b");
+        let (mut queues, overflow) = inbox.take();
+        queues.sort();
+        assert_eq!(queues, vec!["a", "b"]);
+        assert!(!overflow);
+        for i in 0..INBOX_LIMIT + 10 {
+            inbox.push(&format!("q{i}"));
+        }
+        let (queues, overflow) = inbox.take();
+        assert_eq!(queues.len(), INBOX_LIMIT);
+        assert!(overflow);
+        assert_eq!(inbox.take(), (Vec::new(), false));
+    }
+}

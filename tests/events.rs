@@ -1,0 +1,332 @@
+//! Lock events on real Redis: locks come back by their keyspace event, not
+//! by polling; a lost subscription is followed by a resubscription and a
+//! sweep; the `require` and `auto` modes; queues Deckard emptied stop
+//! costing calls.
+//!
+//! Every test here sets `tasks.sweep_interval` (and discovery) far longer
+//! than its deadlines, so only the path under test can pass it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{http_get, samples, wait_until, wait_until_within, TestCluster};
+use deckhand::config::{NodeConfig, NotificationMode};
+use deckhand::proto::admin::admin_client::AdminClient;
+use deckhand::proto::admin::StatusRequest;
+use deckhand::store::redis::RedisStore;
+use deckhand::store::{now_ms, DeckardClient, LockKind, QueueStore};
+use deckhand::testing::RedisServer;
+
+/// What the event path must beat: far below the sweep and discovery.
+const EVENT_DEADLINE: Duration = Duration::from_secs(8);
+const SWEEP: Duration = Duration::from_secs(30);
+
+fn slow_sweep(config: &mut NodeConfig) {
+    config.tasks.sweep_interval = SWEEP;
+    // Were the nodes to fall back to polling, that would be as slow.
+    config.tasks.poll_interval = SWEEP;
+    config.worker.discovery_interval = Duration::from_secs(60);
+}
+
+async fn redis_store(server: &RedisServer) -> Arc<RedisStore> {
+    Arc::new(
+        RedisStore::open(&server.url(), "deckard_v1")
+            .await
+            .expect("open"),
+    )
+}
+
+/// Deckard's pull and ack with a lock of `lock_ms` on `queue`'s message `id`.
+async fn pull_and_lock(c: &dyn DeckardClient, queue: &str, id: &str, lock_ms: i64) {
+    let now = now_ms();
+    let pulled = c.pull(queue, 1, now, 300_000).await.expect("pull");
+    assert_eq!(pulled, vec![id.to_string()], "{queue}");
+    assert!(c
+        .release(queue, LockKind::Ack, id, now, lock_ms, None)
+        .await
+        .expect("ack with lock"));
+}
+
+/// Waits until `id` is back in `queue`'s active pool.
+async fn back_in_active(c: &dyn DeckardClient, queue: &str, id: &str, what: &str) {
+    wait_until_within(EVENT_DEADLINE, what, || async {
+        let snap = c.snapshot(queue).await.ok()?;
+        snap.active.iter().any(|(i, _)| i == id).then_some(())
+    })
+    .await;
+}
+
+/// Total successful housekeeping calls of the running nodes.
+fn calls(cluster: &TestCluster) -> u64 {
+    cluster
+        .nodes
+        .values()
+        .map(|n| {
+            n.worker
+                .stats
+                .calls
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_on_quiet_and_new_queues_come_back_by_their_event() {
+    let server = RedisServer::start_with_notifications().expect("redis-server");
+    let store = redis_store(&server).await;
+    let client: &dyn DeckardClient = store.as_ref();
+    // A known queue with nothing in flight: after its first call its next
+    // one is a sweep away.
+    client
+        .add("quiet", &[("m".into(), 1.0)])
+        .await
+        .expect("add");
+    let cluster = TestCluster::start_configured(3, Some(store.clone()), slow_sweep).await;
+    cluster.wait_for_leader().await;
+    wait_until("the quiet queue was worked", || async {
+        (store.fence_of("quiet").await.ok()? > 0).then_some(())
+    })
+    .await;
+    wait_until("both followers are subscribed", || async {
+        let subscribed = cluster
+            .nodes
+            .values()
+            .filter(|n| n.worker.scheduling().subscribed)
+            .count();
+        (subscribed == 2).then_some(())
+    })
+    .await;
+
+    pull_and_lock(client, "quiet", "m", 300).await;
+    back_in_active(client, "quiet", "m", "the quiet queue's lock came back").await;
+
+    // A queue nobody has seen (discovery is a minute away): its owner
+    // adopts it from the event.
+    client
+        .add("fresh::q", &[("n".into(), 1.0)])
+        .await
+        .expect("add");
+    pull_and_lock(client, "fresh::q", "n", 200).await;
+    back_in_active(client, "fresh::q", "n", "the new queue's lock came back").await;
+    let snap = client.snapshot("fresh::q").await.expect("snapshot");
+    assert!(
+        snap.lock_ack.is_empty() && snap.processing.is_empty(),
+        "{snap:?}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscription_is_followed_by_a_resubscription_and_a_sweep() {
+    let server = RedisServer::start_with_notifications().expect("redis-server");
+    let store = redis_store(&server).await;
+    let client: &dyn DeckardClient = store.as_ref();
+    let queues: Vec<String> = (0..24).map(|i| format!("k{i}")).collect();
+    for q in &queues {
+        client.add(q, &[("m".into(), 1.0)]).await.expect("add");
+    }
+    let cluster = TestCluster::start_configured(3, Some(store.clone()), slow_sweep).await;
+    cluster.wait_for_leader().await;
+    let generations = wait_until("every queue worked, both followers subscribed", || async {
+        for q in &queues {
+            if store.fence_of(q).await.ok()? == 0 {
+                return None;
+            }
+        }
+        let subscribed: Vec<(u64, u64)> = cluster
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.worker.scheduling().subscribed)
+            .map(|(id, n)| (*id, n.worker.scheduling().generation))
+            .collect();
+        (subscribed.len() == 2).then_some(subscribed)
+    })
+    .await;
+    let before = calls(&cluster);
+
+    let mut con = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut con)
+        .await
+        .expect("client kill");
+    assert_eq!(killed, 2, "one subscription per follower");
+
+    // Resubscribed (a new generation on both followers), and swept: every
+    // queue called again, though no timer is due for 30 s.
+    wait_until_within(EVENT_DEADLINE, "both followers resubscribed", || async {
+        generations
+            .iter()
+            .all(|(id, g)| {
+                let s = cluster.nodes[id].worker.scheduling();
+                s.subscribed && s.generation > *g
+            })
+            .then_some(())
+    })
+    .await;
+    wait_until_within(EVENT_DEADLINE, "the sweep called every queue", || async {
+        (calls(&cluster) >= before + queues.len() as u64).then_some(())
+    })
+    .await;
+    // Events flow again.
+    pull_and_lock(client, "k3", "m", 200).await;
+    back_in_active(
+        client,
+        "k3",
+        "m",
+        "a lock after the resubscription came back",
+    )
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_without_keyspace_events_refuses_to_start() {
+    let server = RedisServer::start().expect("redis-server");
+    let store = redis_store(&server).await;
+    let (mut cluster, mut listeners) = TestCluster::prepare(1).await;
+    let mut config = cluster.configs[&1].clone();
+    config.tasks.notifications = NotificationMode::Require;
+    let listeners = listeners.remove(&1).expect("listeners");
+    let err = match deckhand::node::Node::start_with_store(config, listeners, Some(store)).await {
+        Ok(_) => panic!("started without keyspace events"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert!(text.contains("notify-keyspace-events"), "{text}");
+    assert!(text.contains("require"), "{text}");
+    assert_eq!(err.config_key(), "tasks.notifications");
+    cluster.nodes.clear();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_without_keyspace_events_polls_and_says_so() {
+    let server = RedisServer::start().expect("redis-server");
+    let store = redis_store(&server).await;
+    let client: &dyn DeckardClient = store.as_ref();
+    client.add("p", &[("m".into(), 1.0)]).await.expect("add");
+    let cluster = TestCluster::start_configured(3, Some(store.clone()), |c| {
+        c.tasks.poll_interval = Duration::from_millis(200);
+    })
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    for (id, node) in &cluster.nodes {
+        let mut admin = AdminClient::connect(format!("http://{}", node.admin_addr()))
+            .await
+            .expect("admin");
+        let status = admin
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!(status.notifications, "auto", "node {id}");
+        assert!(
+            status.scheduling.starts_with("polling (")
+                && status.scheduling.contains("notify-keyspace-events"),
+            "node {id}: {}",
+            status.scheduling
+        );
+        let body = http_get(node.metrics_addr(), "/metrics").await;
+        assert_eq!(
+            samples(&body, "deckhand_scheduling_polling"),
+            vec![("deckhand_scheduling_polling".to_string(), 1.0)],
+            "node {id}"
+        );
+    }
+    // Polling still does the work.
+    wait_until("the queue was worked", || async {
+        (store.fence_of("p").await.ok()? > 0).then_some(())
+    })
+    .await;
+    pull_and_lock(client, "p", "m", 100).await;
+    back_in_active(client, "p", "m", "a lock came back by polling").await;
+    let _ = leader;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_deckard_emptied_stops_being_discovered_and_called() {
+    let server = RedisServer::start_with_notifications().expect("redis-server");
+    let store = redis_store(&server).await;
+    let client: &dyn DeckardClient = store.as_ref();
+    client
+        .add("doomed", &[("m".into(), 1.0)])
+        .await
+        .expect("add");
+    client
+        .add("alive", &[("m".into(), 1.0)])
+        .await
+        .expect("add");
+    let sweep = Duration::from_millis(300);
+    let cluster = TestCluster::start_configured(3, Some(store.clone()), |c| {
+        c.tasks.sweep_interval = sweep;
+        c.worker.discovery_interval = Duration::from_millis(200);
+    })
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    wait_until("both queues worked", || async {
+        let a = store.fence_of("doomed").await.ok()?;
+        let b = store.fence_of("alive").await.ok()?;
+        (a > 0 && b > 0).then_some(())
+    })
+    .await;
+
+    // Deckard pulls the last message and removes it for good.
+    let now = now_ms();
+    client.pull("doomed", 1, now, 300_000).await.expect("pull");
+    client
+        .remove("doomed", &["m".to_string()])
+        .await
+        .expect("remove");
+
+    // The leader's discovery forgets it (three discoveries in a row).
+    let coordinator = cluster.nodes[&leader].coordinator.clone();
+    wait_until("the queue left the leader's lists", || async {
+        let listed: usize = coordinator.queue_counts().values().sum();
+        (listed == 1).then_some(())
+    })
+    .await;
+    // Only the fence is left, expiring.
+    let mut con = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*{doomed}*")
+        .query_async(&mut con)
+        .await
+        .expect("keys");
+    assert_eq!(keys, vec!["deckard_v1:queue:{doomed}:deckhand_fence"]);
+    let pttl = || {
+        let mut con = con.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg("deckard_v1:queue:{doomed}:deckhand_fence")
+                .query_async::<i64>(&mut con)
+                .await
+                .expect("pttl")
+        }
+    };
+    let first = pttl().await;
+    assert!(first > 0, "the fence expires: {first}");
+    // Every call on a gone queue renews that expiry; once no owner calls it,
+    // it only runs down. Were it still called every 300 ms, it would never
+    // fall 2 s below where it stood.
+    wait_until("no owner calls the gone queue any more", || async {
+        (pttl().await < first - 2_000).then_some(())
+    })
+    .await;
+    // The living queue is still worked, and announced locks still come back.
+    pull_and_lock(client, "alive", "m", 200).await;
+    back_in_active(client, "alive", "m", "the living queue's lock came back").await;
+    cluster.shutdown().await;
+}
