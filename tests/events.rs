@@ -330,3 +330,48 @@ async fn a_queue_deckard_emptied_stops_being_discovered_and_called() {
     back_in_active(client, "alive", "m", "the living queue's lock came back").await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_on_a_quiet_queue_times_out_by_its_event() {
+    let server = RedisServer::start_with_notifications().expect("redis-server");
+    let store = redis_store(&server).await;
+    let client: &dyn DeckardClient = store.as_ref();
+    client
+        .add("pulled", &[("m".into(), 1.0)])
+        .await
+        .expect("add");
+    // The sweep is 30 s away; a pull event asks for a call within 300 ms.
+    let cluster = TestCluster::start_configured(3, Some(store.clone()), |c| {
+        slow_sweep(c);
+        c.tasks.poll_interval = Duration::from_millis(300);
+    })
+    .await;
+    cluster.wait_for_leader().await;
+    wait_until(
+        "the queue was worked and both followers subscribed",
+        || async {
+            let worked = store.fence_of("pulled").await.ok()? > 0;
+            let subscribed = cluster
+                .nodes
+                .values()
+                .filter(|n| n.worker.scheduling().subscribed)
+                .count();
+            (worked && subscribed == 2).then_some(())
+        },
+    )
+    .await;
+    // A consumer pulls with a 1 s ack deadline and never acks.
+    let pulled = client
+        .pull("pulled", 1, now_ms(), 1_000)
+        .await
+        .expect("pull");
+    assert_eq!(pulled, vec!["m".to_string()]);
+    back_in_active(client, "pulled", "m", "the pulled message timed out").await;
+    let snap = client.snapshot("pulled").await.expect("snapshot");
+    assert_eq!(
+        snap.active,
+        vec![("m".to_string(), 0.0)],
+        "timeout score is 0"
+    );
+    cluster.shutdown().await;
+}

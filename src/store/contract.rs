@@ -79,24 +79,40 @@ async fn gone_queues(s: &dyn QueueStore, c: &dyn DeckardClient) {
         .contains(&q.to_string()));
 }
 
-/// Lock events: a lock announces its queue; pulls and unlocked acks do not.
+/// Queue events: a pull and a lock announce their queue; adds, acks
+/// without a lock and an empty pull do not.
 pub async fn lock_events(s: &dyn QueueStore, c: &dyn DeckardClient) {
+    use super::{EventKind, QueueEvent};
     use futures::StreamExt;
-    let mut events = s.watch_locks().await.expect("lock events");
+    let mut events = s.watch_events().await.expect("queue events");
+    async fn next(events: &mut super::QueueEventStream) -> Option<QueueEvent> {
+        tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+            .await
+            .expect("an event within 10 s")
+    }
+    let event = |queue: &str, kind| {
+        Some(QueueEvent {
+            queue: queue.to_string(),
+            kind,
+        })
+    };
     for q in ["e::plain", "e::locked"] {
         c.add(q, &[("m".to_string(), 1.0)]).await.expect("add");
         c.pull(q, 1, 0, 60_000).await.expect("pull");
+        assert_eq!(next(&mut events).await, event(q, EventKind::Pull));
     }
+    assert!(c
+        .pull("e::plain", 1, 0, 60_000)
+        .await
+        .expect("empty pull")
+        .is_empty());
     c.release("e::plain", LockKind::Ack, "m", 0, 0, None)
         .await
         .expect("ack without lock");
     c.release("e::locked", LockKind::Nack, "m", 0, 500, Some(3.0))
         .await
         .expect("nack with lock");
-    let first = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
-        .await
-        .expect("an event within 10 s");
-    assert_eq!(first.as_deref(), Some("e::locked"));
+    assert_eq!(next(&mut events).await, event("e::locked", EventKind::Lock));
 }
 
 async fn deckard_client_semantics(c: &dyn DeckardClient) {

@@ -7,7 +7,7 @@
 //!
 //! Optionally records every accepted fenced operation for history checks.
 //!
-//! Lock events ([`QueueStore::watch_locks`]) go through a broadcast channel
+//! Queue events ([`QueueStore::watch_events`]: locks and pulls) go through a broadcast channel
 //! with Redis pub/sub's semantics: a subscriber that falls behind by more
 //! than [`EVENT_BUFFER`] events loses its subscription (the stream ends), as
 //! Redis drops a subscriber whose output buffer overflows.
@@ -168,15 +168,15 @@ pub const EVENT_BUFFER: usize = 65_536;
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
-    /// Queue names whose lock sets received an element (see the module doc).
-    lock_events: tokio::sync::broadcast::Sender<String>,
+    /// Locks and pulls (see the module doc).
+    events: tokio::sync::broadcast::Sender<super::QueueEvent>,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
         Self {
             inner: Arc::default(),
-            lock_events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
+            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
         }
     }
 }
@@ -255,9 +255,9 @@ impl QueueStore for MemoryStore {
             .collect())
     }
 
-    async fn watch_locks(&self) -> Result<super::LockEventStream, StoreError> {
+    async fn watch_events(&self) -> Result<super::QueueEventStream, StoreError> {
         use futures::StreamExt;
-        let events = tokio_stream::wrappers::BroadcastStream::new(self.lock_events.subscribe());
+        let events = tokio_stream::wrappers::BroadcastStream::new(self.events.subscribe());
         // A lagging subscriber has lost events: end the stream, as Redis would.
         Ok(Box::pin(
             events
@@ -381,6 +381,12 @@ impl DeckardClient for MemoryStore {
             q.active.remove(id);
             q.processing.add(id, (now_ms + ack_deadline_ms) as f64);
         }
+        if !ids.is_empty() {
+            let _ = self.events.send(super::QueueEvent {
+                queue: queue.to_string(),
+                kind: super::EventKind::Pull,
+            });
+        }
         Ok(ids)
     }
 
@@ -406,7 +412,10 @@ impl DeckardClient for MemoryStore {
                 restore.add(id, score);
             }
             // No subscriber is not an error (as PUBLISH to nobody).
-            let _ = self.lock_events.send(queue.to_string());
+            let _ = self.events.send(super::QueueEvent {
+                queue: queue.to_string(),
+                kind: super::EventKind::Lock,
+            });
         } else {
             let default = match kind {
                 LockKind::Ack => now_ms as f64,

@@ -184,19 +184,35 @@ pub trait QueueStore: Send + Sync + 'static {
     /// The queue's current fence (highest epoch that wrote to it), 0 if none.
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError>;
 
-    /// Subscribes to lock events: the returned stream yields the name of a
-    /// queue each time an element enters one of its lock sets (Deckard's ack
-    /// or nack with a lock), and ends when the subscription is lost (events
-    /// from then on are lost: the caller resubscribes and sweeps).
+    /// Subscribes to queue events: the returned stream yields a
+    /// [`QueueEvent`] each time an element enters one of a queue's lock sets
+    /// (Deckard's ack or nack with a lock) or its processing set (a pull),
+    /// and ends when the subscription is lost (events from then on are lost:
+    /// the caller resubscribes and sweeps).
     ///
     /// Fails with [`StoreError::NoLockEvents`] when the store cannot announce
-    /// locks (Redis without keyspace notifications), naming why.
-    async fn watch_locks(&self) -> Result<LockEventStream, StoreError>;
+    /// them (Redis without keyspace notifications), naming why.
+    async fn watch_events(&self) -> Result<QueueEventStream, StoreError>;
 }
 
-/// Queue names whose lock sets just received an element; ends when the
-/// subscription is lost. See [`QueueStore::watch_locks`].
-pub type LockEventStream = std::pin::Pin<Box<dyn futures::Stream<Item = String> + Send>>;
+/// What a queue event announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventKind {
+    /// Messages were pulled: new ack deadlines in `:tmp`.
+    Pull,
+    /// A message was locked (ack or nack with a lock).
+    Lock,
+}
+
+/// One keyspace event about one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEvent {
+    pub queue: String,
+    pub kind: EventKind,
+}
+
+/// Queue events; ends when the subscription is lost. See [`QueueStore::watch_events`].
+pub type QueueEventStream = std::pin::Pin<Box<dyn futures::Stream<Item = QueueEvent> + Send>>;
 
 /// A queue's sets, for checks: `(id, score)` sorted by score then id.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -19,8 +19,8 @@ use tokio::sync::Mutex;
 
 use super::layout::{discovery_pattern, normalize_prefix, queue_of_set_key, QueueKeys, SCORE_MIN};
 use super::{
-    validate_queue_name, DeckardClient, Fence, HousekeepOutcome, HousekeepRequest, LockEventStream,
-    LockKind, QueueSizes, QueueSnapshot, QueueStore, StoreError, FENCE_RETENTION,
+    validate_queue_name, DeckardClient, Fence, HousekeepOutcome, HousekeepRequest, LockKind,
+    QueueEventStream, QueueSizes, QueueSnapshot, QueueStore, StoreError, FENCE_RETENTION,
 };
 
 /// KEYS: active, processing, lock_ack, lock_ack:score, lock_nack, lock_nack:score, fence.
@@ -417,7 +417,7 @@ impl QueueStore for RedisStore {
         parse_housekeep(queue, fence, reply)
     }
 
-    async fn watch_locks(&self) -> Result<LockEventStream, StoreError> {
+    async fn watch_events(&self) -> Result<QueueEventStream, StoreError> {
         self.subscribe_lock_events().await
     }
 
@@ -587,7 +587,7 @@ mod tests {
         let store = RedisStore::open(&server.url(), "deckard_v1")
             .await
             .expect("open");
-        let err = match store.watch_locks().await {
+        let err = match store.watch_events().await {
             Ok(_) => panic!("events without notify-keyspace-events"),
             Err(e) => e,
         };
@@ -612,7 +612,7 @@ mod tests {
         let store = RedisStore::open(&server.url(), "deckard_v1")
             .await
             .expect("open");
-        let mut events = store.watch_locks().await.expect("lock events");
+        let mut events = store.watch_events().await.expect("lock events");
         let mut con = store.connection().await.expect("connection");
         let killed: i64 = redis::cmd("CLIENT")
             .arg("KILL")

@@ -1,4 +1,4 @@
-//! Lock events from Redis keyspace notifications.
+//! Queue events (locks and pulls) from Redis keyspace notifications.
 //!
 //! # Design
 //!
@@ -6,16 +6,12 @@
 //! (sorted-set commands), Redis publishes `zadd` on
 //! `__keyspace@<db>__:<key>` for every ZADD, including those inside Deckard's
 //! own Lua scripts. One dedicated pub/sub connection pattern-subscribes to
-//! the two lock sets of every queue under the prefix
-//! (`…:queue:{*}:lock_ack`, `…:queue:{*}:lock_nack`; a pattern matches the
+//! the two lock sets and the processing set of every queue under the prefix
+//! (`…:queue:{*}:lock_ack`, `…:lock_nack`, `…:tmp`; a pattern matches the
 //! whole channel name, so the `:score` sets are not included) and turns each
-//! `zadd` into the queue's name. Other commands on those keys (the `zrem` of
-//! our own unlocks, Deckard's acks) are dropped here.
-//!
-//! Processing deadlines (`:tmp`) are deliberately not subscribed: every pull
-//! writes one, so events on them would cost Redis a delivery per pull and the
-//! owner a call per pull. Deadlines are found by the owner's exact timers and
-//! its sweep instead (see `worker::schedule`).
+//! `zadd` into a [`QueueEvent`]: a lock, or a pull (new ack deadlines). Other
+//! commands on those keys (the `zrem` of our own moves, Deckard's acks) are
+//! dropped here. What the owner does with each kind: `worker::events`.
 //!
 //! # Checking that events really arrive
 //!
@@ -43,7 +39,7 @@ use redis::Msg;
 
 use super::layout::queue_of_key;
 use super::redis::RedisStore;
-use super::{LockEventStream, StoreError};
+use super::{EventKind, QueueEvent, QueueEventStream, StoreError};
 
 /// How long the probe's own event may take to come back.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -69,15 +65,26 @@ fn glob_escape(text: &str) -> String {
     out
 }
 
-/// The queue a keyspace event is about, when it announces a new lock.
-fn lock_event_queue<'a>(channel_prefix: &str, prefix: &str, msg: &'a Msg) -> Option<&'a str> {
+/// The event a keyspace notification announces, if any: a `zadd` to a lock
+/// set or to the processing set.
+fn queue_event(channel_prefix: &str, prefix: &str, msg: &Msg) -> Option<QueueEvent> {
     let payload: String = msg.get_payload().ok()?;
     if payload != "zadd" {
         return None;
     }
     let key = msg.get_channel_name().strip_prefix(channel_prefix)?;
     let queue = queue_of_key(prefix, key)?;
-    (key.ends_with("}:lock_ack") || key.ends_with("}:lock_nack")).then_some(queue)
+    let kind = if key.ends_with("}:lock_ack") || key.ends_with("}:lock_nack") {
+        EventKind::Lock
+    } else if key.ends_with("}:tmp") {
+        EventKind::Pull
+    } else {
+        return None;
+    };
+    Some(QueueEvent {
+        queue: queue.to_string(),
+        kind,
+    })
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -85,8 +92,8 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedisStore {
-    /// See [`super::QueueStore::watch_locks`] and the module doc.
-    pub(super) async fn subscribe_lock_events(&self) -> Result<LockEventStream, StoreError> {
+    /// See [`super::QueueStore::watch_events`] and the module doc.
+    pub(super) async fn subscribe_lock_events(&self) -> Result<QueueEventStream, StoreError> {
         let db = self.client().get_connection_info().redis_settings().db();
         let channel_prefix = format!("__keyspace@{db}__:");
         let prefix = self.prefix().to_string();
@@ -101,9 +108,13 @@ impl RedisStore {
                 .await
                 .map_err(|e| unavailable("connecting for keyspace events", e))?;
             let (mut sink, stream) = pubsub.split();
-            sink.psubscribe(&[format!("{base}:lock_ack"), format!("{base}:lock_nack")])
-                .await
-                .map_err(|e| unavailable("PSUBSCRIBE", e))?;
+            sink.psubscribe(&[
+                format!("{base}:lock_ack"),
+                format!("{base}:lock_nack"),
+                format!("{base}:tmp"),
+            ])
+            .await
+            .map_err(|e| unavailable("PSUBSCRIBE", e))?;
             sink.subscribe(&probe_channel)
                 .await
                 .map_err(|e| unavailable("SUBSCRIBE", e))?;
@@ -124,14 +135,14 @@ impl RedisStore {
             .ignore();
         pipe.cmd("DEL").arg(&probe_key).ignore();
         self.run_pipeline::<()>(&pipe).await?;
-        let mut early: Vec<String> = Vec::new();
+        let mut early: Vec<QueueEvent> = Vec::new();
         let probe = async {
             while let Some(msg) = stream.next().await {
                 if msg.get_channel_name() == probe_channel {
                     return Ok(true);
                 }
-                if let Some(q) = lock_event_queue(&channel_prefix, &prefix, &msg) {
-                    early.push(q.to_string());
+                if let Some(event) = queue_event(&channel_prefix, &prefix, &msg) {
+                    early.push(event);
                 }
             }
             Err(StoreError::Unavailable(
@@ -167,7 +178,7 @@ impl RedisStore {
         let early = futures::stream::iter(early);
         Ok(Box::pin(early.chain(futures::stream::unfold(
             state,
-            Subscription::next_queue,
+            Subscription::next_event,
         ))))
     }
 }
@@ -183,14 +194,14 @@ struct Subscription {
 }
 
 impl Subscription {
-    /// The next queue announced, or `None` once the connection is lost.
-    async fn next_queue(mut self) -> Option<(String, Self)> {
+    /// The next event, or `None` once the connection is lost.
+    async fn next_event(mut self) -> Option<(QueueEvent, Self)> {
         loop {
             tokio::select! {
                 msg = self.stream.next() => {
                     let msg = msg?;
-                    if let Some(q) = lock_event_queue(&self.channel_prefix, &self.prefix, &msg) {
-                        return Some((q.to_string(), self));
+                    if let Some(event) = queue_event(&self.channel_prefix, &self.prefix, &msg) {
+                        return Some((event, self));
                     }
                 }
                 _ = self.ping.tick() => {

@@ -113,6 +113,10 @@ const QUEUE_RETENTION_DISCOVERIES: u64 = 3;
 /// How soon a failed (or not yet possible) discovery is tried again.
 const DISCOVERY_RETRY: Duration = Duration::from_millis(500);
 
+/// How soon after committing shard moves the leader discovers again (the
+/// new owners run their shards by then).
+const DISCOVERY_AFTER_MOVES: Duration = Duration::from_secs(1);
+
 /// The queues found by discovery, by shard.
 #[derive(Default)]
 struct QueueIndex {
@@ -686,11 +690,15 @@ impl Coordinator {
                         .or_default()
                         .push(q.clone());
                 }
-                if index.by_shard != by_shard {
-                    index.version = content_version(&by_shard);
-                    index.by_shard = by_shard;
-                    tracing::debug!(version = index.version, "queue discovery changed");
+                // Set on every success, not only on a change: an empty
+                // store's first discovery must turn version 0 ("none yet")
+                // into the version of no queues.
+                let version = content_version(&by_shard);
+                if index.version != version {
+                    tracing::debug!(version, "queue discovery changed");
                 }
+                index.version = version;
+                index.by_shard = by_shard;
                 true
             }
             Err(e) => {
@@ -721,6 +729,12 @@ impl Coordinator {
                 next_discovery = Instant::now() + wait;
             }
             match self.plan_round().await {
+                Ok(moved) if moved > 0 => {
+                    // New owners start their shards now; a queue created
+                    // while nobody ran its shard announced itself to nobody:
+                    // find it soon rather than a whole interval later.
+                    next_discovery = next_discovery.min(Instant::now() + DISCOVERY_AFTER_MOVES);
+                }
                 Ok(_) | Err(CoordError::NotLeader { .. }) | Err(CoordError::NotInitialized) => {}
                 Err(e) => {
                     tracing::debug!(node = self.inner.node_id, error = %e, "planning round failed")

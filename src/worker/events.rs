@@ -1,16 +1,26 @@
-//! Lock events: how a node learns of new locks the moment Deckard takes them.
+//! Queue events: how a node learns of new locks the moment Deckard takes them.
 //!
 //! # Design
 //!
-//! One subscriber task per node ([`run_subscriber`]) holds the store's lock
-//! event stream (`QueueStore::watch_locks`: Redis keyspace notifications)
-//! while the node runs at least one shard; a node that runs none (the
-//! leader, usually) does not subscribe, since every subscriber receives
-//! every event. Each event names a queue; the subscriber hashes it to its
-//! shard and, if that shard runs here, drops the name into the shard's
-//! [`ShardInbox`]. The shard task drains its inbox between calls and calls
-//! those queues at once (coalesced by `tasks.call_spacing`), adopting a queue
-//! it has never seen without waiting for the leader's discovery.
+//! One subscriber task per node ([`run_subscriber`]) holds the store's event
+//! stream (`QueueStore::watch_events`: Redis keyspace notifications of
+//! Deckard's lock sets and processing sets) while the node runs at least one
+//! shard; a node that runs none (the leader, usually) does not subscribe,
+//! since every subscriber receives every event. Each event names a queue; the
+//! subscriber hashes it to its shard and, if that shard runs here, drops it
+//! into the shard's [`ShardInbox`]. The shard task drains its inbox between
+//! calls and adopts a queue it has never seen without waiting for the
+//! leader's discovery. What it does with each kind:
+//!
+//! - a **lock**: calls the queue at once (coalesced by `tasks.call_spacing`);
+//!   the call learns the lock's unlock time and sets an exact timer;
+//! - a **pull** (new ack deadlines): calls the queue within
+//!   `tasks.poll_interval`, coalescing every pull of that window into one
+//!   call. Ack deadlines are minutes in Deckard by default, so the call sets
+//!   an exact timer long before they are due; a deadline shorter than
+//!   `poll_interval` can time out that much late. A call per pull would
+//!   double what a busy queue costs Redis; this costs at most one call per
+//!   `poll_interval` per queue being pulled.
 //!
 //! Pub/sub is at-most-once. So:
 //! - every (re)subscription, and every change of [`Scheduling`], bumps its
@@ -33,7 +43,7 @@
 //! - While [`Scheduling::mode`] is `Polling`, no event is relied upon: every
 //!   queue is called at least every `tasks.poll_interval`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +55,7 @@ use super::{lock, WorkerShared};
 use crate::cluster::shard_of;
 use crate::config::NotificationMode;
 use crate::shutdown::ShutdownListener;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{EventKind, SharedStore, StoreError};
 
 /// Most queue names an inbox holds before it falls back to a sweep.
 pub const INBOX_LIMIT: usize = 65_536;
@@ -108,7 +118,8 @@ impl Scheduling {
 pub struct ShardInbox {
     /// The epoch of the task that drains it (a new epoch gets a new inbox).
     pub epoch: u64,
-    queues: Mutex<HashSet<String>>,
+    /// Announced queues, each with the most urgent kind announced.
+    queues: Mutex<HashMap<String, EventKind>>,
     /// More than [`INBOX_LIMIT`] names arrived: sweep the shard.
     overflow: AtomicBool,
     /// Wakes the shard task (a permit is kept if it is busy).
@@ -119,18 +130,20 @@ impl ShardInbox {
     pub fn new(epoch: u64) -> Self {
         Self {
             epoch,
-            queues: Mutex::new(HashSet::new()),
+            queues: Mutex::new(HashMap::new()),
             overflow: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
 
-    pub fn push(&self, queue: &str) {
+    pub fn push(&self, queue: &str, kind: EventKind) {
         {
             let mut queues = lock(&self.queues);
-            if queues.len() < INBOX_LIMIT {
-                queues.insert(queue.to_string());
-            } else if !queues.contains(queue) {
+            if let Some(known) = queues.get_mut(queue) {
+                *known = (*known).max(kind);
+            } else if queues.len() < INBOX_LIMIT {
+                queues.insert(queue.to_string(), kind);
+            } else {
                 self.overflow.store(true, Ordering::Relaxed);
             }
             debug_assert!(queues.len() <= INBOX_LIMIT);
@@ -138,15 +151,15 @@ impl ShardInbox {
         self.wake.notify_one();
     }
 
-    /// Takes the names announced so far, and whether some were dropped.
-    pub fn take(&self) -> (Vec<String>, bool) {
-        let queues: Vec<String> = lock(&self.queues).drain().collect();
+    /// Takes what was announced so far, and whether some was dropped.
+    pub fn take(&self) -> (Vec<(String, EventKind)>, bool) {
+        let queues: Vec<(String, EventKind)> = lock(&self.queues).drain().collect();
         (queues, self.overflow.swap(false, Ordering::Relaxed))
     }
 }
 
 /// Hands one announced queue to its shard's task, if it runs here.
-fn route(shared: &WorkerShared, queue: &str) {
+fn route(shared: &WorkerShared, queue: &str, kind: EventKind) {
     let shard_count = shared.shard_count();
     if shard_count == 0 {
         return;
@@ -154,7 +167,7 @@ fn route(shared: &WorkerShared, queue: &str) {
     let shard = shard_of(queue, shard_count);
     let inbox = lock(&shared.inboxes).get(&shard).cloned();
     if let Some(inbox) = inbox {
-        inbox.push(queue);
+        inbox.push(queue, kind);
     }
 }
 
@@ -167,7 +180,7 @@ pub async fn check_at_start(shared: &WorkerShared) -> Result<(), StoreError> {
         tracing::info!("lock events off (tasks.notifications = \"off\"): polling every queue");
         return Ok(());
     }
-    let result = tokio::time::timeout(START_CHECK_TIMEOUT, shared.store.watch_locks())
+    let result = tokio::time::timeout(START_CHECK_TIMEOUT, shared.store.watch_events())
         .await
         .unwrap_or_else(|_| {
             Err(StoreError::Unavailable(
@@ -209,7 +222,7 @@ pub async fn run_subscriber(shared: Arc<WorkerShared>, mut stop: ShutdownListene
             _ = stop.recv() => return,
         }
         let attempt = tokio::select! {
-            r = store.watch_locks() => r,
+            r = store.watch_events() => r,
             _ = stop.recv() => return,
         };
         let wait = match attempt {
@@ -223,9 +236,9 @@ pub async fn run_subscriber(shared: Arc<WorkerShared>, mut stop: ShutdownListene
                 let lost = loop {
                     tokio::select! {
                         event = events.next() => match event {
-                            Some(queue) => {
+                            Some(event) => {
                                 shared.metrics.lock_events.inc();
-                                route(&shared, &queue);
+                                route(&shared, &event.queue, event.kind);
                             }
                             None => break true,
                         },
@@ -283,15 +296,22 @@ mod tests {
     #[test]
     fn an_inbox_coalesces_and_overflows_into_a_sweep() {
         let inbox = ShardInbox::new(7);
-        inbox.push("a");
-        inbox.push("a");
-        inbox.push("b");
+        inbox.push("a", EventKind::Pull);
+        inbox.push("a", EventKind::Lock);
+        inbox.push("a", EventKind::Pull);
+        inbox.push("b", EventKind::Pull);
         let (mut queues, overflow) = inbox.take();
         queues.sort();
-        assert_eq!(queues, vec!["a", "b"]);
+        assert_eq!(
+            queues,
+            vec![
+                ("a".to_string(), EventKind::Lock),
+                ("b".to_string(), EventKind::Pull)
+            ]
+        );
         assert!(!overflow);
         for i in 0..INBOX_LIMIT + 10 {
-            inbox.push(&format!("q{i}"));
+            inbox.push(&format!("q{i}"), EventKind::Lock);
         }
         let (queues, overflow) = inbox.take();
         assert_eq!(queues.len(), INBOX_LIMIT);

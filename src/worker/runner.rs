@@ -17,12 +17,13 @@ use super::{lock, RunningShard, TaskRunState, WorkerShared};
 use crate::cluster::TaskKind;
 use crate::raft::store::AppliedState;
 use crate::shutdown::ShutdownListener;
-use crate::store::{now_ms, Fence, HousekeepRequest, StoreError};
+use crate::store::{now_ms, EventKind, Fence, HousekeepRequest, StoreError};
 
 /// How long a task waits before retrying after a store error.
 const STORE_RETRY: Duration = Duration::from_millis(200);
-/// How long a task waits for its shard's queue list before asking again.
-const QUEUE_LIST_WAIT: Duration = Duration::from_millis(20);
+/// How long a task waits for its shard's queue list before asking again
+/// (a new list wakes it at once).
+const QUEUE_LIST_WAIT: Duration = Duration::from_secs(1);
 
 struct Task {
     epoch: u64,
@@ -167,12 +168,15 @@ enum QueueResult {
     Fenced(StoreError),
 }
 
-/// How long a queue may go without a call in the current mode.
+/// How long a queue may go without a call in the current mode, drawn from
+/// 80-100 % of the setting: queues found at the same moment (a new list, a
+/// resubscription) spread out instead of coming due together ever after.
 fn look_again(shared: &WorkerShared, mode: Mode) -> Duration {
-    match mode {
+    let interval = match mode {
         Mode::Events => shared.settings.sweep_interval,
         Mode::Polling => shared.settings.poll_interval,
-    }
+    };
+    interval.mul_f64(rand::random_range(0.8..=1.0))
 }
 
 /// One housekeeping call on one queue: lease check, (test) freeze point,
@@ -301,14 +305,19 @@ impl ShardQueues {
         self.list = Some(list);
     }
 
-    /// Calls announced queues now (coalesced), adopting unknown ones.
-    fn announce(&mut self, queues: Vec<String>, now: Instant) {
-        for q in queues {
+    /// Schedules announced queues (see `events` for when), adopting
+    /// unknown ones.
+    fn announce(&mut self, queues: Vec<(String, EventKind)>, now: Instant, pull_delay: Duration) {
+        for (q, kind) in queues {
+            let by = match kind {
+                EventKind::Lock => now,
+                EventKind::Pull => now + pull_delay,
+            };
             if self.schedule.contains(&q) {
-                self.schedule.call_by(&q, now);
+                self.schedule.call_by(&q, by);
             } else if self.adopted.len() < MAX_ADOPTED {
-                tracing::debug!(shard = self.shard, queue = %q, "adopted a queue from a lock event");
-                self.schedule.add(&q, now);
+                tracing::debug!(shard = self.shard, queue = %q, "adopted a queue from an event");
+                self.schedule.add(&q, by);
                 self.adopted.insert(q);
             }
         }
@@ -382,7 +391,7 @@ async fn run_shard(
             queues.schedule.call_all_by(now);
         }
         let (announced, overflow) = inbox.take();
-        queues.announce(announced, now);
+        queues.announce(announced, now, shared.settings.poll_interval);
         if overflow {
             queues.schedule.call_all_by(now);
         }
