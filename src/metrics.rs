@@ -78,11 +78,11 @@ pub struct NodeMetrics {
     /// deckhand_scheduling_polling: 1 while lock events are unavailable and
     /// every queue is polled (`tasks.notifications` fell back, or is off).
     pub polling: IntGauge,
-    /// deckhand_lock_events_subscribed: 1 while this node holds a live
-    /// lock-event subscription.
-    pub lock_events_subscribed: IntGauge,
-    /// deckhand_lock_events_total: lock events received.
-    pub lock_events: IntCounter,
+    /// deckhand_queue_events_subscribed: 1 while this node holds a live
+    /// queue-event subscription.
+    pub queue_events_subscribed: IntGauge,
+    /// deckhand_queue_events_total: queue events received.
+    pub queue_events: IntCounter,
     /// The queue label values seen so far (cardinality cap).
     labels: Mutex<HashSet<String>>,
     /// Most distinct `queue` label values (config `metrics.max_queue_labels`).
@@ -202,15 +202,15 @@ impl NodeMetrics {
                 "deckhand_scheduling_polling",
                 "1 while this node polls every queue because lock events are unavailable or off",
             ),
-            lock_events_subscribed: gauge(
+            queue_events_subscribed: gauge(
                 &registry,
-                "deckhand_lock_events_subscribed",
-                "1 while this node holds a live lock-event (keyspace notification) subscription",
+                "deckhand_queue_events_subscribed",
+                "1 while this node holds a live queue-event (keyspace notification) subscription",
             ),
-            lock_events: {
+            queue_events: {
                 let c = IntCounter::new(
-                    "deckhand_lock_events_total",
-                    "Lock events (keyspace notifications of new locks) this node received",
+                    "deckhand_queue_events_total",
+                    "Queue events (keyspace notifications of locks and pulls) this node received",
                 )
                 .expect("valid metric definition");
                 registry

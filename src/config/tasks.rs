@@ -54,6 +54,15 @@ pub struct TaskTuning {
     /// Housekeeping calls in flight at once per shard.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// No longer used (queues with nothing due cost nothing until an event,
+    /// a due time or the sweep); accepted so that older configs still load,
+    /// with a warning at start.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_poll_interval: Option<Duration>,
 }
 
 impl Default for TaskTuning {
@@ -65,6 +74,7 @@ impl Default for TaskTuning {
             poll_interval: default_poll_interval(),
             call_spacing: default_call_spacing(),
             concurrency: default_concurrency(),
+            idle_poll_interval: None,
         }
     }
 }
@@ -73,7 +83,7 @@ fn default_batch() -> usize {
     500
 }
 fn default_sweep_interval() -> Duration {
-    Duration::from_secs(10)
+    Duration::from_secs(30)
 }
 fn default_poll_interval() -> Duration {
     Duration::from_millis(500)

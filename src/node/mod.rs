@@ -225,6 +225,12 @@ impl Node {
             Some(path) => Some(crate::tls::read_token(path)?),
             None => None,
         };
+        if config.tasks.idle_poll_interval.is_some() {
+            tracing::warn!(
+                "tasks.idle_poll_interval is no longer used and is ignored: queues are called on \
+                 events, at their due times and every tasks.sweep_interval (see docs/deckard-compat.md)"
+            );
+        }
         // Before Raft starts: `require` refuses to start without lock events.
         let settings = WorkerSettings::from_config(&config);
         let metrics = crate::metrics::NodeMetrics::with_label_cap(config.metrics.max_queue_labels);
@@ -258,6 +264,7 @@ impl Node {
             state_machine.clone(),
             queue_store,
             settings,
+            worker.watch_scheduling(),
         );
 
         let raft_service = RaftRpc::new(

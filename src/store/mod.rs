@@ -28,16 +28,18 @@
 //! costs no memory and no discovery after that. A housekeeping call on a
 //! queue that holds anything makes the fence permanent again.
 //!
-//! Why letting a fence expire is safe: the fence can only be lost after the
-//! queue held nothing for the whole retention (24 h). An owner whose epoch
-//! was superseded before that could then be accepted once, on a queue that
-//! came back, only if it passed its lease check more than 24 h earlier and
-//! was paused since (its lease is a second; its next call checks the lease
-//! again and stops). Even that one call cannot corrupt a queue: every
-//! accepted operation moves only elements already due by the caller's own
-//! clock, with Deckard's own scores, in one atomic script, so it does what
-//! the current owner would do; what is lost in that corner is only the
-//! "one writer per queue" property, for one call.
+//! Why letting a fence expire is safe: a fence is only given an expiry by a
+//! call that found the queue gone, and expires only if no call touched the
+//! queue for the whole retention (24 h) after that: the queue stayed gone,
+//! or it came back but nobody housekept it for a day (the cluster down, or
+//! the queue unknown to its owner). An owner whose epoch was superseded
+//! could then be accepted once only if it passed its lease check more than
+//! 24 h earlier and was paused since (its lease is a second; its next call
+//! checks the lease again and stops). Even that one call cannot corrupt a
+//! queue: every accepted operation moves only elements already due by the
+//! caller's own clock, with Deckard's own scores, in one atomic script, so
+//! it does what the current owner would do; what is lost in that corner is
+//! only the "one writer per queue" property, for one call.
 //!
 //! # Implementations
 //!

@@ -230,7 +230,7 @@ impl RedisStore {
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    pub(super) async fn connection(&self) -> Result<ConnectionManager, StoreError> {
         let mut slot = self.connection.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
@@ -288,15 +288,6 @@ impl RedisStore {
 
     pub(super) fn prefix(&self) -> &str {
         &self.prefix
-    }
-
-    /// Runs a pipeline that concerns no queue in particular.
-    pub(super) async fn run_pipeline<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
-        let mut con = self.connection().await?;
-        pipe.query_async(&mut con).await.map_err(unavailable)
     }
 
     /// One Redis setting, by `CONFIG GET` (refused on many managed services).
@@ -603,6 +594,45 @@ mod tests {
             .await
             .expect("keys");
         assert!(keys.is_empty(), "{keys:?}");
+    }
+
+    #[tokio::test]
+    async fn keyspace_events_without_sorted_sets_are_refused() {
+        // K and g: Redis announces DEL (generic) on the probe key, never ZADD.
+        let server =
+            RedisServer::start_with(&["--notify-keyspace-events", "Kg"]).expect("redis-server");
+        let store = RedisStore::open(&server.url(), "deckard_v1")
+            .await
+            .expect("open");
+        let err = match store.watch_events().await {
+            Ok(_) => panic!("events accepted without the z flag"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, StoreError::NoLockEvents(_)), "{err}");
+        assert!(err.to_string().contains("it is \"gK\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_ends_when_redis_stops_publishing() {
+        use futures::StreamExt;
+        let server = RedisServer::start_with_notifications().expect("redis-server");
+        let store = RedisStore::open(&server.url(), "deckard_v1")
+            .await
+            .expect("open");
+        let mut events = store.watch_events().await.expect("events");
+        let mut con = store.connection().await.expect("connection");
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("")
+            .query_async(&mut con)
+            .await
+            .expect("config set");
+        // The next probe (within 5 s) does not come back (2 s): the stream ends.
+        let end = tokio::time::timeout(Duration::from_secs(15), events.next())
+            .await
+            .expect("the stream ends within 15 s");
+        assert_eq!(end, None);
     }
 
     #[tokio::test]

@@ -19,22 +19,25 @@
 //! services often forbid `CONFIG`, and ACLs can forbid channels), so after
 //! subscribing, the subscriber writes a probe key outside Deckard's layout
 //! (`<prefix>:deckhand_probe:<random>`, ZADD then DEL at once) and waits for
-//! its own `zadd` event. Only if that arrives is the subscription used; if it
-//! does not, the error names the setting and, when `CONFIG GET` is allowed,
-//! its current value.
+//! its own `zadd` event (not just any event: with `Kg` the DEL's `del` comes,
+//! but no sorted-set event ever would). Only if that arrives is the
+//! subscription used; if it does not, the error names the setting and, when
+//! `CONFIG GET` is allowed, its current value. The probe is repeated every
+//! [`PROBE_INTERVAL`] while subscribed: a subscription whose probe does not
+//! come back within [`PROBE_TIMEOUT`] (a half-open connection, or the setting
+//! changed at run time) ends like a lost one.
 //!
 //! # Losing the connection
 //!
 //! The stream ends when the connection closes (`CLIENT KILL TYPE pubsub`, a
 //! Redis restart, an output buffer overflow): the caller resubscribes and
 //! sweeps, since events published meanwhile are lost. A connection that
-//! stays open but silent (a half-open TCP link) is found by a PING every
-//! [`PING_INTERVAL`] that must be answered within [`PING_TIMEOUT`].
+//! stays open but silent (a half-open TCP link) is found by the probe.
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use redis::Msg;
 
 use super::layout::queue_of_key;
@@ -43,10 +46,8 @@ use super::{EventKind, QueueEvent, QueueEventStream, StoreError};
 
 /// How long the probe's own event may take to come back.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the subscription connection is checked with a PING.
-const PING_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a PING on the subscription connection may take.
-const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a live subscription is checked with a probe.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long connecting and subscribing may take.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -120,25 +121,20 @@ impl RedisStore {
                 .map_err(|e| unavailable("SUBSCRIBE", e))?;
             Ok::<_, StoreError>((sink, stream))
         };
-        let (mut sink, mut stream) = tokio::time::timeout(SUBSCRIBE_TIMEOUT, connect)
+        let (sink, mut stream) = tokio::time::timeout(SUBSCRIBE_TIMEOUT, connect)
             .await
             .map_err(|_| {
                 StoreError::Unavailable("subscribing to keyspace events timed out".into())
             })??;
 
-        // Probe: our own ZADD must come back as an event.
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZADD")
-            .arg(&probe_key)
-            .arg(0)
-            .arg("probe")
-            .ignore();
-        pipe.cmd("DEL").arg(&probe_key).ignore();
-        self.run_pipeline::<()>(&pipe).await?;
+        // Probe: our own ZADD must come back as a `zadd` event (a DEL's `del`
+        // alone would mean Redis publishes keyspace events, but not for sorted sets).
+        let mut con = self.connection().await?;
+        write_probe(&mut con, &probe_key).await?;
         let mut early: Vec<QueueEvent> = Vec::new();
         let probe = async {
             while let Some(msg) = stream.next().await {
-                if msg.get_channel_name() == probe_channel {
+                if is_probe_zadd(&msg, &probe_channel) {
                     return Ok(true);
                 }
                 if let Some(event) = queue_event(&channel_prefix, &prefix, &msg) {
@@ -162,18 +158,21 @@ impl RedisStore {
                  {REQUIRED_SETTING}; {current}"
             )));
         }
-        let _ = sink.unsubscribe(&probe_channel).await;
-        tracing::debug!(db, prefix, "subscribed to lock events");
+        tracing::debug!(db, prefix, "subscribed to queue events");
 
         let state = Subscription {
-            sink,
+            _sink: sink,
             stream,
             channel_prefix,
             prefix,
-            ping: tokio::time::interval_at(
-                tokio::time::Instant::now() + PING_INTERVAL,
-                PING_INTERVAL,
+            con,
+            probe_key,
+            probe_channel,
+            probe_every: tokio::time::interval_at(
+                tokio::time::Instant::now() + PROBE_INTERVAL,
+                PROBE_INTERVAL,
             ),
+            probe_due: None,
         };
         let early = futures::stream::iter(early);
         Ok(Box::pin(early.chain(futures::stream::unfold(
@@ -183,43 +182,75 @@ impl RedisStore {
     }
 }
 
-/// A live subscription: the connection's two halves and the PING timer.
+/// ZADD then DEL of the probe key (outside Deckard's layout).
+async fn write_probe(con: &mut ConnectionManager, probe_key: &str) -> Result<(), StoreError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZADD").arg(probe_key).arg(0).arg("probe").ignore();
+    pipe.cmd("DEL").arg(probe_key).ignore();
+    pipe.query_async::<()>(con)
+        .await
+        .map_err(|e| unavailable("writing the keyspace event probe", e))
+}
+
+fn is_probe_zadd(msg: &Msg, probe_channel: &str) -> bool {
+    msg.get_channel_name() == probe_channel
+        && msg.get_payload::<String>().is_ok_and(|p| p == "zadd")
+}
+
+/// A live subscription, checked by a probe every [`PROBE_INTERVAL`].
 struct Subscription {
-    /// Kept to PING (and to keep the subscription: dropping it closes the connection).
-    sink: PubSubSink,
+    /// Kept only so the subscription lives (dropping it closes the connection).
+    _sink: PubSubSink,
     stream: PubSubStream,
     channel_prefix: String,
     prefix: String,
-    ping: tokio::time::Interval,
+    /// A command connection, for the probe's writes.
+    con: ConnectionManager,
+    probe_key: String,
+    probe_channel: String,
+    probe_every: tokio::time::Interval,
+    /// When the probe written last must have come back by.
+    probe_due: Option<tokio::time::Instant>,
 }
 
 impl Subscription {
-    /// The next event, or `None` once the connection is lost.
+    /// The next event, or `None` once the subscription is lost or Redis
+    /// stopped publishing (the probe did not come back).
     async fn next_event(mut self) -> Option<(QueueEvent, Self)> {
         loop {
+            let due = self.probe_due;
             tokio::select! {
                 msg = self.stream.next() => {
                     let msg = msg?;
-                    if let Some(event) = queue_event(&self.channel_prefix, &self.prefix, &msg) {
+                    if is_probe_zadd(&msg, &self.probe_channel) {
+                        self.probe_due = None;
+                    } else if let Some(event) = queue_event(&self.channel_prefix, &self.prefix, &msg) {
                         return Some((event, self));
                     }
                 }
-                _ = self.ping.tick() => {
-                    let ping = self.sink.ping::<redis::Value>();
-                    match tokio::time::timeout(PING_TIMEOUT, ping).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "keyspace event connection failed a PING");
-                            return None;
-                        }
-                        Err(_) => {
-                            tracing::warn!("keyspace event connection did not answer a PING");
-                            return None;
-                        }
+                _ = self.probe_every.tick(), if due.is_none() => {
+                    if let Err(e) = write_probe(&mut self.con, &self.probe_key).await {
+                        tracing::warn!(error = %e, "cannot probe the keyspace event subscription");
+                        return None;
                     }
+                    self.probe_due = Some(tokio::time::Instant::now() + PROBE_TIMEOUT);
+                }
+                _ = sleep_until_opt(due) => {
+                    tracing::warn!(
+                        "the keyspace event probe did not come back within {PROBE_TIMEOUT:?}: \
+                         the subscription is dead or Redis stopped publishing ({REQUIRED_SETTING})"
+                    );
+                    return None;
                 }
             }
         }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

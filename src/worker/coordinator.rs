@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{LinearizerOption, ServerState};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
+use super::events::{Mode, Scheduling};
 use super::queue_stats::LeaderQueueStats;
 use super::{lock, WorkerSettings};
 use crate::cluster::lease::Liveness;
@@ -113,6 +114,9 @@ const QUEUE_RETENTION_DISCOVERIES: u64 = 3;
 /// How soon a failed (or not yet possible) discovery is tried again.
 const DISCOVERY_RETRY: Duration = Duration::from_millis(500);
 
+/// The longest discovery interval while this node polls (no queue events).
+const POLLING_DISCOVERY: Duration = Duration::from_secs(1);
+
 /// How soon after committing shard moves the leader discovers again (the
 /// new owners run their shards by then).
 const DISCOVERY_AFTER_MOVES: Duration = Duration::from_secs(1);
@@ -162,6 +166,14 @@ fn returned(departed_at: Option<(u64, u64)>, incarnation: u64, seq: u64) -> bool
     departed_at.is_none_or(|(inc, last)| incarnation != inc || seq > last)
 }
 
+/// Whether two reports run the same shards at the same epochs (passes aside).
+fn same_shards(a: &BTreeMap<u32, (u64, u64)>, b: &BTreeMap<u32, (u64, u64)>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((sa, (ea, _)), (sb, (eb, _)))| sa == sb && ea == eb)
+}
+
 #[cfg(test)]
 mod tests {
     use super::returned;
@@ -190,6 +202,9 @@ struct Inner {
     state_machine: StateMachineStore,
     store: SharedStore,
     settings: WorkerSettings,
+    /// This node's scheduling mode: without queue events owners cannot
+    /// adopt new queues, so discovery runs more often (see `run`).
+    scheduling: watch::Receiver<Scheduling>,
     /// std mutexes: held for short, synchronous sections only.
     view: Mutex<Option<LeaderView>>,
     queues: Mutex<QueueIndex>,
@@ -206,6 +221,7 @@ impl Coordinator {
         state_machine: StateMachineStore,
         store: SharedStore,
         settings: WorkerSettings,
+        scheduling: watch::Receiver<Scheduling>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -214,6 +230,7 @@ impl Coordinator {
                 state_machine,
                 store,
                 settings,
+                scheduling,
                 view: Mutex::new(None),
                 queues: Mutex::new(QueueIndex::default()),
                 reassignments: Mutex::new(Vec::new()),
@@ -314,21 +331,33 @@ impl Coordinator {
             fenced_writes: req.fenced_writes,
             tasks: req.tasks.unwrap_or_default(),
         };
-        self.with_view(term, |view| {
+        let replan = self.with_view(term, |view| {
             view.liveness.heard(node, now);
             let back = returned(
                 view.departed_at.get(&node).copied(),
                 req.incarnation,
                 req.seq,
             );
+            let mut replan = false;
             if back && view.departed.remove(&node) {
                 view.departed_at.remove(&node);
                 tracing::info!(node, "node is back after handing its shards back");
+                replan = true;
             }
+            // Plan at once only when what the node runs changed (a release
+            // done, a shard started) or it is new this term; otherwise the
+            // next round (plan_interval) is soon enough.
+            replan |= view
+                .reports
+                .get(&node)
+                .is_none_or(|old| !same_shards(&old.running, &report.running));
             view.reports.insert(node, report);
+            replan
         });
         tracing::debug!(node, "heartbeat");
-        self.inner.wake.notify_one();
+        if replan {
+            self.inner.wake.notify_one();
+        }
         Ok(HeartbeatResponse {
             leader_id: self.inner.node_id,
             term,
@@ -720,11 +749,20 @@ impl Coordinator {
             }
             let leads = self.metrics().state == ServerState::Leader;
             if leads && Instant::now() >= next_discovery {
-                // A failed discovery is retried soon, not a whole interval later.
-                let wait = if self.discover().await {
-                    settings.discovery_interval
+                // A failed discovery is retried soon, not a whole interval
+                // later. Without queue events (this node's check says Redis
+                // publishes none), discovery is the only way owners learn of
+                // new queues: run it at least every POLLING_DISCOVERY.
+                let polling = self.inner.scheduling.borrow().mode == Mode::Polling;
+                let interval = if polling {
+                    settings.discovery_interval.min(POLLING_DISCOVERY)
                 } else {
-                    settings.discovery_interval.min(DISCOVERY_RETRY)
+                    settings.discovery_interval
+                };
+                let wait = if self.discover().await {
+                    interval
+                } else {
+                    interval.min(DISCOVERY_RETRY)
                 };
                 next_discovery = Instant::now() + wait;
             }

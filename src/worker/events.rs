@@ -116,8 +116,8 @@ impl Scheduling {
 /// Queue names announced for one running shard, waiting for its task.
 #[derive(Debug)]
 pub struct ShardInbox {
-    /// The epoch of the task that drains it (a new epoch gets a new inbox).
-    pub epoch: u64,
+    /// The shard task that drains it (each task gets its own inbox).
+    pub task: u64,
     /// Announced queues, each with the most urgent kind announced.
     queues: Mutex<HashMap<String, EventKind>>,
     /// More than [`INBOX_LIMIT`] names arrived: sweep the shard.
@@ -127,9 +127,9 @@ pub struct ShardInbox {
 }
 
 impl ShardInbox {
-    pub fn new(epoch: u64) -> Self {
+    pub fn new(task: u64) -> Self {
         Self {
-            epoch,
+            task,
             queues: Mutex::new(HashMap::new()),
             overflow: AtomicBool::new(false),
             wake: Notify::new(),
@@ -206,6 +206,28 @@ pub async fn check_at_start(shared: &WorkerShared) -> Result<(), StoreError> {
     }
 }
 
+/// Waits until this node runs some shards (`some`) or none; the watch's
+/// guard is dropped inside, so the caller's future stays `Send`.
+async fn wait_running(
+    running: &mut tokio::sync::watch::Receiver<usize>,
+    some: bool,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    running.wait_for(|n| (*n > 0) == some).await.map(|_| ())
+}
+
+/// Checks, without keeping a subscription, whether events are available
+/// now (a node that runs no shards).
+async fn recheck_standby(shared: &WorkerShared, store: &SharedStore) {
+    match tokio::time::timeout(START_CHECK_TIMEOUT, store.watch_events()).await {
+        Ok(Ok(_stream)) => {
+            tracing::info!(node = shared.node_id, "queue events available again");
+            shared.set_scheduling(Mode::Events, false, String::new());
+        }
+        Ok(Err(e)) => shared.set_scheduling(Mode::Polling, false, e.to_string()),
+        Err(_) => {}
+    }
+}
+
 /// The subscriber loop (see the module doc).
 pub async fn run_subscriber(shared: Arc<WorkerShared>, mut stop: ShutdownListener) {
     let mode = shared.settings.notifications;
@@ -216,10 +238,19 @@ pub async fn run_subscriber(shared: Arc<WorkerShared>, mut stop: ShutdownListene
     let mut running = shared.watch_running_count();
     let mut backoff = Duration::from_millis(100);
     loop {
-        // Subscribe only while this node runs shards.
-        tokio::select! {
-            r = running.wait_for(|n| *n > 0) => if r.is_err() { return },
-            _ = stop.recv() => return,
+        // Subscribe only while this node runs shards. Without shards, a node
+        // that fell back to polling still checks every RECHECK, so its mode
+        // (and the gauge) recovers once Redis publishes events again.
+        loop {
+            tokio::select! {
+                r = wait_running(&mut running, true) => { if r.is_err() { return } break; }
+                _ = tokio::time::sleep(RECHECK) => {
+                    if shared.scheduling().mode == Mode::Polling {
+                        recheck_standby(&shared, &store).await;
+                    }
+                }
+                _ = stop.recv() => return,
+            }
         }
         let attempt = tokio::select! {
             r = store.watch_events() => r,
@@ -237,12 +268,12 @@ pub async fn run_subscriber(shared: Arc<WorkerShared>, mut stop: ShutdownListene
                     tokio::select! {
                         event = events.next() => match event {
                             Some(event) => {
-                                shared.metrics.lock_events.inc();
+                                shared.metrics.queue_events.inc();
                                 route(&shared, &event.queue, event.kind);
                             }
                             None => break true,
                         },
-                        r = running.wait_for(|n| *n == 0) => {
+                        r = wait_running(&mut running, false) => {
                             if r.is_err() { return }
                             break false;
                         }

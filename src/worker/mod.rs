@@ -187,6 +187,10 @@ impl Freeze {
 #[derive(Debug, Clone)]
 pub struct RunningShard {
     pub epoch: u64,
+    /// Unique per shard task in this process: a task that outlives its
+    /// cancellation (an in-flight call) unregisters itself only, never a
+    /// newer task of the same shard at the same epoch.
+    pub task: u64,
     pub passes: Arc<AtomicU64>,
 }
 
@@ -208,6 +212,8 @@ pub struct WorkerShared {
     running: Mutex<BTreeMap<u32, RunningShard>>,
     /// How many shards run here (the lock-event subscriber watches it).
     running_count: watch::Sender<usize>,
+    /// Source of [`RunningShard::task`] ids.
+    task_ids: AtomicU64,
     /// Announced queues per running shard (see [`events`]); an entry lives
     /// exactly as long as its shard's task at that epoch.
     pub(crate) inboxes: Mutex<HashMap<u32, Arc<events::ShardInbox>>>,
@@ -289,6 +295,7 @@ impl WorkerShared {
             settings,
             running: Mutex::new(BTreeMap::new()),
             running_count: watch::channel(0).0,
+            task_ids: AtomicU64::new(0),
             inboxes: Mutex::new(HashMap::new()),
             shard_count: AtomicU32::new(0),
             scheduling: watch::channel(scheduling).0,
@@ -402,7 +409,7 @@ impl WorkerShared {
         self.scheduling.borrow().clone()
     }
 
-    pub(crate) fn watch_scheduling(&self) -> watch::Receiver<events::Scheduling> {
+    pub fn watch_scheduling(&self) -> watch::Receiver<events::Scheduling> {
         self.scheduling.subscribe()
     }
 
@@ -424,7 +431,7 @@ impl WorkerShared {
             .polling
             .set(i64::from(mode == events::Mode::Polling));
         self.metrics
-            .lock_events_subscribed
+            .queue_events_subscribed
             .set(i64::from(subscribed));
     }
 
@@ -440,13 +447,14 @@ impl WorkerShared {
         self.running_count.subscribe()
     }
 
-    /// Registers a shard task starting at `epoch`, with its inbox.
+    /// Registers a new shard task (its `task` id from [`Self::next_task_id`]),
+    /// with its inbox.
     pub(crate) fn start_running(
         &self,
         shard: u32,
         running: RunningShard,
     ) -> Arc<events::ShardInbox> {
-        let inbox = Arc::new(events::ShardInbox::new(running.epoch));
+        let inbox = Arc::new(events::ShardInbox::new(running.task));
         lock(&self.inboxes).insert(shard, inbox.clone());
         let mut map = lock(&self.running);
         map.insert(shard, running);
@@ -454,24 +462,93 @@ impl WorkerShared {
         inbox
     }
 
-    /// Unregisters the task of `shard` at `epoch` (a newer one is left alone).
-    pub(crate) fn stop_running(&self, shard: u32, epoch: u64) {
+    /// A task id never used before in this process.
+    pub(crate) fn next_task_id(&self) -> u64 {
+        self.task_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Unregisters shard task `task` (a newer task of the shard is left
+    /// alone). Returns whether no task of `shard` at `epoch` remains.
+    pub(crate) fn stop_running(&self, shard: u32, task: u64, epoch: u64) -> bool {
         {
             let mut inboxes = lock(&self.inboxes);
-            if inboxes.get(&shard).is_some_and(|i| i.epoch == epoch) {
+            if inboxes.get(&shard).is_some_and(|i| i.task == task) {
                 inboxes.remove(&shard);
             }
         }
         let mut map = lock(&self.running);
-        if map.get(&shard).is_some_and(|r| r.epoch == epoch) {
+        if map.get(&shard).is_some_and(|r| r.task == task) {
             map.remove(&shard);
         }
         self.running_count.send_replace(map.len());
+        map.get(&shard).is_none_or(|r| r.epoch != epoch)
     }
 
     /// The shard's queues, or `None` while its list has not been fetched
     /// (which is not the same as a shard without queues).
     fn queues_of(&self, shard: u32) -> Option<Arc<Vec<String>>> {
         lock(&self.queues).by_shard.get(&shard).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<WorkerShared> {
+        let settings = WorkerSettings {
+            heartbeat_interval: Duration::from_millis(200),
+            lease: Duration::from_secs(1),
+            lease_margin: Duration::from_millis(300),
+            pass_interval: Duration::from_millis(100),
+            plan_interval: Duration::from_millis(100),
+            max_releases_per_round: 32,
+            discovery_interval: Duration::from_secs(5),
+            leader_freshness: Duration::from_millis(150),
+            batch: 500,
+            notifications: crate::config::NotificationMode::Auto,
+            sweep_interval: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            call_spacing: Duration::from_millis(5),
+            concurrency: 8,
+            gauge_holdoff: Duration::from_secs(1),
+        };
+        WorkerShared::new(
+            1,
+            Arc::new(crate::store::memory::MemoryStore::new()),
+            settings,
+            crate::metrics::NodeMetrics::new(),
+        )
+    }
+
+    fn running(shared: &WorkerShared, epoch: u64) -> RunningShard {
+        RunningShard {
+            epoch,
+            task: shared.next_task_id(),
+            passes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    #[test]
+    fn an_old_task_of_a_shard_never_unregisters_a_newer_one() {
+        let shared = shared();
+        // A task at epoch 5 is cancelled and a new one starts at the same
+        // epoch (a lease blip) before the old one has finished.
+        let old = running(&shared, 5);
+        let old_task = old.task;
+        shared.start_running(3, old);
+        let new = running(&shared, 5);
+        let new_task = new.task;
+        let inbox = shared.start_running(3, new);
+        assert_ne!(old_task, new_task);
+        // The old task ends: the new one keeps its entry and its inbox.
+        assert!(!shared.stop_running(3, old_task, 5), "epoch 5 still runs");
+        assert_eq!(shared.running()[&3].task, new_task);
+        assert!(Arc::ptr_eq(&lock(&shared.inboxes)[&3], &inbox));
+        assert_eq!(*shared.watch_running_count().borrow(), 1);
+        // The new one ends: gone, and its figures may go.
+        assert!(shared.stop_running(3, new_task, 5));
+        assert!(shared.running().is_empty());
+        assert!(lock(&shared.inboxes).is_empty());
     }
 }

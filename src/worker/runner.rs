@@ -108,10 +108,12 @@ fn reconcile(
         tracing::info!(node = shared.node_id, shard, epoch, "running shard");
         let cancel = CancellationToken::new();
         let passes = Arc::new(AtomicU64::new(0));
+        let task = shared.next_task_id();
         let inbox = shared.start_running(
             shard,
             RunningShard {
                 epoch,
+                task,
                 passes: passes.clone(),
             },
         );
@@ -148,12 +150,15 @@ struct RunningGuard {
     shared: Arc<WorkerShared>,
     shard: u32,
     epoch: u64,
+    task: u64,
 }
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.shared.stop_running(self.shard, self.epoch);
-        lock(&self.shared.queue_stats).drop_shard(self.shard, self.epoch);
+        if self.shared.stop_running(self.shard, self.task, self.epoch) {
+            // No newer task of this shard at this epoch keeps its figures.
+            lock(&self.shared.queue_stats).drop_shard(self.shard, self.epoch);
+        }
         self.shared.report_now.notify_one();
     }
 }
@@ -267,6 +272,10 @@ async fn housekeep_queue(
     }
 }
 
+/// Calls per concurrency slot in one pass of a shard task (between two
+/// looks at its inbox).
+const PASS_CALLS_PER_SLOT: usize = 32;
+
 /// Most queues a shard task adopts from lock events before the leader's
 /// discovery lists them (beyond that, discovery brings them).
 const MAX_ADOPTED: usize = 65_536;
@@ -293,9 +302,24 @@ impl ShardQueues {
         }
         let current: HashSet<&str> = list.iter().map(String::as_str).collect();
         self.adopted.retain(|q| !current.contains(q.as_str()));
-        let adopted = &self.adopted;
-        self.schedule
-            .retain(|q| current.contains(q) || adopted.contains(q));
+        // A queue that left the list (discovery missed it three times) is
+        // kept, as if adopted, until a call of its own says it is gone: an
+        // event may have brought it back after that discovery, and only a
+        // call that sees it gone lets its fence expire.
+        let mut left = Vec::new();
+        self.schedule.retain(|q| {
+            if !current.contains(q) && !self.adopted.contains(q) {
+                left.push(q.to_string());
+            }
+            true
+        });
+        for q in left {
+            if self.adopted.len() < MAX_ADOPTED {
+                self.adopted.insert(q);
+            } else {
+                self.schedule.remove(&q);
+            }
+        }
         for q in list.iter() {
             self.schedule.add(q, now);
         }
@@ -349,6 +373,7 @@ async fn run_shard(
         shared: shared.clone(),
         shard,
         epoch,
+        task: inbox.task,
     };
     let fence = Fence {
         shard,
@@ -366,36 +391,50 @@ async fn run_shard(
     };
     let mut seen_run = *task_state.borrow();
     let mut seen_generation = scheduling.borrow().generation;
+    // When the queue list was last asked for, while the shard has none.
+    let mut asked_for_list: Option<Instant> = None;
+    let pass_limit = shared.settings.concurrency * PASS_CALLS_PER_SLOT;
     while !cancel.is_cancelled() {
         lists.borrow_and_update();
-        let Some(list) = shared.queues_of(shard) else {
-            // Newly owned: ask for the queue list now rather than at the next
-            // sync round, and do not count an empty pass as work done.
-            shared.sync_now.notify_one();
-            tokio::select! {
-                _ = tokio::time::sleep(QUEUE_LIST_WAIT) => {}
-                _ = lists.changed() => {}
-                _ = cancel.cancelled() => {}
-            }
-            continue;
-        };
         let now = Instant::now();
-        queues.apply_list(&shared, list, now);
+        match shared.queues_of(shard) {
+            Some(list) => {
+                asked_for_list = None;
+                queues.apply_list(&shared, list, now);
+            }
+            None => {
+                // Newly owned (or the leader has no discovery yet): ask for
+                // the list now, and again every QUEUE_LIST_WAIT; announced
+                // queues are worked meanwhile.
+                if asked_for_list.is_none_or(|at| now >= at + QUEUE_LIST_WAIT) {
+                    shared.sync_now.notify_one();
+                    asked_for_list = Some(now);
+                }
+            }
+        }
         let run = *task_state.borrow_and_update();
         let sched = scheduling.borrow_and_update().clone();
         if run != seen_run || sched.generation != seen_generation {
-            // Triggered, resumed or paused; or (re)subscribed, or the mode
-            // changed: call every queue now (events may have been missed).
+            // Triggered, resumed or paused, or (re)subscribed: call every
+            // queue now (events may have been missed). Fallen back to
+            // polling: every queue within poll_interval, as polling does.
+            let by = if run == seen_run && sched.mode == Mode::Polling {
+                now + shared.settings.poll_interval
+            } else {
+                now
+            };
             seen_run = run;
             seen_generation = sched.generation;
-            queues.schedule.call_all_by(now);
+            queues.schedule.call_all_by(by);
         }
         let (announced, overflow) = inbox.take();
         queues.announce(announced, now, shared.settings.poll_interval);
         if overflow {
             queues.schedule.call_all_by(now);
         }
-        let due = queues.schedule.pop_due(now);
+        // A bounded pass, so that announced queues are not held up behind a
+        // sweep of every queue of the shard.
+        let due = queues.schedule.pop_due(now, pass_limit);
         let worked = !due.is_empty();
         let calls = due.into_iter().map(|q| {
             let shared = shared.clone();
@@ -423,9 +462,9 @@ async fn run_shard(
             }
         }
         drop(results);
-        // The first pass visits every queue of the shard (none, for a shard
-        // without queues); later ones count only rounds that made calls.
-        let first = passes.load(Ordering::Relaxed) == 0;
+        // The first pass after the list arrived visits its queues (none, for
+        // a shard without queues); later ones count only rounds with calls.
+        let first = passes.load(Ordering::Relaxed) == 0 && queues.list.is_some();
         if worked || first {
             passes.fetch_add(1, Ordering::Relaxed);
         }
@@ -434,7 +473,15 @@ async fn run_shard(
             // next heartbeat (`ctl shards` shows the shard as worked).
             shared.report_now.notify_one();
         }
-        let wake = queues.schedule.next_wake();
+        let wake = match asked_for_list {
+            Some(at) => Some(
+                queues
+                    .schedule
+                    .next_wake()
+                    .map_or(at + QUEUE_LIST_WAIT, |w| w.min(at + QUEUE_LIST_WAIT)),
+            ),
+            None => queues.schedule.next_wake(),
+        };
         tokio::select! {
             _ = sleep_until(wake) => {}
             _ = inbox.wake.notified() => {}

@@ -110,12 +110,12 @@ impl QueueSchedule {
         }
     }
 
-    /// Takes every queue due at `now` (in due order); each is in flight
-    /// from now until [`Self::set`].
-    pub fn pop_due(&mut self, now: Instant) -> Vec<Arc<str>> {
+    /// Takes up to `limit` queues due at `now` (in due order); each is in
+    /// flight from now until [`Self::set`].
+    pub fn pop_due(&mut self, now: Instant, limit: usize) -> Vec<Arc<str>> {
         let mut due = Vec::new();
         while let Some((at, _)) = self.order.first() {
-            if *at > now {
+            if *at > now || due.len() >= limit {
                 break;
             }
             let Some((_, name)) = self.order.pop_first() else {
@@ -221,9 +221,12 @@ mod tests {
         s.add("c", t0 + 30 * MS);
         s.add("a", t0 + 99 * MS); // known: untouched
         assert_eq!(s.next_wake(), Some(t0 + 10 * MS));
-        assert!(s.pop_due(t0).is_empty());
+        assert!(s.pop_due(t0, 100).is_empty());
+        // A pass takes at most `limit` queues.
+        assert_eq!(s.pop_due(t0 + 20 * MS, 1).len(), 1);
+        s.set("a", t0 + 10 * MS);
         let due: Vec<String> = s
-            .pop_due(t0 + 20 * MS)
+            .pop_due(t0 + 20 * MS, 100)
             .iter()
             .map(|q| q.to_string())
             .collect();
@@ -242,7 +245,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = QueueSchedule::new(5 * MS);
         s.add("q", t0);
-        assert_eq!(s.pop_due(t0).len(), 1);
+        assert_eq!(s.pop_due(t0, 100).len(), 1);
         s.set("q", t0 + 10_000 * MS);
         // An event 1 ms after the call started waits for the spacing.
         s.call_by("q", t0 + MS);
@@ -250,7 +253,7 @@ mod tests {
         // A second event in the window changes nothing.
         s.call_by("q", t0 + 2 * MS);
         assert_eq!(s.next_wake(), Some(t0 + 5 * MS));
-        assert_eq!(s.pop_due(t0 + 5 * MS).len(), 1);
+        assert_eq!(s.pop_due(t0 + 5 * MS, 100).len(), 1);
         s.set("q", t0 + 10_000 * MS);
         // Long after the last call: at once.
         s.call_by("q", t0 + 50 * MS);
@@ -267,7 +270,7 @@ mod tests {
         s.remove("b");
         s.retain(|q| q != "c");
         assert_eq!(s.len(), 1);
-        let due: Vec<String> = s.pop_due(t0).iter().map(|q| q.to_string()).collect();
+        let due: Vec<String> = s.pop_due(t0, 100).iter().map(|q| q.to_string()).collect();
         assert_eq!(due, vec!["a"]);
         assert_eq!(s.next_wake(), None);
     }
