@@ -23,7 +23,7 @@ def pct(v):
 
 def lat(v):
     u = v["unlock_lateness_ms"]
-    return f"{u['p50']} / {u['p99']} / {n(u['max'])} ms"
+    return f"{n(u['p50'])} / {n(u['p99'])} / {n(u['max'])} ms"
 
 
 def quiet_rows(r, short=False):
