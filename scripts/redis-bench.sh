@@ -39,7 +39,7 @@ bin=$DECKHAND_BIN
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
-  --notify-keyspace-events "${NOTIFY:-Kz}" \
+  --notify-keyspace-events "${NOTIFY-Kz}" \
   --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
 url="redis://127.0.0.1:$port/0"
 cfg="$work/local-3"; mkdir -p "$cfg"

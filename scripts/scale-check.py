@@ -73,11 +73,13 @@ def look(bin_path):
     if table is None:
         return problems + ["ctl shards failed"], 0
     unowned = [s["shard"] for s in table if s["owner"] is None]
-    expired = [s["shard"] for s in table if s["owner"] != leader and s["lease"] != "valid"]
+    expired = [s for s in table if s["owner"] != leader and s["lease"] != "valid"]
     if unowned:
         problems.append(f"{len(unowned)} shards without an owner")
     if expired:
-        problems.append(f"{len(expired)} shards whose owner's lease is not valid")
+        leases = sorted({(s["owner"], s["lease"]) for s in expired})
+        problems.append(f"leader {leader}: {len(expired)} shards whose owner's lease is not "
+                        f"valid by the leader's view {leases}")
     return problems, sum(s["queues"] for s in table)
 
 
@@ -123,7 +125,7 @@ def main():
         summary["settled_after_s"] = round(time.monotonic() - start, 1)
         t0 = {p: proc_stat(p)[0] for p in pids}
         w0 = time.monotonic()
-        while time.monotonic() - w0 < duration and not summary["problems"]:
+        while time.monotonic() - w0 < duration:
             problems, listed = look(bin_path)
             if listed != queues:
                 problems.append(f"{listed} of {queues} queues listed")

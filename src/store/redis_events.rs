@@ -182,10 +182,15 @@ impl RedisStore {
     }
 }
 
-/// ZADD then DEL of the probe key (outside Deckard's layout).
+/// ZADD (a new member each time, so the ZADD always changes the key) then
+/// DEL of the probe key (outside Deckard's layout).
 async fn write_probe(con: &mut ConnectionManager, probe_key: &str) -> Result<(), StoreError> {
     let mut pipe = redis::pipe();
-    pipe.cmd("ZADD").arg(probe_key).arg(0).arg("probe").ignore();
+    pipe.cmd("ZADD")
+        .arg(probe_key)
+        .arg(0)
+        .arg(rand::random::<u64>())
+        .ignore();
     pipe.cmd("DEL").arg(probe_key).ignore();
     pipe.query_async::<()>(con)
         .await
@@ -220,6 +225,8 @@ impl Subscription {
         loop {
             let due = self.probe_due;
             tokio::select! {
+                // Events already received are read before a probe is judged late.
+                biased;
                 msg = self.stream.next() => {
                     let msg = msg?;
                     if is_probe_zadd(&msg, &self.probe_channel) {
@@ -229,11 +236,12 @@ impl Subscription {
                     }
                 }
                 _ = self.probe_every.tick(), if due.is_none() => {
-                    if let Err(e) = write_probe(&mut self.con, &self.probe_key).await {
-                        tracing::warn!(error = %e, "cannot probe the keyspace event subscription");
-                        return None;
+                    // A failed write (a slow or unreachable Redis) says nothing
+                    // about the subscription: try again at the next tick.
+                    match write_probe(&mut self.con, &self.probe_key).await {
+                        Ok(()) => self.probe_due = Some(tokio::time::Instant::now() + PROBE_TIMEOUT),
+                        Err(e) => tracing::debug!(error = %e, "cannot write the keyspace event probe"),
                     }
-                    self.probe_due = Some(tokio::time::Instant::now() + PROBE_TIMEOUT);
                 }
                 _ = sleep_until_opt(due) => {
                     tracing::warn!(

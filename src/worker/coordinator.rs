@@ -124,10 +124,6 @@ const DISCOVERY_AFTER_MOVES: Duration = Duration::from_secs(1);
 /// The queues found by discovery, by shard.
 #[derive(Default)]
 struct QueueIndex {
-    /// Successful discoveries so far.
-    round: u64,
-    /// The discovery round that last saw each queue.
-    last_seen: BTreeMap<String, u64>,
     /// A hash of the contents, not a counter: versions from different
     /// leaders compare correctly (equal contents, equal version). Never 0:
     /// 0 means "no discovery this term" (see [`Coordinator::get_queues`]).
@@ -135,6 +131,44 @@ struct QueueIndex {
     /// The leader term of the last successful discovery.
     term: u64,
     by_shard: BTreeMap<u32, Vec<String>>,
+}
+
+/// What discovery remembers between rounds; owned by the leader's loop, so
+/// the work over every queue never runs under the index's mutex.
+#[derive(Default)]
+struct DiscoveryMemory {
+    /// Successful discoveries so far.
+    round: u64,
+    /// The discovery round that last saw each queue.
+    last_seen: BTreeMap<String, u64>,
+}
+
+impl DiscoveryMemory {
+    /// Takes one discovery's queues; returns the lists by shard (sorted)
+    /// and their version. O(queues): run it off the async workers.
+    fn absorb(
+        &mut self,
+        queues: Vec<String>,
+        shard_count: u32,
+    ) -> (BTreeMap<u32, Vec<String>>, u64) {
+        self.round += 1;
+        let round = self.round;
+        for q in queues {
+            self.last_seen.insert(q, round);
+        }
+        self.last_seen
+            .retain(|_, seen| round - *seen < QUEUE_RETENTION_DISCOVERIES);
+        // BTreeMap keys are sorted, so each shard's list is too.
+        let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for q in self.last_seen.keys() {
+            by_shard
+                .entry(shard_of(q, shard_count))
+                .or_default()
+                .push(q.clone());
+        }
+        let version = content_version(&by_shard);
+        (by_shard, version)
+    }
 }
 
 /// FNV-1a over every (shard, queue) pair in order; 1 for no queues, never 0.
@@ -693,7 +727,7 @@ impl Coordinator {
 
     /// Scans the store for queues and groups them by shard; false when it
     /// could not (not initialized, store unavailable).
-    async fn discover(&self) -> bool {
+    async fn discover(&self, memory: &mut DiscoveryMemory) -> bool {
         let shard_count = self.inner.state_machine.latest().cluster.shard_count;
         if shard_count == 0 {
             return false;
@@ -701,33 +735,33 @@ impl Coordinator {
         let term = self.metrics().current_term;
         match self.inner.store.discover_queues().await {
             Ok(queues) => {
-                let mut index = lock(&self.inner.queues);
-                index.term = term;
-                index.round += 1;
-                let round = index.round;
-                for q in queues {
-                    index.last_seen.insert(q, round);
-                }
-                index
-                    .last_seen
-                    .retain(|_, seen| round - *seen < QUEUE_RETENTION_DISCOVERIES);
-                // BTreeMap keys are sorted, so each shard's list is too.
-                let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-                for q in index.last_seen.keys() {
-                    by_shard
-                        .entry(shard_of(q, shard_count))
-                        .or_default()
-                        .push(q.clone());
-                }
-                // Set on every success, not only on a change: an empty
-                // store's first discovery must turn version 0 ("none yet")
-                // into the version of no queues.
-                let version = content_version(&by_shard);
-                if index.version != version {
-                    tracing::debug!(version, "queue discovery changed");
-                }
-                index.version = version;
-                index.by_shard = by_shard;
+                // Hundreds of thousands of queues take a while: off the
+                // async workers (Raft runs there), and outside the mutex
+                // that heartbeats and GetQueues take.
+                let mut owned = std::mem::take(memory);
+                let work = tokio::task::spawn_blocking(move || {
+                    let (by_shard, version) = owned.absorb(queues, shard_count);
+                    (owned, by_shard, version)
+                });
+                let Ok((owned, by_shard, version)) = work.await else {
+                    tracing::warn!("queue discovery's bookkeeping failed");
+                    return false;
+                };
+                *memory = owned;
+                let old = {
+                    let mut index = lock(&self.inner.queues);
+                    index.term = term;
+                    // Set on every success, not only on a change: an empty
+                    // store's first discovery must turn version 0 ("none
+                    // yet") into the version of no queues.
+                    if index.version != version {
+                        tracing::debug!(version, "queue discovery changed");
+                    }
+                    index.version = version;
+                    std::mem::replace(&mut index.by_shard, by_shard)
+                };
+                // Freed after the mutex is released.
+                drop(old);
                 true
             }
             Err(e) => {
@@ -741,6 +775,7 @@ impl Coordinator {
     pub async fn run(self, mut stop: ShutdownListener) {
         let settings = self.inner.settings.clone();
         let mut next_discovery = Instant::now();
+        let mut memory = DiscoveryMemory::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(settings.plan_interval) => {}
@@ -759,7 +794,7 @@ impl Coordinator {
                 } else {
                     settings.discovery_interval
                 };
-                let wait = if self.discover().await {
+                let wait = if self.discover(&mut memory).await {
                     interval
                 } else {
                     interval.min(DISCOVERY_RETRY)

@@ -113,21 +113,48 @@ impl QueueStatsBook {
     /// The shards to report: all of them when `full`, else the changed ones.
     /// Clears the changed marks (a failed send makes the next report full).
     pub fn take_report(&mut self, full: bool) -> Vec<ShardStats> {
-        self.shards
-            .iter_mut()
-            .filter(|(_, b)| full || b.changed)
-            .map(|(shard, b)| {
-                b.changed = false;
-                ShardStats {
-                    shard: *shard,
-                    epoch: b.epoch,
-                    queues: b.queues.iter().map(|(q, s)| to_proto(q, s)).collect(),
-                    continued: false,
-                }
-            })
+        self.shards_to_report(full)
+            .into_iter()
+            .filter_map(|shard| self.take_shard(shard, full))
             .collect()
     }
+
+    /// The shards a report covers (all when `full`, else the changed ones).
+    pub fn shards_to_report(&self, full: bool) -> Vec<u32> {
+        self.shards
+            .iter()
+            .filter(|(_, b)| full || b.changed)
+            .map(|(shard, _)| *shard)
+            .collect()
+    }
+
+    /// One shard's part of a report (see [`Self::take_report`]), clearing
+    /// its changed mark; `None` if it is no longer there, or unchanged
+    /// since it was listed (and not `full`).
+    pub fn take_shard(&mut self, shard: u32, full: bool) -> Option<ShardStats> {
+        let b = self.shards.get_mut(&shard).filter(|b| full || b.changed)?;
+        b.changed = false;
+        Some(ShardStats {
+            shard,
+            epoch: b.epoch,
+            queues: b.queues.iter().map(|(q, s)| to_proto(q, s)).collect(),
+            continued: false,
+        })
+    }
 }
+
+/// [`QueueStatsBook::take_report`] on the shared book, taking its lock for
+/// one shard at a time: with hundreds of thousands of queues, one lock over
+/// the whole report would hold up every housekeeping call meanwhile.
+pub fn take_report_shared(book: &std::sync::Mutex<QueueStatsBook>, full: bool) -> Vec<ShardStats> {
+    let shards = super::lock(book).shards_to_report(full);
+    shards
+        .into_iter()
+        .filter_map(|shard| super::lock(book).take_shard(shard, full))
+        .collect()
+}
+
+impl QueueStatsBook {}
 
 /// Most bytes of figures in one `ReportStats` chunk (gRPC's default limit is 4 MiB).
 pub const CHUNK_BYTES: usize = 1 << 20;

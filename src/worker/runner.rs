@@ -334,7 +334,9 @@ impl ShardQueues {
     fn announce(&mut self, queues: Vec<(String, EventKind)>, now: Instant, pull_delay: Duration) {
         for (q, kind) in queues {
             let by = match kind {
-                EventKind::Lock => now,
+                // Ahead of any backlog (a sweep places every queue at its
+                // instant, and due queues are taken in instant order).
+                EventKind::Lock => self.schedule.next_wake().map_or(now, |w| w.min(now)),
                 EventKind::Pull => now + pull_delay,
             };
             if self.schedule.contains(&q) {
@@ -460,11 +462,28 @@ async fn run_shard(
                     return;
                 }
             }
+            if cancel.is_cancelled() {
+                // Moved away or stopped: what came back is recorded (a
+                // fenced result included), the rest of the pass is left undone.
+                return;
+            }
         }
         drop(results);
+        if worked {
+            // A store that answers at once (the embedded one, or Redis under
+            // a long sweep) never makes this task wait: give the runtime's
+            // other tasks (Raft, heartbeats) their turn after every pass.
+            tokio::task::yield_now().await;
+        }
         // The first pass after the list arrived visits its queues (none, for
         // a shard without queues); later ones count only rounds with calls.
-        let first = passes.load(Ordering::Relaxed) == 0 && queues.list.is_some();
+        // "First pass": the list arrived and its initial backlog is done.
+        let first = passes.load(Ordering::Relaxed) == 0
+            && queues.list.is_some()
+            && queues
+                .schedule
+                .next_wake()
+                .is_none_or(|w| w > Instant::now());
         if worked || first {
             passes.fetch_add(1, Ordering::Relaxed);
         }

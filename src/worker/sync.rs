@@ -28,7 +28,7 @@ use super::coordinator::Coordinator;
 use super::heartbeat::LeaderContact;
 use super::queue_lists::{Assembler, Step};
 use super::queue_stats::{chunks, CHUNK_BYTES};
-use super::{lock, QueueCache, WorkerShared};
+use super::{QueueCache, WorkerShared};
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
 use crate::proto::worker::{GetQueuesRequest, GetQueuesResponse, StatsReport};
 use crate::raft::network::Channels;
@@ -162,7 +162,7 @@ impl SyncLoop {
 
     /// Sends statistics in chunks; returns who acknowledged all of them.
     async fn send_stats(&self, contact: &LeaderContact, full: bool) -> StatsAckedBy {
-        let report = lock(&self.shared.queue_stats).take_report(full);
+        let report = super::queue_stats::take_report_shared(&self.shared.queue_stats, full);
         if report.is_empty() && !full {
             return Some((contact.leader, contact.term));
         }
