@@ -78,10 +78,10 @@ pub struct NodeMetrics {
     /// deckhand_scheduling_polling: 1 while lock events are unavailable and
     /// every queue is polled (`tasks.notifications` fell back, or is off).
     pub polling: IntGauge,
-    /// deckhand_queue_events_subscribed: 1 while this node holds a live
+    /// deckhand_keyspace_events_subscribed: 1 while this node holds a live
     /// queue-event subscription.
     pub queue_events_subscribed: IntGauge,
-    /// deckhand_queue_events_total: queue events received.
+    /// deckhand_keyspace_events_total: queue events received.
     pub queue_events: IntCounter,
     /// The queue label values seen so far (cardinality cap).
     labels: Mutex<HashSet<String>>,
@@ -204,12 +204,12 @@ impl NodeMetrics {
             ),
             queue_events_subscribed: gauge(
                 &registry,
-                "deckhand_queue_events_subscribed",
+                "deckhand_keyspace_events_subscribed",
                 "1 while this node holds a live queue-event (keyspace notification) subscription",
             ),
             queue_events: {
                 let c = IntCounter::new(
-                    "deckhand_queue_events_total",
+                    "deckhand_keyspace_events_total",
                     "Queue events (keyspace notifications of locks and pulls) this node received",
                 )
                 .expect("valid metric definition");
