@@ -33,12 +33,13 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{LinearizerOption, ServerState};
 use tokio::sync::{watch, Notify};
 
+use super::discovery::{DiscoveryMemory, QueueIndex};
 use super::events::{Mode, Scheduling};
 use super::queue_stats::LeaderQueueStats;
 use super::{lock, WorkerSettings};
 use crate::cluster::lease::Liveness;
 use crate::cluster::planner::{self, Candidates, PlanInput};
-use crate::cluster::{shard_of, Command, CommandResult, Move, ShardState};
+use crate::cluster::{Command, CommandResult, Move, ShardState};
 use crate::proto::worker::{
     GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, StatsAck,
     StatsReport, TaskCounters,
@@ -106,11 +107,6 @@ struct LeaderView {
 /// The longest a Raft write of the coordinator may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many discoveries in a row may miss a queue before it leaves the
-/// lists (a SCAN returns every key that exists throughout it, so one miss
-/// means the queue was gone at least for a moment; three, that it stayed gone).
-const QUEUE_RETENTION_DISCOVERIES: u64 = 3;
-
 /// How soon a failed (or not yet possible) discovery is tried again.
 const DISCOVERY_RETRY: Duration = Duration::from_millis(500);
 
@@ -120,77 +116,6 @@ const POLLING_DISCOVERY: Duration = Duration::from_secs(1);
 /// How soon after committing shard moves the leader discovers again (the
 /// new owners run their shards by then).
 const DISCOVERY_AFTER_MOVES: Duration = Duration::from_secs(1);
-
-/// The queues found by discovery, by shard.
-#[derive(Default)]
-struct QueueIndex {
-    /// A hash of the contents, not a counter: versions from different
-    /// leaders compare correctly (equal contents, equal version). Never 0:
-    /// 0 means "no discovery this term" (see [`Coordinator::get_queues`]).
-    version: u64,
-    /// The leader term of the last successful discovery.
-    term: u64,
-    by_shard: BTreeMap<u32, Vec<String>>,
-}
-
-/// What discovery remembers between rounds; owned by the leader's loop, so
-/// the work over every queue never runs under the index's mutex.
-#[derive(Default)]
-struct DiscoveryMemory {
-    /// Successful discoveries so far.
-    round: u64,
-    /// The discovery round that last saw each queue.
-    last_seen: BTreeMap<String, u64>,
-}
-
-impl DiscoveryMemory {
-    /// Takes one discovery's queues; returns the lists by shard (sorted)
-    /// and their version. O(queues): run it off the async workers.
-    fn absorb(
-        &mut self,
-        queues: Vec<String>,
-        shard_count: u32,
-    ) -> (BTreeMap<u32, Vec<String>>, u64) {
-        self.round += 1;
-        let round = self.round;
-        for q in queues {
-            self.last_seen.insert(q, round);
-        }
-        self.last_seen
-            .retain(|_, seen| round - *seen < QUEUE_RETENTION_DISCOVERIES);
-        // BTreeMap keys are sorted, so each shard's list is too.
-        let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-        for q in self.last_seen.keys() {
-            by_shard
-                .entry(shard_of(q, shard_count))
-                .or_default()
-                .push(q.clone());
-        }
-        let version = content_version(&by_shard);
-        (by_shard, version)
-    }
-}
-
-/// FNV-1a over every (shard, queue) pair in order; 1 for no queues, never 0.
-fn content_version(by_shard: &BTreeMap<u32, Vec<String>>) -> u64 {
-    if by_shard.is_empty() {
-        return 1;
-    }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    for (shard, queues) in by_shard {
-        feed(&shard.to_be_bytes());
-        for q in queues {
-            feed(q.as_bytes());
-            feed(&[0]);
-        }
-    }
-    h.max(2)
-}
 
 /// Whether a report `(incarnation, seq)` from a node that handed its shards
 /// back at `departed_at` means it is back: a report from a new process, or

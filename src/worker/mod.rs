@@ -36,6 +36,7 @@
 //! owner alone, and balance comes from moving whole shards.
 
 pub mod coordinator;
+mod discovery;
 pub mod events;
 pub mod heartbeat;
 pub mod queue_lists;
