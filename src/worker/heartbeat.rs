@@ -46,6 +46,17 @@ pub struct LeaderContact {
     pub queues_version: u64,
 }
 
+/// A worker-service client for the node at `addr`, on its reused channel.
+pub(crate) fn worker_client(
+    channels: &Channels,
+    addr: &str,
+) -> Result<WorkerServiceClient<tonic::transport::Channel>, String> {
+    channels
+        .get(addr)
+        .map(WorkerServiceClient::new)
+        .map_err(|e| e.to_string())
+}
+
 /// This node's report, as of now.
 pub fn build_report(shared: &WorkerShared, applied_index: u64) -> HeartbeatRequest {
     let running = shared
@@ -151,10 +162,7 @@ impl HeartbeatLoop {
     }
 
     fn client(&self, addr: &str) -> Result<WorkerServiceClient<tonic::transport::Channel>, String> {
-        self.channels
-            .get(addr)
-            .map(WorkerServiceClient::new)
-            .map_err(|e| e.to_string())
+        worker_client(&self.channels, addr)
     }
 
     async fn remote_heartbeat(

@@ -84,10 +84,7 @@ impl SyncLoop {
     }
 
     fn client(&self, addr: &str) -> Result<WorkerServiceClient<tonic::transport::Channel>, String> {
-        self.channels
-            .get(addr)
-            .map(WorkerServiceClient::new)
-            .map_err(|e| e.to_string())
+        super::heartbeat::worker_client(&self.channels, addr)
     }
 
     async fn get_page(
