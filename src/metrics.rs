@@ -97,6 +97,14 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     c
 }
 
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric definition");
     registry
@@ -156,22 +164,16 @@ impl NodeMetrics {
         registry
             .register(Box::new(lease.clone()))
             .expect("metric registered once");
-        let fenced = IntCounter::new(
+        let fenced = counter(
+            &registry,
             "deckhand_fenced_writes_total",
             "Store operations rejected because a newer shard owner had written",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(fenced.clone()))
-            .expect("metric registered once");
-        let store_errors = IntCounter::new(
+        );
+        let store_errors = counter(
+            &registry,
             "deckhand_store_errors_total",
             "Housekeeping calls that failed for another reason than fencing (store down, bad data)",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(store_errors.clone()))
-            .expect("metric registered once");
+        );
         Arc::new(Self {
             task_runs: counter_vec(
                 &registry,
@@ -207,17 +209,11 @@ impl NodeMetrics {
                 "deckhand_keyspace_events_subscribed",
                 "1 while this node holds a live queue-event (keyspace notification) subscription",
             ),
-            queue_events: {
-                let c = IntCounter::new(
-                    "deckhand_keyspace_events_total",
-                    "Queue events (keyspace notifications of locks and pulls) this node received",
-                )
-                .expect("valid metric definition");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
+            queue_events: counter(
+                &registry,
+                "deckhand_keyspace_events_total",
+                "Queue events (keyspace notifications of locks and pulls) this node received",
+            ),
             is_leader: gauge(
                 &registry,
                 "deckhand_node_is_leader",

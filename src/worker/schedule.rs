@@ -135,11 +135,6 @@ impl QueueSchedule {
         self.order.first().map(|(at, _)| *at)
     }
 
-    /// When the last call on `queue` started (for [`next_call`]).
-    pub fn last_start(&self, queue: &str) -> Option<Instant> {
-        self.slots.get(queue).and_then(|s| s.last_start)
-    }
-
     /// Forgets a queue.
     pub fn remove(&mut self, queue: &str) {
         if let Some(slot) = self.slots.remove(queue) {
