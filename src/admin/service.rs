@@ -286,7 +286,12 @@ impl Admin for AdminService {
         if let Route::Leader(mut client) = self.route(&request)? {
             return client.rebalance(forwarded(request)).await;
         }
-        let moves = self.coordinator.plan_round().await.map_err(coord_status)?;
+        let moves = self
+            .coordinator
+            .plan_round()
+            .await
+            .map_err(coord_status)?
+            .moved;
         Ok(Response::new(RebalanceResponse {
             moves: moves as u32,
         }))

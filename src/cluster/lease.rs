@@ -124,6 +124,32 @@ impl Liveness {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+
+    /// The first instant after `now` at which one of `nodes` that is live at
+    /// `now` stops being live, if any: until then no liveness answer about
+    /// them changes unless a heartbeat arrives, so the leader's planner can
+    /// sleep until this instead of polling.
+    pub fn next_expiry(
+        &self,
+        nodes: impl IntoIterator<Item = NodeId>,
+        now: Instant,
+    ) -> Option<Instant> {
+        nodes
+            .into_iter()
+            .filter(|n| self.is_live(*n, now))
+            .map(|n| {
+                let last = self
+                    .last_heard
+                    .get(&n)
+                    .copied()
+                    .unwrap_or(self.since)
+                    .max(self.since);
+                // `is_live` holds through `last + timeout` inclusive.
+                last + self.timeout + Duration::from_millis(1)
+            })
+            .min()
+            .inspect(|t| debug_assert!(*t > now, "a live node's expiry is in the future"))
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +203,30 @@ mod tests {
         assert_eq!(live.silent_for(2, t0 + 2500 * MS), 500 * MS);
         assert!(live.is_live(2, t0 + 3300 * MS));
         assert!(!live.is_live(2, t0 + 3301 * MS));
+    }
+
+    #[test]
+    fn next_expiry_is_the_first_live_node_to_go_silent() {
+        let t0 = Instant::now();
+        let mut live = Liveness::new(1000 * MS, 300 * MS, t0);
+        // Nobody heard yet: everyone expires a full timeout after t0.
+        assert_eq!(live.next_expiry([2, 3], t0), Some(t0 + 1301 * MS));
+        live.heard(2, t0 + 200 * MS);
+        live.heard(3, t0 + 100 * MS);
+        assert_eq!(
+            live.next_expiry([2, 3], t0 + 500 * MS),
+            Some(t0 + 1401 * MS)
+        );
+        let at = live.next_expiry([2, 3], t0 + 500 * MS).unwrap();
+        assert!(!live.is_live(3, at), "node 3 is gone at its expiry");
+        assert!(live.is_live(3, at - MS), "and live just before");
+        // Node 3 already gone: only node 2 can still change.
+        assert_eq!(
+            live.next_expiry([2, 3], t0 + 1450 * MS),
+            Some(t0 + 1501 * MS)
+        );
+        assert_eq!(live.next_expiry([2, 3], t0 + 1600 * MS), None);
+        assert_eq!(live.next_expiry([], t0), None);
     }
 
     #[test]

@@ -648,12 +648,16 @@ async fn watch_role(
     shard_count: u32,
     mut stop: ShutdownListener,
 ) {
-    let mut rx = raft.metrics();
+    // The server metrics change only with the role, leader, vote or
+    // membership; the full metrics are republished on every Raft heartbeat
+    // (40 times a second on a 3-node leader), and waking on each would cost
+    // an idle node more than all its own work.
+    let mut rx = raft.server_metrics();
     let mut last: Option<(ServerState, Option<NodeId>)> = None;
     loop {
         let (state, leader, term) = {
             let m = rx.borrow_watched();
-            (m.state, m.current_leader, m.current_term)
+            (m.state, m.current_leader, m.vote.leader_id.term)
         };
         if last != Some((state, leader)) {
             let was_leader = matches!(last, Some((ServerState::Leader, _)));

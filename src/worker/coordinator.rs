@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::{LinearizerOption, ServerState};
+use openraft::ServerState;
 use tokio::sync::{watch, Notify};
 
 use super::discovery::{DiscoveryMemory, QueueIndex};
@@ -88,6 +88,24 @@ pub struct Reassignment {
     /// Whether `from` had handed its shards back (then no wait is needed).
     pub handed_back: bool,
 }
+
+/// What one planning round did, and when planning is next needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Shard moves committed.
+    pub moved: usize,
+    /// `Some(t)`: the round saw everything settled, and no decision can
+    /// change before `t` (a node's liveness running out) unless an event
+    /// wakes the planner: a heartbeat that changes what a node runs or has
+    /// applied, a hand-back, a new applied state, a new role. `None`: plan
+    /// again after `plan_interval` (moves were made, or the round could not
+    /// run yet).
+    pub quiet_until: Option<Instant>,
+}
+
+/// The longest the leader goes without a planning round while nothing
+/// changes: a safety net for a change no event announces.
+const IDLE_PLAN: Duration = Duration::from_secs(1);
 
 /// The leader's knowledge during one term.
 struct LeaderView {
@@ -216,22 +234,35 @@ impl Coordinator {
 
     /// Checks this node leads with a fresh quorum acknowledgement; returns the term.
     ///
-    /// Asks the Raft core itself (its clock progress), not the metrics: the
-    /// metrics are republished only when something else changes, so their
-    /// `last_quorum_acked` can be old on a healthy, idle leader. The check
-    /// never waits for a new acknowledgement (`wait_timeout` zero).
-    async fn leading(&self, m: &RaftMetrics) -> Result<u64, CoordError> {
+    /// Reads the acknowledgement time from the metrics snapshot `m`: the Raft
+    /// core republishes its metrics at the top of every loop turn, and a
+    /// turn runs at least every tick (`raft.heartbeat_interval * 13 / 64`),
+    /// so the snapshot's `last_quorum_acked` is at most about a tick older
+    /// than the core's. Older only ever means "less fresh": a stale snapshot
+    /// can refuse a fresh leader for a moment, never accept a stale one.
+    /// (Asking the core through a read linearizer gave the same answer at
+    /// the cost of a core round trip per heartbeat.)
+    fn leading(&self, m: &RaftMetrics) -> Result<u64, CoordError> {
         if m.state != ServerState::Leader {
             return Err(self.not_leader(m));
         }
-        let fresh = LinearizerOption::new(Some(self.inner.settings.leader_freshness), false)
-            .with_wait_timeout(Duration::ZERO);
-        match self.inner.raft.get_read_linearizer(fresh).await {
-            Ok(_) => Ok(m.current_term),
-            Err(e) => {
-                tracing::debug!(node = self.inner.node_id, error = %e, "leader without a fresh quorum acknowledgement");
-                Err(self.not_leader(m))
-            }
+        let freshness = self.inner.settings.leader_freshness;
+        let alone = {
+            let mut voters = m.membership_config.membership().voter_ids();
+            voters.next() == Some(self.inner.node_id) && voters.next().is_none()
+        };
+        let fresh = alone
+            || m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|at| openraft::Instant::elapsed(&**at) <= freshness);
+        if fresh {
+            Ok(m.current_term)
+        } else {
+            tracing::debug!(
+                node = self.inner.node_id,
+                "leader without a fresh quorum acknowledgement"
+            );
+            Err(self.not_leader(m))
         }
     }
 
@@ -272,7 +303,7 @@ impl Coordinator {
         req: HeartbeatRequest,
     ) -> Result<HeartbeatResponse, CoordError> {
         let m = self.metrics();
-        let term = self.leading(&m).await?;
+        let term = self.leading(&m)?;
         let node = req.node_id;
         if m.membership_config.membership().get_node(&node).is_none() {
             return Err(CoordError::UnknownNode(node));
@@ -303,13 +334,14 @@ impl Coordinator {
                 tracing::info!(node, "node is back after handing its shards back");
                 replan = true;
             }
-            // Plan at once only when what the node runs changed (a release
-            // done, a shard started) or it is new this term; otherwise the
-            // next round (plan_interval) is soon enough.
-            replan |= view
-                .reports
-                .get(&node)
-                .is_none_or(|old| !same_shards(&old.running, &report.running));
+            // Plan at once when what the node runs or has applied changed (a
+            // release done, a shard started) or it is new this term. Nothing
+            // else in a report feeds a decision: an idle leader that is woken
+            // only by these sleeps between rounds (see `run`).
+            replan |= view.reports.get(&node).is_none_or(|old| {
+                !same_shards(&old.running, &report.running)
+                    || old.applied_index != report.applied_index
+            });
             view.reports.insert(node, report);
             replan
         });
@@ -329,7 +361,7 @@ impl Coordinator {
     /// waited that long, as for shard moves.
     pub async fn live_nodes(&self) -> Result<BTreeSet<NodeId>, CoordError> {
         let m = self.metrics();
-        let term = self.leading(&m).await?;
+        let term = self.leading(&m)?;
         let now = Instant::now();
         let me = self.inner.node_id;
         Ok(self.with_view(term, |view| {
@@ -345,7 +377,7 @@ impl Coordinator {
     /// Commits a command as the leader (used by membership changes).
     pub async fn commit(&self, command: Command) -> Result<CommandResult, CoordError> {
         let m = self.metrics();
-        self.leading(&m).await?;
+        self.leading(&m)?;
         self.write(command).await
     }
 
@@ -356,7 +388,7 @@ impl Coordinator {
     /// applied shard table, and still runs them, by its last report.
     pub async fn queue_gauges(&self) -> Option<Vec<(String, QueueSizes)>> {
         let m = self.metrics();
-        let term = self.leading(&m).await.ok()?;
+        let term = self.leading(&m).ok()?;
         let hold_off = self.inner.settings.gauge_holdoff;
         let state = self.inner.state_machine.latest();
         let guard = lock(&self.inner.view);
@@ -397,7 +429,7 @@ impl Coordinator {
     /// A chunk of an owner's queue figures (see `queue_stats`).
     pub async fn on_stats(&self, req: StatsReport) -> Result<StatsAck, CoordError> {
         let m = self.metrics();
-        let term = self.leading(&m).await?;
+        let term = self.leading(&m)?;
         let node = req.node_id;
         if m.membership_config.membership().get_node(&node).is_none() {
             return Err(CoordError::UnknownNode(node));
@@ -443,7 +475,7 @@ impl Coordinator {
         last_report: (u64, u64),
     ) -> Result<u32, CoordError> {
         let m = self.metrics();
-        let term = self.leading(&m).await?;
+        let term = self.leading(&m)?;
         if m.membership_config.membership().get_node(&node).is_none() {
             return Err(CoordError::UnknownNode(node));
         }
@@ -476,7 +508,7 @@ impl Coordinator {
     /// Marks `node` drained (or undrained) through Raft.
     pub async fn set_drained(&self, node: NodeId, drained: bool) -> Result<u32, CoordError> {
         let m = self.metrics();
-        let term = self.leading(&m).await?;
+        let term = self.leading(&m)?;
         let members: BTreeSet<NodeId> = m
             .membership_config
             .membership()
@@ -532,10 +564,10 @@ impl Coordinator {
     }
 
     /// One planning round: compute moves from the current view and commit them.
-    pub async fn plan_round(&self) -> Result<usize, CoordError> {
+    pub async fn plan_round(&self) -> Result<Round, CoordError> {
         let _planning = self.inner.planning.lock().await;
         let m = self.metrics();
-        let term = match self.leading(&m).await {
+        let term = match self.leading(&m) {
             Ok(term) => term,
             Err(e) => {
                 if m.state != ServerState::Leader {
@@ -555,7 +587,10 @@ impl Coordinator {
             l.leader_id.term == term && l.index() >= m.local_committed.map_or(0, |c| c.index())
         });
         if !caught_up {
-            return Ok(0);
+            return Ok(Round {
+                moved: 0,
+                quiet_until: None,
+            });
         }
         let members: BTreeSet<NodeId> = m
             .membership_config
@@ -565,7 +600,7 @@ impl Coordinator {
             .collect();
         let me = self.inner.node_id;
         let now = Instant::now();
-        let (moves, reassigned) = self.with_view(term, |view| {
+        let (moves, reassigned, expiry) = self.with_view(term, |view| {
             // This node hears itself through its own heartbeat loop; until it
             // has, it still counts as live (it is running this code).
             let live = |n: NodeId| n == me || view.liveness.is_live(n, now);
@@ -584,9 +619,14 @@ impl Coordinator {
                 involved.extend(s.released_from);
             }
             let gone: BTreeSet<NodeId> = involved
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|n| view.departed.contains(n) || !live(*n))
                 .collect();
+            // The next moment a decision input changes by time alone.
+            let expiry = view
+                .liveness
+                .next_expiry(involved.iter().copied().filter(|n| *n != me), now);
             let reports = &view.reports;
             let stopped = |shard: u32, node: NodeId, s: &ShardState| {
                 reports
@@ -616,10 +656,13 @@ impl Coordinator {
                     Move::Release { .. } => None,
                 })
                 .collect();
-            (moves, reassigned)
+            (moves, reassigned, expiry)
         });
         if moves.is_empty() {
-            return Ok(0);
+            return Ok(Round {
+                moved: 0,
+                quiet_until: Some(expiry.unwrap_or(now + IDLE_PLAN)),
+            });
         }
         for r in &reassigned {
             debug_assert!(
@@ -638,16 +681,18 @@ impl Coordinator {
             lock(&self.inner.reassignments).extend(reassigned);
         }
         let count = moves.len();
-        match self.write(Command::Moves { moves }).await? {
+        let moved = match self.write(Command::Moves { moves }).await? {
             CommandResult::Moved { applied, skipped } => {
                 tracing::info!(applied, skipped, "shard moves committed");
-                Ok(applied)
+                applied
             }
-            other => Ok(match other {
-                CommandResult::Rejected(_) => 0,
-                _ => count,
-            }),
-        }
+            CommandResult::Rejected(_) => 0,
+            _ => count,
+        };
+        Ok(Round {
+            moved,
+            quiet_until: None,
+        })
     }
 
     /// Scans the store for queues and groups them by shard; false when it
@@ -697,17 +742,42 @@ impl Coordinator {
     }
 
     /// The leader's loops: planning and discovery. Idle on followers.
+    ///
+    /// A round runs when an event wakes the planner (`wake`: a heartbeat
+    /// that changed what a node runs, a hand-back, a drain), at most
+    /// `plan_interval` after the applied state or this node's role changed,
+    /// `plan_interval` after a round that moved shards or could not run,
+    /// and otherwise when a node's liveness runs out ([`Round::quiet_until`])
+    /// or after `IDLE_PLAN`. An idle leader thus plans about once a second
+    /// instead of every `plan_interval`, and a silent node's shards move the
+    /// moment its `lease + margin` is over rather than up to a round later.
     pub async fn run(self, mut stop: ShutdownListener) {
         let settings = self.inner.settings.clone();
         let mut next_discovery = Instant::now();
         let mut memory = DiscoveryMemory::default();
+        let mut applied = self.inner.state_machine.subscribe();
+        let mut server = self.inner.raft.server_metrics();
+        let mut last_round = Instant::now();
+        let mut due = last_round + settings.plan_interval;
         loop {
+            let leads = server.borrow_watched().state == ServerState::Leader;
+            let wake_at = if leads { due.min(next_discovery) } else { due };
             tokio::select! {
-                _ = tokio::time::sleep(settings.plan_interval) => {}
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
                 _ = self.inner.wake.notified() => {}
+                changed = applied.changed() => {
+                    if changed.is_err() { return }
+                    due = due.min(last_round + settings.plan_interval);
+                    continue;
+                }
+                changed = server.changed() => {
+                    if changed.is_err() { return }
+                    due = due.min(last_round + settings.plan_interval);
+                    continue;
+                }
                 _ = stop.recv() => return,
             }
-            let leads = self.metrics().state == ServerState::Leader;
+            let leads = server.borrow_watched().state == ServerState::Leader;
             if leads && Instant::now() >= next_discovery {
                 // A failed discovery is retried soon, not a whole interval
                 // later. Without queue events (this node's check says Redis
@@ -726,18 +796,34 @@ impl Coordinator {
                 };
                 next_discovery = Instant::now() + wait;
             }
-            match self.plan_round().await {
-                Ok(moved) if moved > 0 => {
-                    // New owners start their shards now; a queue created
-                    // while nobody ran its shard announced itself to nobody:
-                    // find it soon rather than a whole interval later.
-                    next_discovery = next_discovery.min(Instant::now() + DISCOVERY_AFTER_MOVES);
+            let outcome = self.plan_round().await;
+            last_round = Instant::now();
+            let soon = last_round + settings.plan_interval;
+            due = match outcome {
+                Ok(round) => {
+                    if round.moved > 0 {
+                        // New owners start their shards now; a queue created
+                        // while nobody ran its shard announced itself to
+                        // nobody: find it soon rather than a whole interval later.
+                        next_discovery = next_discovery.min(last_round + DISCOVERY_AFTER_MOVES);
+                    }
+                    round.quiet_until.map_or(soon, |t| {
+                        t.clamp(
+                            last_round + Duration::from_millis(1),
+                            last_round + IDLE_PLAN,
+                        )
+                    })
                 }
-                Ok(_) | Err(CoordError::NotLeader { .. }) | Err(CoordError::NotInitialized) => {}
+                // A follower: becoming leader is a role change, which wakes us.
+                Err(CoordError::NotLeader { .. }) if !leads => last_round + IDLE_PLAN,
+                // A leader without a fresh quorum acknowledgement, not
+                // initialized yet, or a failed write: try again soon.
+                Err(CoordError::NotLeader { .. }) | Err(CoordError::NotInitialized) => soon,
                 Err(e) => {
-                    tracing::debug!(node = self.inner.node_id, error = %e, "planning round failed")
+                    tracing::debug!(node = self.inner.node_id, error = %e, "planning round failed");
+                    soon
                 }
-            }
+            };
         }
     }
 }

@@ -114,7 +114,9 @@ impl HeartbeatLoop {
 
     async fn beat(&self) {
         let (leader, leader_addr) = {
-            let m = self.raft.metrics().borrow_watched().clone();
+            // The server metrics: the full ones are republished on every
+            // Raft heartbeat and cost a larger clone.
+            let m = self.raft.server_metrics().borrow_watched().clone();
             let Some(leader) = m.current_leader else {
                 return;
             };
