@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::MAX_SHARDS;
 
 mod sections;
-mod tasks;
+pub mod tasks;
 pub use sections::{MetricsConfig, SecurityConfig};
 pub use tasks::{NotificationMode, TaskTuning};
 

@@ -95,11 +95,18 @@ fn default_concurrency() -> usize {
     8
 }
 
+/// The largest `tasks.batch`: every store moves this many elements of each
+/// kind in one call (the store contract runs at this size).
+pub const MAX_BATCH: usize = 4000;
+
 impl TaskTuning {
     /// The section's own checks: `Err((key, message))`.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if self.batch == 0 || self.batch > 4000 {
-            return Err(("tasks.batch", format!("{} is outside 1..=4000", self.batch)));
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            return Err((
+                "tasks.batch",
+                format!("{} is outside 1..={MAX_BATCH}", self.batch),
+            ));
         }
         for (key, value) in [
             ("tasks.sweep_interval", self.sweep_interval),

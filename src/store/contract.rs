@@ -36,6 +36,42 @@ pub async fn run(store: &dyn QueueStore, client: &dyn DeckardClient) {
     fencing(store, client).await;
     bad_names(store, client).await;
     gone_queues(store, client).await;
+    largest_batch(store, client).await;
+}
+
+/// `tasks.batch` at its maximum, under the backlog it exists for: one call
+/// moves a full batch of locks, then of timeouts (a Lua script cannot pass
+/// more than about 8,000 values to one command, so this needs chunking).
+async fn largest_batch(s: &dyn QueueStore, c: &dyn DeckardClient) {
+    use crate::config::tasks::MAX_BATCH;
+    let backlog = MAX_BATCH + 500;
+    let (max, rest, all) = (MAX_BATCH as u64, 500u64, backlog as u64);
+    let q = "c::largest";
+    let items: Vec<(String, f64)> = (0..backlog).map(|i| (format!("m{i}"), i as f64)).collect();
+    c.add(q, &items).await.expect("add");
+    c.pull(q, backlog, 0, 0).await.expect("pull");
+    for (id, _) in &items {
+        c.release(q, LockKind::Ack, id, 1000, 1, None)
+            .await
+            .expect("ack");
+    }
+    let out = s
+        .housekeep(q, req(5000, MAX_BATCH), fence(1))
+        .await
+        .expect("a full batch of unlocks");
+    assert_eq!((out.unlocked_ack, out.sizes.locked_ack), (max, rest));
+    let out = s
+        .housekeep(q, req(5000, MAX_BATCH), fence(1))
+        .await
+        .expect("the rest");
+    assert_eq!((out.unlocked_ack, out.sizes.active), (rest, all));
+    // The same backlog timing out of processing (deadline 0).
+    c.pull(q, backlog, 0, 0).await.expect("pull again");
+    let out = s
+        .housekeep(q, req(5000, MAX_BATCH), fence(1))
+        .await
+        .expect("a full batch of timeouts");
+    assert_eq!((out.timed_out, out.sizes.processing), (max, rest));
 }
 
 /// A queue Deckard emptied is gone: not discovered, no work, and its fence

@@ -68,6 +68,14 @@ end
 local now = tonumber(ARGV[2])
 local budget = tonumber(ARGV[3])
 local late = {}
+-- Lua's C stack holds about 8,000 values: a call's arguments go in chunks
+-- (a batch of 4,000 locks is 8,000 ZADD arguments).
+local CHUNK = 1000
+local function chunked(cmd, key, list)
+  for i = 1, #list, CHUNK do
+    redis.call(cmd, key, unpack(list, i, math.min(i + CHUNK - 1, #list)))
+  end
+end
 local function unlock(lock, restore, default, count)
   if budget <= 0 or count == 0 then return 0 end
   local due = redis.call('ZRANGE', lock, '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, budget, 'WITHSCORES')
@@ -77,7 +85,11 @@ local function unlock(lock, restore, default, count)
     ids[#ids + 1] = due[i]
     late[#late + 1] = now - tonumber(due[i + 1])
   end
-  local scores = redis.call('ZMSCORE', restore, unpack(ids))
+  local scores = {}
+  for i = 1, #ids, CHUNK do
+    local part = redis.call('ZMSCORE', restore, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+    for j = 1, #part do scores[#scores + 1] = part[j] end
+  end
   local args = {}
   for i, id in ipairs(ids) do
     local s = scores[i]
@@ -85,9 +97,9 @@ local function unlock(lock, restore, default, count)
     args[#args + 1] = s
     args[#args + 1] = id
   end
-  redis.call('ZADD', KEYS[1], unpack(args))
-  redis.call('ZREM', lock, unpack(ids))
-  redis.call('ZREM', restore, unpack(ids))
+  chunked('ZADD', KEYS[1], args)
+  chunked('ZREM', lock, ids)
+  chunked('ZREM', restore, ids)
   budget = budget - #ids
   return #ids
 end
@@ -104,8 +116,8 @@ if ARGV[5] == '1' and budget > 0 and n_tmp > 0 then
       args[#args + 1] = '0'
       args[#args + 1] = id
     end
-    redis.call('ZADD', KEYS[1], unpack(args))
-    redis.call('ZREM', KEYS[2], unpack(due))
+    chunked('ZADD', KEYS[1], args)
+    chunked('ZREM', KEYS[2], due)
     timeouts = #due
   end
 end
