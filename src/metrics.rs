@@ -74,6 +74,9 @@ pub struct NodeMetrics {
     pub raft_applied_index: IntGauge,
     pub shards_owned: IntGauge,
     pub shards_running: IntGauge,
+    /// deckhand_shards_fenced: shards this node owns at an epoch the store
+    /// fenced it at, so it does not run them (a newer token wrote).
+    pub shards_fenced: IntGauge,
     pub lease_remaining_seconds: prometheus::Gauge,
     /// deckhand_scheduling_polling: 1 while lock events are unavailable and
     /// every queue is polled (`tasks.notifications` fell back, or is off).
@@ -240,6 +243,11 @@ impl NodeMetrics {
                 &registry,
                 "deckhand_shards_running",
                 "Shards this node is running",
+            ),
+            shards_fenced: gauge(
+                &registry,
+                "deckhand_shards_fenced",
+                "Shards this node owns but does not run: the store fenced it at their current epoch (a writer with a newer token, e.g. another cluster on the same store)",
             ),
             lease_remaining_seconds: lease,
             unlock_lateness,

@@ -38,7 +38,10 @@ async fn three_nodes_elect_fail_over_and_recover_from_disk() {
     // Commit something new while the old leader is down.
     let leader = &cluster.nodes[&second].raft;
     leader
-        .client_write(Command::InitCluster { shard_count: 16 })
+        .client_write(Command::InitCluster {
+            shard_count: 16,
+            generation: 1,
+        })
         .await
         .expect("survivors commit");
     let committed = cluster.nodes[&second]
@@ -100,7 +103,10 @@ async fn five_nodes_keep_a_leader_with_two_stopped() {
     assert_eq!(cluster.leaders(), vec![leader]);
     cluster.nodes[&leader]
         .raft
-        .client_write(Command::InitCluster { shard_count: 16 })
+        .client_write(Command::InitCluster {
+            shard_count: 16,
+            generation: 1,
+        })
         .await
         .expect("three of five commit");
     cluster.shutdown().await;

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use common::{test_worker_tuning, wait_until, TestCluster};
 use deckhand::cluster::shard_of;
+use deckhand::cluster::shards::fence_token;
 use deckhand::proto::admin::admin_client::AdminClient;
 use deckhand::proto::admin::{DrainRequest, ShardsRequest};
 use deckhand::raft::NodeId;
@@ -49,7 +50,8 @@ async fn three_nodes_split_every_shard_across_the_followers() {
             for q in &queues {
                 let shard = shard_of(q, 16) as usize;
                 let fence = cluster.store.fence_of(q).await.ok()?;
-                if fence != state.cluster.shards[shard].epoch {
+                if fence != fence_token(state.cluster.generation, state.cluster.shards[shard].epoch)
+                {
                     return None;
                 }
             }
@@ -172,7 +174,11 @@ async fn a_paused_follower_is_fenced_when_it_resumes() {
         for q in &queues {
             let s = shard_of(q, 16);
             if moved.contains(&s)
-                && cluster.store.fence_of(q).await.ok()? < state.cluster.shards[s as usize].epoch
+                && cluster.store.fence_of(q).await.ok()?
+                    < fence_token(
+                        state.cluster.generation,
+                        state.cluster.shards[s as usize].epoch,
+                    )
             {
                 return None;
             }
@@ -198,7 +204,13 @@ async fn a_paused_follower_is_fenced_when_it_resumes() {
         let shard = shard_of(q, 16);
         if moved.contains(&shard) {
             let fence = cluster.store.fence_of(q).await.expect("fence");
-            assert!(fence >= state.cluster.shards[shard as usize].epoch);
+            assert!(
+                fence
+                    >= fence_token(
+                        state.cluster.generation,
+                        state.cluster.shards[shard as usize].epoch
+                    )
+            );
         }
     }
     assert_epochs_never_decrease(&cluster);

@@ -166,6 +166,7 @@ fn forwarded_within<T>(request: Request<T>, timeout: std::time::Duration) -> Req
 }
 
 fn lease_state(
+    shard_number: u32,
     shard: &crate::cluster::ShardState,
     report: Option<&crate::worker::coordinator::Report>,
 ) -> (String, u64) {
@@ -175,6 +176,9 @@ fn lease_state(
     let Some(report) = report else {
         return ("unknown".into(), 0);
     };
+    if report.fenced.get(&shard_number) == Some(&shard.epoch) {
+        return ("fenced".into(), 0);
+    }
     let left = report
         .lease_remaining
         .saturating_sub(report.received_at.elapsed());
@@ -239,7 +243,7 @@ impl Admin for AdminService {
             .map(|(i, s)| {
                 let i = i as u32;
                 let report = s.owner.and_then(|o| reports.get(&o));
-                let (lease, lease_remaining_ms) = lease_state(s, report);
+                let (lease, lease_remaining_ms) = lease_state(i, s, report);
                 let passes = report
                     .and_then(|r| r.running.get(&i))
                     .filter(|(epoch, _)| *epoch == s.epoch)

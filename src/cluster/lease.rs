@@ -11,6 +11,17 @@
 //!   moment leadership began, so nothing is reassigned for one full
 //!   `lease + margin` after an election.
 //!
+//! - A deposed leader can still acknowledge heartbeats (renew leases) for
+//!   up to `leader_freshness` after its successor's election: its last
+//!   quorum acknowledgement came before that election, and it acknowledges
+//!   only while that is fresh. A node it renews then works until at most
+//!   `election + freshness + lease`. A new leader that has not heard the
+//!   node calls it gone at `election + lease + margin`, which is later only
+//!   if `margin > freshness`. So [`Liveness::for_new_leader`] starts the
+//!   clock `freshness - margin` (plus a millisecond) late when the margin
+//!   is not larger: any configuration is safe, the defaults (margin 300 ms,
+//!   freshness = `election_timeout_min` 150 ms) wait nothing extra.
+//!
 //! Only `Instant` (monotonic) is used: wall-clock jumps cannot shorten or
 //! stretch a lease. A paused process keeps the monotonic clock running, so
 //! after the pause its lease is seen as expired (and fencing covers the
@@ -97,6 +108,24 @@ impl Liveness {
             since: leader_since,
             last_heard: BTreeMap::new(),
         }
+    }
+
+    /// The view of a leader elected at `elected_at`, whose predecessor may
+    /// have acknowledged heartbeats until `elected_at + freshness` (see the
+    /// module doc): nobody is called gone before every lease such an
+    /// acknowledgement granted has run out, plus the margin.
+    pub fn for_new_leader(
+        lease: Duration,
+        margin: Duration,
+        freshness: Duration,
+        elected_at: Instant,
+    ) -> Self {
+        let extra = if freshness >= margin {
+            freshness - margin + Duration::from_millis(1)
+        } else {
+            Duration::ZERO
+        };
+        Self::new(lease, margin, elected_at + extra)
     }
 
     /// Records a heartbeat from `node` received at `at`.
@@ -192,6 +221,32 @@ mod tests {
         let live = Liveness::new(1000 * MS, 300 * MS, t0);
         assert!(live.is_live(7, t0 + 1300 * MS));
         assert!(!live.is_live(7, t0 + 1301 * MS));
+    }
+
+    #[test]
+    fn a_new_leader_outwaits_leases_its_predecessor_may_still_grant() {
+        let t0 = Instant::now();
+        for (margin, freshness) in [(300, 150), (500, 1000), (300, 300), (0, 150)] {
+            let (margin, freshness) = (margin * MS, freshness * MS);
+            let live = Liveness::for_new_leader(1000 * MS, margin, freshness, t0);
+            // The deposed leader renews a lease at t0 + freshness (its last
+            // moment of freshness); the lease holds until then + lease.
+            let mut lease = Lease::new(1000 * MS);
+            lease.renew(t0 + freshness, 1);
+            let mut now = t0;
+            while live.is_live(4, now) {
+                now += MS;
+            }
+            assert!(
+                !lease.is_valid(now),
+                "margin {margin:?}, freshness {freshness:?}: called gone at {:?} while its lease holds",
+                now - t0
+            );
+            assert!(
+                now - t0 >= 1000 * MS + margin,
+                "never earlier than lease + margin"
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,8 @@
 //! - Every shard change sets that shard's epoch to the index of the entry
 //!   making it (see [`shards`]), so epochs only grow.
 //! - `removed` only grows: a retired node id is never a member again.
+//! - `generation` is set with `shard_count` and never changes: the fencing
+//!   tokens of this cluster are `fence_token(generation, epoch)`.
 //!
 //! # Deliberately not done here
 //!
@@ -56,7 +58,14 @@ pub const MAX_SHARDS: u32 = 65_536;
 pub enum Command {
     /// Records the shard count chosen at cluster creation. Proposed by the
     /// first leader (and by any later leader that finds it missing).
-    InitCluster { shard_count: u32 },
+    InitCluster {
+        shard_count: u32,
+        /// Above every generation that ever wrote fences to the store (the
+        /// proposer takes it from the store); 0 in logs written before
+        /// generations existed.
+        #[serde(default)]
+        generation: u64,
+    },
     /// Assignments and releases planned by the leader, applied in order.
     Moves { moves: Vec<Move> },
     /// Marks a node drained (it owns no shards until undrained) or undrained.
@@ -73,7 +82,13 @@ pub enum Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::InitCluster { shard_count } => write!(f, "InitCluster(shards={shard_count})"),
+            Command::InitCluster {
+                shard_count,
+                generation,
+            } => write!(
+                f,
+                "InitCluster(shards={shard_count}, generation={generation})"
+            ),
             Command::Moves { moves } => write!(f, "Moves({} moves)", moves.len()),
             Command::SetDrained { node, drained } => {
                 write!(f, "SetDrained(node={node}, drained={drained})")
@@ -118,6 +133,11 @@ pub struct ClusterState {
     /// Ids of nodes removed from the cluster; never members again.
     #[serde(default)]
     pub removed: BTreeSet<NodeId>,
+    /// This cluster's generation, recorded with the shard count: the high
+    /// bits of every fencing token, so a cluster re-created on the same
+    /// store outranks the fences its predecessor left (see `shards::fence_token`).
+    #[serde(default)]
+    pub generation: u64,
     /// Log index of the last command applied to this state.
     pub last_index: u64,
 }
@@ -132,7 +152,10 @@ impl ClusterState {
         );
         self.last_index = index;
         let result = match command {
-            Command::InitCluster { shard_count } => self.init_cluster(*shard_count),
+            Command::InitCluster {
+                shard_count,
+                generation,
+            } => self.init_cluster(*shard_count, *generation),
             Command::Moves { moves } => self.apply_moves(moves, index),
             Command::SetDrained { node, drained } => {
                 if *drained {
@@ -189,14 +212,21 @@ impl ClusterState {
             .map(|(i, s)| (i as u32, s))
     }
 
-    fn init_cluster(&mut self, shard_count: u32) -> CommandResult {
+    fn init_cluster(&mut self, shard_count: u32, generation: u64) -> CommandResult {
         if shard_count == 0 || shard_count > MAX_SHARDS {
             return CommandResult::Rejected(format!(
                 "shard count {shard_count} is outside 1..={MAX_SHARDS}"
             ));
         }
+        if generation > shards::MAX_GENERATION {
+            return CommandResult::Rejected(format!(
+                "generation {generation} is above {}",
+                shards::MAX_GENERATION
+            ));
+        }
         if self.shard_count == 0 {
             self.shard_count = shard_count;
+            self.generation = generation;
             self.shards = vec![ShardState::default(); shard_count as usize];
             return CommandResult::Applied;
         }
@@ -218,19 +248,37 @@ mod tests {
     fn init_cluster_sets_shard_count_once() {
         let mut state = ClusterState::default();
         assert_eq!(
-            state.apply(1, &Command::InitCluster { shard_count: 128 }),
+            state.apply(
+                1,
+                &Command::InitCluster {
+                    shard_count: 128,
+                    generation: 1
+                }
+            ),
             CommandResult::Applied
         );
         assert_eq!(state.shard_count, 128);
         assert_eq!(state.shards.len(), 128);
         // Same count again: accepted, unchanged.
         assert_eq!(
-            state.apply(2, &Command::InitCluster { shard_count: 128 }),
+            state.apply(
+                2,
+                &Command::InitCluster {
+                    shard_count: 128,
+                    generation: 1
+                }
+            ),
             CommandResult::Applied
         );
         // Another count: rejected, unchanged.
         assert!(matches!(
-            state.apply(3, &Command::InitCluster { shard_count: 64 }),
+            state.apply(
+                3,
+                &Command::InitCluster {
+                    shard_count: 64,
+                    generation: 1
+                }
+            ),
             CommandResult::Rejected(_)
         ));
         assert_eq!(state.shard_count, 128);
@@ -242,7 +290,13 @@ mod tests {
         let mut state = ClusterState::default();
         for bad in [0, MAX_SHARDS + 1] {
             assert!(matches!(
-                state.apply(1, &Command::InitCluster { shard_count: bad }),
+                state.apply(
+                    1,
+                    &Command::InitCluster {
+                        shard_count: bad,
+                        generation: 1
+                    }
+                ),
                 CommandResult::Rejected(_)
             ));
         }
@@ -252,7 +306,13 @@ mod tests {
     #[test]
     fn moves_set_epochs_to_the_entry_index_and_skip_stale_ones() {
         let mut state = ClusterState::default();
-        state.apply(1, &Command::InitCluster { shard_count: 4 });
+        state.apply(
+            1,
+            &Command::InitCluster {
+                shard_count: 4,
+                generation: 1,
+            },
+        );
         let moves = vec![
             Move::Assign {
                 shard: 0,
@@ -324,7 +384,19 @@ mod tests {
     #[should_panic(expected = "out of order")]
     fn applying_out_of_order_panics() {
         let mut state = ClusterState::default();
-        state.apply(5, &Command::InitCluster { shard_count: 8 });
-        state.apply(4, &Command::InitCluster { shard_count: 8 });
+        state.apply(
+            5,
+            &Command::InitCluster {
+                shard_count: 8,
+                generation: 1,
+            },
+        );
+        state.apply(
+            4,
+            &Command::InitCluster {
+                shard_count: 8,
+                generation: 1,
+            },
+        );
     }
 }

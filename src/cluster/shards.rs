@@ -24,6 +24,41 @@ pub fn shard_of(queue: &str, shard_count: u32) -> u32 {
     (hash % u64::from(shard_count)) as u32
 }
 
+/// Bits of a fencing token that hold the epoch (a log index); the cluster's
+/// generation sits above them. 2^36 log entries outlast any cluster.
+pub const EPOCH_BITS: u32 = 36;
+
+/// The largest cluster generation: tokens stay below 2^53, so Redis's Lua
+/// (whose numbers are doubles) compares them exactly.
+pub const MAX_GENERATION: u64 = (1 << (53 - EPOCH_BITS)) - 1;
+
+/// The fencing token of `epoch` in a cluster of `generation`: ordered by
+/// generation first, so every epoch of a cluster created later (with a
+/// higher generation) beats every epoch of an earlier cluster on the same
+/// store, whatever their log indices.
+pub fn fence_token(generation: u64, epoch: u64) -> u64 {
+    assert!(
+        generation <= MAX_GENERATION,
+        "generation {generation} above {MAX_GENERATION}"
+    );
+    assert!(
+        epoch < 1 << EPOCH_BITS,
+        "epoch {epoch} needs more than {EPOCH_BITS} bits"
+    );
+    (generation << EPOCH_BITS) | epoch
+}
+
+/// The generation a fencing token was written by (0: a token from before
+/// generations existed, a plain log index).
+pub fn token_generation(token: u64) -> u64 {
+    token >> EPOCH_BITS
+}
+
+/// The epoch (log index) part of a fencing token.
+pub fn token_epoch(token: u64) -> u64 {
+    token & ((1 << EPOCH_BITS) - 1)
+}
+
 /// Ownership of one shard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardState {

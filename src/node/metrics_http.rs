@@ -47,6 +47,14 @@ impl MetricsSource {
         m.shards_owned
             .set(applied.cluster.owned_by(self.worker.node_id).count() as i64);
         m.shards_running.set(self.worker.running().len() as i64);
+        let fenced = self.worker.fenced();
+        m.shards_fenced.set(
+            applied
+                .cluster
+                .owned_by(self.worker.node_id)
+                .filter(|(shard, s)| fenced.get(shard) == Some(&s.epoch))
+                .count() as i64,
+        );
         m.lease_remaining_seconds.set(
             self.worker
                 .lease_remaining()

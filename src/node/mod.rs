@@ -262,7 +262,7 @@ impl Node {
             config.node_id,
             raft.clone(),
             state_machine.clone(),
-            queue_store,
+            queue_store.clone(),
             settings,
             worker.watch_scheduling(),
         );
@@ -379,6 +379,7 @@ impl Node {
             tokio::spawn(watch_role(
                 raft.clone(),
                 state_machine.clone(),
+                queue_store.clone(),
                 config.cluster.shards,
                 shutdown.listener(),
             )),
@@ -645,6 +646,7 @@ async fn spawn_admin_server(
 async fn watch_role(
     raft: Raft,
     state_machine: StateMachineStore,
+    store: SharedStore,
     shard_count: u32,
     mut stop: ShutdownListener,
 ) {
@@ -671,6 +673,7 @@ async fn watch_role(
                 tokio::spawn(record_shard_count(
                     raft.clone(),
                     state_machine.clone(),
+                    store.clone(),
                     shard_count,
                     term,
                 ));
@@ -686,15 +689,21 @@ async fn watch_role(
 
 /// Proposes `InitCluster` unless the applied state already has the count.
 ///
+/// The cluster's generation comes from the store first (one `INCR`), so a
+/// cluster created on a Redis where another one ran outranks its fences;
+/// while the store cannot answer, nothing is proposed (a cluster without
+/// its generation would be fenced by any earlier cluster's queues).
 /// A just-elected leader refuses writes until its leadership is established,
 /// so this retries for as long as this node leads in the same term.
 async fn record_shard_count(
     raft: Raft,
     state_machine: StateMachineStore,
+    store: SharedStore,
     shard_count: u32,
     term: u64,
 ) {
     let still_leading = |m: &RaftMetrics| m.state == ServerState::Leader && m.current_term == term;
+    let mut generation = None;
     loop {
         let recorded = state_machine.applied().await.cluster.shard_count;
         if recorded == shard_count {
@@ -708,20 +717,42 @@ async fn record_shard_count(
             );
             return;
         }
-        match raft
-            .client_write(Command::InitCluster { shard_count })
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(shard_count, "shard count recorded");
-                return;
+        if generation.is_none() {
+            match store.next_generation().await {
+                Ok(g) if g <= crate::cluster::shards::MAX_GENERATION => generation = Some(g),
+                Ok(g) => {
+                    tracing::error!(
+                        generation = g,
+                        "the store's deckhand_generation counter is past the largest generation; cannot create the cluster"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the cluster yet: the store does not answer for its generation")
+                }
             }
-            Err(e) => tracing::debug!(error = %e, "shard count not recorded yet"),
+        }
+        if let Some(generation) = generation {
+            match raft
+                .client_write(Command::InitCluster {
+                    shard_count,
+                    generation,
+                })
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(shard_count, generation, "cluster created");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "shard count not recorded yet"),
+            }
         }
         if !still_leading(&raft.metrics().borrow_watched()) {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Store trouble is not fixed in 50 ms: ask it less often.
+        let pause = if generation.is_some() { 50 } else { 500 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 

@@ -159,6 +159,8 @@ struct Inner {
     queues: BTreeMap<String, Queue>,
     history: Option<Vec<AcceptedOp>>,
     next_seq: u64,
+    /// The last cluster generation handed out (`next_generation`).
+    generation: u64,
 }
 
 /// Lock events a subscriber may fall behind by before it loses its subscription.
@@ -303,6 +305,12 @@ impl QueueStore for MemoryStore {
             });
         }
         Ok(out)
+    }
+
+    async fn next_generation(&self) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        Ok(inner.generation)
     }
 
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError> {

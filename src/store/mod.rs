@@ -183,6 +183,12 @@ pub trait QueueStore: Send + Sync + 'static {
         fence: Fence,
     ) -> Result<HousekeepOutcome, StoreError>;
 
+    /// A cluster generation above every one this store handed out before
+    /// (see `cluster::shards::fence_token`): asked once, by the leader that
+    /// creates a cluster. Fences written by an earlier cluster on this
+    /// store then rank below every epoch of the new one.
+    async fn next_generation(&self) -> Result<u64, StoreError>;
+
     /// The queue's current fence (highest epoch that wrote to it), 0 if none.
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError>;
 

@@ -424,6 +424,16 @@ impl QueueStore for RedisStore {
         self.subscribe_lock_events().await
     }
 
+    async fn next_generation(&self) -> Result<u64, StoreError> {
+        let mut con = self.connection().await?;
+        let key = format!("{}:deckhand_generation", self.prefix);
+        redis::cmd("INCR")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("INCR {key}: {e}")))
+    }
+
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError> {
         let k = self.keys(queue)?;
         let mut con = self.connection().await?;

@@ -76,6 +76,8 @@ pub struct Report {
     pub lease_remaining: Duration,
     pub fenced_writes: u64,
     pub tasks: TaskCounters,
+    /// shard -> epoch at which the store fenced the node there.
+    pub fenced: BTreeMap<u32, u64>,
 }
 
 /// A reassignment of a silent node's shards, kept for diagnostics and tests.
@@ -102,6 +104,10 @@ pub struct Round {
     /// run yet).
     pub quiet_until: Option<Instant>,
 }
+
+/// How many reassignments the leader keeps for diagnostics (a node that
+/// crashes over and over would otherwise grow the list forever).
+const REASSIGNMENTS_KEPT: usize = 1024;
 
 /// The longest the leader goes without a planning round while nothing
 /// changes: a safety net for a change no event announces.
@@ -185,7 +191,8 @@ struct Inner {
     /// std mutexes: held for short, synchronous sections only.
     view: Mutex<Option<LeaderView>>,
     queues: Mutex<QueueIndex>,
-    reassignments: Mutex<Vec<Reassignment>>,
+    /// The latest `REASSIGNMENTS_KEPT` reassignments, oldest first.
+    reassignments: Mutex<std::collections::VecDeque<Reassignment>>,
     /// Serializes planning rounds (held across the Raft write).
     planning: tokio::sync::Mutex<()>,
     wake: Notify,
@@ -210,7 +217,7 @@ impl Coordinator {
                 scheduling,
                 view: Mutex::new(None),
                 queues: Mutex::new(QueueIndex::default()),
-                reassignments: Mutex::new(Vec::new()),
+                reassignments: Mutex::new(std::collections::VecDeque::new()),
                 planning: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
             }),
@@ -275,7 +282,12 @@ impl Coordinator {
                 term,
                 since: Instant::now(),
                 stats: LeaderQueueStats::default(),
-                liveness: Liveness::new(s.lease, s.lease_margin, Instant::now()),
+                liveness: Liveness::for_new_leader(
+                    s.lease,
+                    s.lease_margin,
+                    s.leader_freshness,
+                    Instant::now(),
+                ),
                 reports: BTreeMap::new(),
                 departed: BTreeSet::new(),
                 departed_at: BTreeMap::new(),
@@ -320,9 +332,24 @@ impl Coordinator {
             lease_remaining: Duration::from_millis(req.lease_remaining_ms),
             fenced_writes: req.fenced_writes,
             tasks: req.tasks.unwrap_or_default(),
+            fenced: req.fenced.iter().map(|r| (r.shard, r.epoch)).collect(),
         };
+        let fenced_now = self.fenced_at_current_epoch(node, &report.fenced);
         let replan = self.with_view(term, |view| {
             view.liveness.heard(node, now);
+            let unchanged = view
+                .reports
+                .get(&node)
+                .is_some_and(|old| old.fenced == report.fenced);
+            if !unchanged && !fenced_now.is_empty() {
+                // Only a writer with a newer fencing token does this: another
+                // cluster working the same store. Nothing here can fix it.
+                tracing::error!(
+                    node,
+                    shards = ?fenced_now,
+                    "the store fenced this owner at its shards' current epochs: another deckhand cluster with a newer generation writes to the same store"
+                );
+            }
             let back = returned(
                 view.departed_at.get(&node).copied(),
                 req.incarnation,
@@ -354,6 +381,20 @@ impl Coordinator {
             term,
             queues_version: self.queues_version(term),
         })
+    }
+
+    /// The shards `node` owns at an epoch it reports the store fenced it at.
+    fn fenced_at_current_epoch(&self, node: NodeId, fenced: &BTreeMap<u32, u64>) -> Vec<u32> {
+        if fenced.is_empty() {
+            return Vec::new();
+        }
+        let state = self.inner.state_machine.latest();
+        state
+            .cluster
+            .owned_by(node)
+            .filter(|(shard, s)| fenced.get(shard) == Some(&s.epoch))
+            .map(|(shard, _)| shard)
+            .collect()
     }
 
     /// The members this leader has heard from within `lease + margin`
@@ -459,9 +500,10 @@ impl Coordinator {
             .unwrap_or_default()
     }
 
-    /// Every reassignment of a silent or departed node's shards this process decided.
+    /// The latest reassignments of a silent or departed node's shards this
+    /// process decided (at most `REASSIGNMENTS_KEPT`, oldest first).
     pub fn reassignments(&self) -> Vec<Reassignment> {
-        lock(&self.inner.reassignments).clone()
+        lock(&self.inner.reassignments).iter().copied().collect()
     }
 
     /// A node stopped all its shard work and is leaving: reassign now.
@@ -496,6 +538,7 @@ impl Coordinator {
                 lease_remaining: Duration::ZERO,
                 fenced_writes: 0,
                 tasks: TaskCounters::default(),
+                fenced: BTreeMap::new(),
             });
             report.running.clear();
             report.applied_index = report.applied_index.max(applied_index);
@@ -678,7 +721,11 @@ impl Coordinator {
                 shards = reassigned.len(),
                 "reassigning shards of gone nodes"
             );
-            lock(&self.inner.reassignments).extend(reassigned);
+            let mut kept = lock(&self.inner.reassignments);
+            kept.extend(reassigned);
+            let excess = kept.len().saturating_sub(REASSIGNMENTS_KEPT);
+            kept.drain(..excess);
+            debug_assert!(kept.len() <= REASSIGNMENTS_KEPT);
         }
         let count = moves.len();
         let moved = match self.write(Command::Moves { moves }).await? {

@@ -77,6 +77,15 @@ pub fn build_report(shared: &WorkerShared, applied_index: u64) -> HeartbeatReque
         tasks: Some(task_counters(shared)),
         incarnation: shared.incarnation,
         seq: shared.report_seq.fetch_add(1, Ordering::SeqCst) + 1,
+        fenced: shared
+            .fenced()
+            .into_iter()
+            .map(|(shard, epoch)| ShardReport {
+                shard,
+                epoch,
+                passes: 0,
+            })
+            .collect(),
     }
 }
 

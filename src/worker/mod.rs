@@ -220,6 +220,9 @@ pub struct WorkerShared {
     pub(crate) inboxes: Mutex<HashMap<u32, Arc<events::ShardInbox>>>,
     /// The cluster's shard count (0 until known), to route lock events.
     shard_count: AtomicU32,
+    /// The cluster's generation (high bits of every fencing token); set
+    /// with the shard count, before any shard runs.
+    generation: AtomicU64,
     /// How shard tasks find new locks right now (see [`events`]).
     scheduling: watch::Sender<events::Scheduling>,
     /// Bumped whenever the queue lists change: wakes shard tasks.
@@ -299,6 +302,7 @@ impl WorkerShared {
             task_ids: AtomicU64::new(0),
             inboxes: Mutex::new(HashMap::new()),
             shard_count: AtomicU32::new(0),
+            generation: AtomicU64::new(0),
             scheduling: watch::channel(scheduling).0,
             lists_version: watch::channel(0).0,
             fenced: Mutex::new(BTreeMap::new()),
@@ -379,6 +383,11 @@ impl WorkerShared {
         lock(&self.fenced).get(&shard).copied()
     }
 
+    /// Every shard the store fenced, with the epoch it was fenced at.
+    pub fn fenced(&self) -> BTreeMap<u32, u64> {
+        lock(&self.fenced).clone()
+    }
+
     pub fn queues(&self) -> QueueCache {
         lock(&self.queues).clone()
     }
@@ -440,8 +449,13 @@ impl WorkerShared {
         self.shard_count.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn set_shard_count(&self, count: u32) {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_shard_count(&self, count: u32, generation: u64) {
         self.shard_count.store(count, Ordering::Relaxed);
+        self.generation.store(generation, Ordering::Relaxed);
     }
 
     pub(crate) fn watch_running_count(&self) -> watch::Receiver<usize> {

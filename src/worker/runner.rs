@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{Mode, ShardInbox};
 use super::schedule::{next_call, CallResult, QueueSchedule};
 use super::{lock, RunningShard, TaskRunState, WorkerShared};
+use crate::cluster::shards::fence_token;
 use crate::cluster::TaskKind;
 use crate::raft::store::AppliedState;
 use crate::shutdown::ShutdownListener;
@@ -41,7 +42,7 @@ pub async fn run(
     let mut tasks: BTreeMap<u32, Task> = BTreeMap::new();
     loop {
         let state = applied.borrow_and_update().clone();
-        shared.set_shard_count(state.cluster.shard_count);
+        shared.set_shard_count(state.cluster.shard_count, state.cluster.generation);
         let settings = &state.cluster.tasks;
         shared.set_task_state(TaskRunState {
             unlock: !settings.get(TaskKind::Unlock).paused,
@@ -377,9 +378,10 @@ async fn run_shard(
         epoch,
         task: inbox.task,
     };
+    // Stores compare tokens: this cluster's generation above the epoch.
     let fence = Fence {
         shard,
-        epoch,
+        epoch: fence_token(shared.generation(), epoch),
         node: shared.node_id,
     };
     let mut task_state = shared.watch_task_state();

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use deckhand::cluster::shards::token_epoch;
 use deckhand::cluster::{shard_of, Command, ShardState};
 use deckhand::raft::store;
 use deckhand::raft::NodeId;
@@ -40,7 +41,7 @@ pub async fn accepted_operations_follow_the_log(cluster: TestCluster) {
     for entry in &longest {
         let index = entry.log_id.index();
         match &entry.payload {
-            EntryPayload::Normal(Command::InitCluster { shard_count }) if shards.is_empty() => {
+            EntryPayload::Normal(Command::InitCluster { shard_count, .. }) if shards.is_empty() => {
                 shards = vec![ShardState::default(); *shard_count as usize];
             }
             EntryPayload::Normal(Command::Moves { moves }) => {
@@ -73,7 +74,8 @@ pub async fn accepted_operations_follow_the_log(cluster: TestCluster) {
             shard_of(&op.queue, shards.len() as u32),
             "{op:?}: wrong shard"
         );
-        let owner = assigned.get(&(op.shard, op.epoch));
+        // Stores see fencing tokens: the cluster's generation above the epoch.
+        let owner = assigned.get(&(op.shard, token_epoch(op.epoch)));
         assert_eq!(
             owner,
             Some(&op.node),

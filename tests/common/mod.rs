@@ -391,7 +391,11 @@ impl TestCluster {
                     let shard =
                         &state.cluster.shards[deckhand::cluster::shard_of(q, count) as usize];
                     shard.owner?;
-                    if self.store.fence_of(q).await.ok()? != shard.epoch {
+                    let token = deckhand::cluster::shards::fence_token(
+                        state.cluster.generation,
+                        shard.epoch,
+                    );
+                    if self.store.fence_of(q).await.ok()? != token {
                         return None;
                     }
                 }
