@@ -62,6 +62,12 @@ pub enum CoordError {
     LastWorker(NodeId),
     #[error("cluster is not initialized yet (no shard count recorded)")]
     NotInitialized,
+    #[error("node {node} has applied the log to {applied}, more than {MAX_APPLY_LAG} entries behind the commit index {committed}: not acknowledged")]
+    Lagging {
+        node: NodeId,
+        applied: u64,
+        committed: u64,
+    },
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -108,6 +114,14 @@ pub struct Round {
 /// How many reassignments the leader keeps for diagnostics (a node that
 /// crashes over and over would otherwise grow the list forever).
 const REASSIGNMENTS_KEPT: usize = 1024;
+
+/// How far behind the leader's commit index a node's applied index may be
+/// for its heartbeat to be acknowledged. A node that applies nothing (its
+/// state machine stuck, its core stopped) runs from a frozen shard table and
+/// would miss pauses and releases: it loses its lease instead. A healthy
+/// node applies within milliseconds, and the log grows by at most a few
+/// entries per planning round.
+pub const MAX_APPLY_LAG: u64 = 100;
 
 /// The longest the leader goes without a planning round while nothing
 /// changes: a safety net for a change no event announces.
@@ -319,6 +333,20 @@ impl Coordinator {
         let node = req.node_id;
         if m.membership_config.membership().get_node(&node).is_none() {
             return Err(CoordError::UnknownNode(node));
+        }
+        let committed = m.local_committed.map_or(0, |c| c.index());
+        if committed.saturating_sub(req.applied_index) > MAX_APPLY_LAG {
+            tracing::warn!(
+                node,
+                applied = req.applied_index,
+                committed,
+                "heartbeat of a node far behind the log refused"
+            );
+            return Err(CoordError::Lagging {
+                node,
+                applied: req.applied_index,
+                committed,
+            });
         }
         let now = Instant::now();
         let report = Report {

@@ -117,7 +117,31 @@ impl HeartbeatLoop {
             if self.shared.freeze.is_frozen() || self.shared.is_retired() {
                 continue;
             }
+            if let Some(why) = self.raft_stopped() {
+                // The applied state is frozen: pause, release and moves
+                // would never reach the runner. Stop working and stop
+                // renewing; the leader reassigns after lease + margin.
+                if self.shared.lease_valid() {
+                    tracing::error!(node = self.shared.node_id, error = %why, "the Raft core stopped: giving up the lease and every shard");
+                }
+                self.shared.revoke_lease();
+                continue;
+            }
             self.beat().await;
+        }
+    }
+
+    /// Why this node's Raft core no longer runs, if it does not (a fatal
+    /// storage error, a failed assertion, a shutdown). Read from the full
+    /// metrics: the core marks them on its way out, the server metrics keep
+    /// the last role.
+    fn raft_stopped(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        match &m.running_state {
+            Err(fatal) => Some(fatal.to_string()),
+            Ok(()) if m.state == openraft::ServerState::Shutdown => Some("shut down".into()),
+            Ok(()) => None,
         }
     }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{Mode, ShardInbox};
 use super::schedule::{next_call, CallResult, QueueSchedule};
 use super::{lock, RunningShard, TaskRunState, WorkerShared};
-use crate::cluster::shards::fence_token;
+use crate::cluster::shards::{fence_token, token_epoch};
 use crate::cluster::TaskKind;
 use crate::raft::store::AppliedState;
 use crate::shutdown::ShutdownListener;
@@ -225,7 +225,10 @@ async fn housekeep_queue(
                 lock(&shared.queue_stats).forget_queue(fence.shard, queue);
                 return QueueResult::Gone;
             }
-            lock(&shared.queue_stats).record(fence.shard, fence.epoch, queue, out.sizes);
+            // Statistics are keyed by the shard's epoch (a log index), as
+            // the leader's shard table is; the fence carries the token.
+            let epoch = token_epoch(fence.epoch);
+            lock(&shared.queue_stats).record(fence.shard, epoch, queue, out.sizes);
             stats
                 .unlocked_ack
                 .fetch_add(out.unlocked_ack, Ordering::Relaxed);

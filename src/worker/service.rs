@@ -28,7 +28,9 @@ pub fn coord_status(e: CoordError) -> Status {
             Status::unavailable("no leader elected yet (election in progress); try again shortly")
         }
         CoordError::UnknownNode(_) => Status::not_found(e.to_string()),
-        CoordError::LastWorker(_) => Status::failed_precondition(e.to_string()),
+        CoordError::LastWorker(_) | CoordError::Lagging { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         CoordError::NotInitialized | CoordError::Raft(_) => Status::unavailable(e.to_string()),
     }
 }

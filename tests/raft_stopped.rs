@@ -1,0 +1,124 @@
+//! A node whose Raft core stopped (a fatal storage error, a failed
+//! assertion in the log or state machine) still has a running worker. Its
+//! applied state is frozen, so it would never apply a pause, a release or a
+//! move: it must stop its shards and stop renewing its lease, and the leader
+//! must reassign them.
+
+mod common;
+
+use common::{wait_until, TestCluster};
+use openraft::async_runtime::watch::WatchReceiver;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_raft_core_stopped_gives_its_shards_up() {
+    let cluster = TestCluster::start(3).await;
+    let queues = cluster.add_queues(50);
+    let owners = cluster.wait_for_balanced_ownership().await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = *owners
+        .values()
+        .find(|o| **o != leader)
+        .expect("a follower owns shards");
+    let node = &cluster.nodes[&victim];
+    wait_until("the victim runs its shards", || async {
+        (!node.worker.running().is_empty()).then_some(())
+    })
+    .await;
+
+    // The core stops; the process, its worker and its servers stay up.
+    node.raft.shutdown().await.expect("raft shutdown");
+
+    wait_until("the victim stopped every shard", || async {
+        node.worker.running().is_empty().then_some(())
+    })
+    .await;
+    wait_until(
+        "the leader moved the victim's shards to live nodes",
+        || async {
+            let state = cluster.nodes[&leader].state_machine.latest();
+            let shards = &state.cluster.shards;
+            shards
+                .iter()
+                .all(|s| s.owner.is_some_and(|o| o != victim))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !node.worker.lease_valid(),
+        "no lease without a running Raft core"
+    );
+    cluster.wait_for_queues_worked(&queues).await;
+    cluster.shutdown().await;
+}
+
+/// A node whose state machine applies nothing (its core alive but stuck)
+/// reports an applied index that falls behind: past `MAX_APPLY_LAG` entries
+/// the leader stops acknowledging it, so its lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_refuses_heartbeats_of_a_node_far_behind_the_log() {
+    use deckhand::cluster::{Command, TaskKind};
+    use deckhand::proto::worker::HeartbeatRequest;
+    use deckhand::worker::coordinator::{CoordError, MAX_APPLY_LAG};
+
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .expect("a follower");
+    let raft = &cluster.nodes[&leader].raft;
+    for _ in 0..=MAX_APPLY_LAG {
+        raft.client_write(Command::TriggerTask {
+            task: TaskKind::Unlock,
+        })
+        .await
+        .expect("write");
+    }
+    // The commit index as the leader's metrics show it (what the check
+    // reads), read afresh at each attempt: the planner may commit too.
+    let committed = || {
+        raft.metrics()
+            .borrow_watched()
+            .local_committed
+            .map_or(0, |c| c.index())
+    };
+    wait_until("the writes show in the leader's metrics", || async {
+        (committed() > MAX_APPLY_LAG).then_some(())
+    })
+    .await;
+    let coordinator = &cluster.nodes[&leader].coordinator;
+    let beat = |applied_index| HeartbeatRequest {
+        node_id: follower,
+        applied_index,
+        incarnation: 1,
+        seq: 1,
+        ..Default::default()
+    };
+    // (A leader without a fresh quorum acknowledgement for a moment refuses
+    // everyone as not leading: ask again then.)
+    let stale = wait_until("an answer from a fresh leader", || async {
+        match coordinator
+            .on_heartbeat(beat(committed() - MAX_APPLY_LAG - 1))
+            .await
+        {
+            Err(CoordError::NotLeader { .. }) => None,
+            other => Some(other),
+        }
+    })
+    .await;
+    assert!(
+        matches!(stale, Err(CoordError::Lagging { node, .. }) if node == follower),
+        "{stale:?}"
+    );
+    // Within the bound it is acknowledged.
+    wait_until("a heartbeat within the bound is acknowledged", || async {
+        coordinator
+            .on_heartbeat(beat(committed() - MAX_APPLY_LAG))
+            .await
+            .ok()
+    })
+    .await;
+    cluster.shutdown().await;
+}
