@@ -25,7 +25,15 @@
 //! Only `Instant` (monotonic) is used: wall-clock jumps cannot shorten or
 //! stretch a lease. A paused process keeps the monotonic clock running, so
 //! after the pause its lease is seen as expired (and fencing covers the
-//! operation that was already in flight).
+//! operation that was already in flight). `CLOCK_MONOTONIC` does **not**
+//! run while the whole machine is suspended (a VM paused by its host): a
+//! node resumes believing its lease has as long left as when it stopped.
+//! Leases then do not protect; fencing does: once a new owner has written a
+//! queue, every operation of the resumed node on it is rejected, and one
+//! accepted before that is a whole, correct housekeeping move on data the
+//! new owner has not touched yet (work done twice at worst, never a message
+//! lost or moved twice). The node then stops at its lease's end, or at its
+//! first fenced call.
 //!
 //! Invariants: a lease's expiry only moves forward within one leader term;
 //! acknowledgements from an older term than one already seen are ignored.
@@ -152,6 +160,12 @@ impl Liveness {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Forgets every node `keep` rejects (nodes that left the cluster and
+    /// own nothing), so the map does not grow with every replaced node.
+    pub fn retain(&mut self, keep: impl Fn(NodeId) -> bool) {
+        self.last_heard.retain(|n, _| keep(*n));
     }
 
     /// The first instant after `now` at which one of `nodes` that is live at
@@ -282,6 +296,19 @@ mod tests {
         );
         assert_eq!(live.next_expiry([2, 3], t0 + 1600 * MS), None);
         assert_eq!(live.next_expiry([], t0), None);
+    }
+
+    #[test]
+    fn retain_forgets_nodes_that_left() {
+        let t0 = Instant::now();
+        let mut live = Liveness::new(1000 * MS, 300 * MS, t0);
+        live.heard(2, t0 + 500 * MS);
+        live.heard(9, t0 + 500 * MS);
+        live.retain(|n| n != 9);
+        assert_eq!(live.last_heard.len(), 1);
+        // A forgotten node counts from the term's start again.
+        assert_eq!(live.silent_for(9, t0 + 600 * MS), 600 * MS);
+        assert_eq!(live.silent_for(2, t0 + 600 * MS), 100 * MS);
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl MetricsSource {
         m.shards_owned
             .set(applied.cluster.owned_by(self.worker.node_id).count() as i64);
         m.shards_running.set(self.worker.running().len() as i64);
-        let fenced = self.worker.fenced();
+        let fenced = self.worker.fenced_by_newer_cluster();
         m.shards_fenced.set(
             applied
                 .cluster

@@ -24,7 +24,8 @@ use super::{
 };
 
 /// KEYS: active, processing, lock_ack, lock_ack:score, lock_nack, lock_nack:score, fence.
-/// ARGV: epoch, now_ms, batch, unlock (0/1), timeout (0/1), fence retention ms.
+/// ARGV: epoch (fencing token), now_ms (capped at Redis's `TIME`), batch,
+/// unlock (0/1), timeout (0/1), fence retention ms.
 /// Returns {0, fence} when fenced, {2} when the queue is gone (its four sets
 /// empty: the fence is kept, raised if need be, only for the retention),
 /// else {1, unlocked_ack, unlocked_nack, timed_out, next_due or -1, active,
@@ -65,7 +66,16 @@ else
   -- A fence left to expire while the queue was gone is permanent again.
   redis.call('PERSIST', KEYS[7])
 end
+-- "Now" is the caller's clock, but never later than Redis's own: a node
+-- whose clock stepped ahead must not unlock or time out early. (A clock
+-- behind only makes moves late.) Effects replication, the default since
+-- Redis 5, lets a script read TIME and then write.
+if redis.replicate_commands then redis.replicate_commands() end
 local now = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local redis_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis_now < now then now = redis_now end
+local now_arg = string.format('%.0f', now)
 local budget = tonumber(ARGV[3])
 local late = {}
 -- Lua's C stack holds about 8,000 values: a call's arguments go in chunks
@@ -78,7 +88,7 @@ local function chunked(cmd, key, list)
 end
 local function unlock(lock, restore, default, count)
   if budget <= 0 or count == 0 then return 0 end
-  local due = redis.call('ZRANGE', lock, '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, budget, 'WITHSCORES')
+  local due = redis.call('ZRANGE', lock, '-inf', now_arg, 'BYSCORE', 'LIMIT', 0, budget, 'WITHSCORES')
   if #due == 0 then return 0 end
   local ids = {}
   for i = 1, #due, 2 do
@@ -105,11 +115,11 @@ local function unlock(lock, restore, default, count)
 end
 local acks, nacks, timeouts = 0, 0, 0
 if ARGV[4] == '1' then
-  acks = unlock(KEYS[3], KEYS[4], ARGV[2], n_ack)
+  acks = unlock(KEYS[3], KEYS[4], now_arg, n_ack)
   nacks = unlock(KEYS[5], KEYS[6], '0', n_nack)
 end
 if ARGV[5] == '1' and budget > 0 and n_tmp > 0 then
-  local due = redis.call('ZRANGE', KEYS[2], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, budget)
+  local due = redis.call('ZRANGE', KEYS[2], '-inf', now_arg, 'BYSCORE', 'LIMIT', 0, budget)
   if #due > 0 then
     local args = {}
     for _, id in ipairs(due) do
@@ -719,6 +729,47 @@ mod tests {
                 "orders::eu".to_string()
             ]
         );
+    }
+
+    /// A node whose wall clock stepped an hour ahead: Redis's own clock
+    /// caps "now", so nothing is unlocked or timed out early.
+    #[tokio::test]
+    async fn a_clock_ahead_of_redis_moves_nothing_early() {
+        use crate::store::{now_ms, Fence, HousekeepRequest};
+        let server = RedisServer::start().expect("redis-server");
+        let store = RedisStore::open(&server.url(), "deckard_v1")
+            .await
+            .expect("open");
+        let now = now_ms();
+        store
+            .add("q", &[("a".into(), 1.0), ("b".into(), 2.0)])
+            .await
+            .expect("add");
+        // Both pulled with a 10-minute ack deadline; a acked with a 30-minute lock.
+        store.pull("q", 2, now, 600_000).await.expect("pull");
+        assert!(store
+            .release("q", LockKind::Ack, "a", now, 1_800_000, None)
+            .await
+            .expect("ack"));
+        let ahead = HousekeepRequest {
+            now_ms: now + 3_600_000,
+            batch: 10,
+            unlock: true,
+            timeout: true,
+        };
+        let fence = Fence {
+            shard: 0,
+            epoch: 1,
+            node: 1,
+        };
+        let out = store.housekeep("q", ahead, fence).await.expect("housekeep");
+        assert_eq!(
+            (out.unlocked_ack, out.timed_out),
+            (0, 0),
+            "moved by a clock an hour ahead"
+        );
+        let snap = store.snapshot("q").await.expect("snapshot");
+        assert!(snap.active.is_empty(), "{snap:?}");
     }
 
     #[tokio::test]

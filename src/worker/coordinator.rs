@@ -336,7 +336,9 @@ impl Coordinator {
         }
         let committed = m.local_committed.map_or(0, |c| c.index());
         if committed.saturating_sub(req.applied_index) > MAX_APPLY_LAG {
-            tracing::warn!(
+            // debug: a learner catching up after add-node is refused at every
+            // heartbeat until it has; its lease state shows in ctl status.
+            tracing::debug!(
                 node,
                 applied = req.applied_index,
                 committed,
@@ -408,6 +410,7 @@ impl Coordinator {
             leader_id: self.inner.node_id,
             term,
             queues_version: self.queues_version(term),
+            commit_index: committed,
         })
     }
 
@@ -694,6 +697,14 @@ impl Coordinator {
                 .copied()
                 .filter(|n| view.departed.contains(n) || !live(*n))
                 .collect();
+            // Nodes neither members nor named by the shard table (removed,
+            // replaced) can never matter again: forget them, so the view
+            // does not grow with every node that ever came and went.
+            let known = |n: NodeId| involved.contains(&n) || n == me;
+            view.reports.retain(|n, _| known(*n));
+            view.departed.retain(|n| known(*n));
+            view.departed_at.retain(|n, _| known(*n));
+            view.liveness.retain(known);
             // The next moment a decision input changes by time alone.
             let expiry = view
                 .liveness

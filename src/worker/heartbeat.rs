@@ -12,7 +12,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::watch;
@@ -58,7 +58,13 @@ pub(crate) fn worker_client(
 }
 
 /// This node's report, as of now.
-pub fn build_report(shared: &WorkerShared, applied_index: u64) -> HeartbeatRequest {
+/// The report's applied index is the one the runner last reconciled its
+/// tasks with, read before the running set: a shard missing from the set
+/// was stopped (or never started) by a state at least that new, so the
+/// leader's "stopped after applying the release" test cannot be fooled by a
+/// task started from an older state after the index was read.
+pub fn build_report(shared: &WorkerShared) -> HeartbeatRequest {
+    let applied_index = shared.reconciled_index();
     let running = shared
         .running()
         .into_iter()
@@ -78,7 +84,7 @@ pub fn build_report(shared: &WorkerShared, applied_index: u64) -> HeartbeatReque
         incarnation: shared.incarnation,
         seq: shared.report_seq.fetch_add(1, Ordering::SeqCst) + 1,
         fenced: shared
-            .fenced()
+            .fenced_by_newer_cluster()
             .into_iter()
             .map(|(shard, epoch)| ShardReport {
                 shard,
@@ -117,7 +123,7 @@ impl HeartbeatLoop {
             if self.shared.freeze.is_frozen() || self.shared.is_retired() {
                 continue;
             }
-            if let Some(why) = self.raft_stopped() {
+            if let Some(why) = self.raft_stopped().await {
                 // The applied state is frozen: pause, release and moves
                 // would never reach the runner. Stop working and stop
                 // renewing; the leader reassigns after lease + margin.
@@ -131,17 +137,28 @@ impl HeartbeatLoop {
         }
     }
 
-    /// Why this node's Raft core no longer runs, if it does not (a fatal
-    /// storage error, a failed assertion, a shutdown). Read from the full
-    /// metrics: the core marks them on its way out, the server metrics keep
-    /// the last role.
-    fn raft_stopped(&self) -> Option<String> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
-        match &m.running_state {
-            Err(fatal) => Some(fatal.to_string()),
-            Ok(()) if m.state == openraft::ServerState::Shutdown => Some("shut down".into()),
-            Ok(()) => None,
+    /// Why this node's Raft core no longer runs, if it does not: a fatal
+    /// error or a shutdown, which the core marks in the full metrics on its
+    /// way out (the server metrics keep the last role), or a panic (a failed
+    /// assertion), which unwinds the core task and drops the metrics sender
+    /// without marking anything.
+    async fn raft_stopped(&self) -> Option<String> {
+        let mut metrics = self.raft.metrics();
+        {
+            let m = metrics.borrow_watched();
+            match &m.running_state {
+                Err(fatal) => return Some(fatal.to_string()),
+                Ok(()) if m.state == openraft::ServerState::Shutdown => {
+                    return Some("shut down".into())
+                }
+                Ok(()) => {}
+            }
+        }
+        // Polled once: a closed channel answers at once, an open one is
+        // pending (or reports a change, which is no news here).
+        match tokio::time::timeout(Duration::ZERO, metrics.changed()).await {
+            Ok(Err(_)) => Some("the Raft core task ended (panicked)".into()),
+            _ => None,
         }
     }
 
@@ -160,8 +177,7 @@ impl HeartbeatLoop {
                 .map(|n| n.raft_addr.clone());
             (leader, addr)
         };
-        let state = self.applied.borrow().clone();
-        let report = build_report(&self.shared, state.applied_index());
+        let report = build_report(&self.shared);
         let sent_at = Instant::now();
         let local = leader == self.shared.node_id;
         let reply = if local {
@@ -177,6 +193,7 @@ impl HeartbeatLoop {
         };
         match reply {
             Ok(ack) if ack.leader_id == leader => {
+                self.shared.raise_start_barrier(ack.commit_index);
                 self.shared.renew_lease(sent_at, ack.term);
                 self.shared.set_contact(LeaderContact {
                     leader,

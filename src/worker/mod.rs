@@ -220,6 +220,12 @@ pub struct WorkerShared {
     pub(crate) inboxes: Mutex<HashMap<u32, Arc<events::ShardInbox>>>,
     /// The cluster's shard count (0 until known), to route lock events.
     shard_count: AtomicU32,
+    /// The applied index the runner last reconciled its tasks with (see
+    /// `heartbeat::build_report`).
+    reconciled_index: AtomicU64,
+    /// The highest commit index a leader acknowledged this node at: no
+    /// shard task starts from an applied state older than it.
+    start_barrier: AtomicU64,
     /// The cluster's generation (high bits of every fencing token); set
     /// with the shard count, before any shard runs.
     generation: AtomicU64,
@@ -229,6 +235,11 @@ pub struct WorkerShared {
     lists_version: watch::Sender<u64>,
     /// shard -> epoch at which the store fenced us; never rerun at that epoch.
     fenced: Mutex<BTreeMap<u32, u64>>,
+    /// The subset of `fenced` whose rejecting fence came from a newer
+    /// cluster generation (another cluster on the same store): reported to
+    /// the leader and counted by `deckhand_shards_fenced`. A fence of this
+    /// cluster's own generation is the normal end of a stale owner's work.
+    fenced_by_newer_cluster: Mutex<BTreeMap<u32, u64>>,
     queues: Mutex<QueueCache>,
     /// Latest set sizes per queue of the running shards, for the leader's
     /// gauges. A std mutex: one record or one report at a time.
@@ -302,10 +313,13 @@ impl WorkerShared {
             task_ids: AtomicU64::new(0),
             inboxes: Mutex::new(HashMap::new()),
             shard_count: AtomicU32::new(0),
+            reconciled_index: AtomicU64::new(0),
+            start_barrier: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             scheduling: watch::channel(scheduling).0,
             lists_version: watch::channel(0).0,
             fenced: Mutex::new(BTreeMap::new()),
+            fenced_by_newer_cluster: Mutex::new(BTreeMap::new()),
             queues: Mutex::new(QueueCache::default()),
             queue_stats: Mutex::new(queue_stats::QueueStatsBook::default()),
             changed: Notify::new(),
@@ -383,9 +397,23 @@ impl WorkerShared {
         lock(&self.fenced).get(&shard).copied()
     }
 
-    /// Every shard the store fenced, with the epoch it was fenced at.
-    pub fn fenced(&self) -> BTreeMap<u32, u64> {
-        lock(&self.fenced).clone()
+    /// Records that the store fenced `shard` at `epoch` with fence token
+    /// `fence`: the shard is not run at that epoch again.
+    pub(crate) fn record_fenced(&self, shard: u32, epoch: u64, fence: u64) {
+        lock(&self.fenced).insert(shard, epoch);
+        let newer = crate::cluster::shards::token_generation(fence) > self.generation();
+        let mut by_newer = lock(&self.fenced_by_newer_cluster);
+        if newer {
+            by_newer.insert(shard, epoch);
+        } else {
+            by_newer.remove(&shard);
+        }
+    }
+
+    /// Shards fenced by a newer cluster generation, with the epoch they were
+    /// fenced at.
+    pub fn fenced_by_newer_cluster(&self) -> BTreeMap<u32, u64> {
+        lock(&self.fenced_by_newer_cluster).clone()
     }
 
     pub fn queues(&self) -> QueueCache {
@@ -447,6 +475,22 @@ impl WorkerShared {
 
     pub fn shard_count(&self) -> u32 {
         self.shard_count.load(Ordering::Relaxed)
+    }
+
+    pub fn reconciled_index(&self) -> u64 {
+        self.reconciled_index.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_reconciled_index(&self, index: u64) {
+        self.reconciled_index.store(index, Ordering::SeqCst);
+    }
+
+    pub fn start_barrier(&self) -> u64 {
+        self.start_barrier.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn raise_start_barrier(&self, index: u64) {
+        self.start_barrier.fetch_max(index, Ordering::SeqCst);
     }
 
     pub fn generation(&self) -> u64 {

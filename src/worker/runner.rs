@@ -34,12 +34,20 @@ struct Task {
 
 /// Keeps the set of running shard tasks equal to "owned here, at the
 /// current epoch, lease valid, not fenced at that epoch".
+///
+/// Two more rules keep one task per shard: a shard's new task starts only
+/// once its previous task (stopped for a new epoch) has ended, and no task
+/// starts from an applied state older than the commit index a leader last
+/// acknowledged this node at (`start_barrier`): a node back from a
+/// partition first applies the moves made while it was away.
 pub async fn run(
     shared: Arc<WorkerShared>,
     mut applied: watch::Receiver<Arc<AppliedState>>,
     mut stop: ShutdownListener,
 ) {
     let mut tasks: BTreeMap<u32, Task> = BTreeMap::new();
+    // Cancelled tasks that may still be finishing a call, by shard.
+    let mut stopping: BTreeMap<u32, JoinHandle<()>> = BTreeMap::new();
     loop {
         let state = applied.borrow_and_update().clone();
         shared.set_shard_count(state.cluster.shard_count, state.cluster.generation);
@@ -61,7 +69,9 @@ pub async fn run(
             } else {
                 BTreeMap::new()
             };
-        reconcile(&shared, &mut tasks, &desired);
+        let may_start = state.applied_index() >= shared.start_barrier();
+        reconcile(&shared, &mut tasks, &mut stopping, &desired, may_start);
+        shared.set_reconciled_index(state.applied_index());
 
         // Wake when the state, lease or queues change, or the lease runs out.
         let lease_left = shared
@@ -75,13 +85,19 @@ pub async fn run(
         }
     }
     stop_all(&mut tasks).await;
+    for (_, handle) in std::mem::take(&mut stopping) {
+        let _ = handle.await;
+    }
 }
 
 fn reconcile(
     shared: &Arc<WorkerShared>,
     tasks: &mut BTreeMap<u32, Task>,
+    stopping: &mut BTreeMap<u32, JoinHandle<()>>,
     desired: &BTreeMap<u32, u64>,
+    may_start: bool,
 ) {
+    stopping.retain(|_, handle| !handle.is_finished());
     // Stop what we should not run (moved away, new epoch, lease gone, fenced).
     let to_stop: Vec<u32> = tasks
         .iter()
@@ -98,12 +114,18 @@ fn reconcile(
                     epoch = task.epoch,
                     "stopping shard"
                 );
+                // Its end wakes this loop (`RunningGuard`).
+                let previous = stopping.insert(shard, task.handle);
+                debug_assert!(previous.is_none(), "shard {shard} had two tasks at once");
             }
         }
     }
+    if !may_start {
+        return;
+    }
     // Start what we should run and do not.
     for (&shard, &epoch) in desired {
-        if tasks.contains_key(&shard) {
+        if tasks.contains_key(&shard) || stopping.contains_key(&shard) {
             continue;
         }
         tracing::info!(node = shared.node_id, shard, epoch, "running shard");
@@ -161,6 +183,9 @@ impl Drop for RunningGuard {
             lock(&self.shared.queue_stats).drop_shard(self.shard, self.epoch);
         }
         self.shared.report_now.notify_one();
+        // The runner may be waiting for this task's end to start the
+        // shard's next one.
+        self.shared.changed.notify_one();
     }
 }
 
@@ -461,7 +486,11 @@ async fn run_shard(
                 }
                 QueueResult::Fenced(e) => {
                     shared.stats.fenced_writes.fetch_add(1, Ordering::Relaxed);
-                    lock(&shared.fenced).insert(shard, epoch);
+                    let fence = match &e {
+                        StoreError::Fenced { fence, .. } => *fence,
+                        _ => 0,
+                    };
+                    shared.record_fenced(shard, epoch, fence);
                     tracing::info!(node = shared.node_id, shard, epoch, error = %e, "fenced: a newer owner wrote; dropping shard");
                     shared.changed.notify_one();
                     return;

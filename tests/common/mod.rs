@@ -342,6 +342,12 @@ impl TestCluster {
                 .enumerate()
                 .map(|(i, s)| (i as u32, s.owner.expect("checked")))
                 .collect();
+            // An owner that is not (or no longer) a node of this cluster,
+            // e.g. one removed and crashed, cannot be checked for running
+            // its shards: not settled until the leader moves them.
+            if owners.values().any(|o| !self.nodes.contains_key(o)) {
+                return None;
+            }
             let followers: Vec<NodeId> = self
                 .nodes
                 .keys()
