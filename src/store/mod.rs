@@ -53,6 +53,7 @@ pub mod layout;
 pub mod memory;
 pub mod redis;
 pub mod redis_events;
+mod redis_scripts;
 
 use std::sync::Arc;
 

@@ -33,8 +33,8 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
 use tokio::sync::{watch, Notify};
 
-use super::discovery::{DiscoveryMemory, QueueIndex};
-use super::events::{Mode, Scheduling};
+use super::discovery::QueueIndex;
+use super::events::Scheduling;
 use super::queue_stats::LeaderQueueStats;
 use super::{lock, WorkerSettings};
 use crate::cluster::lease::Liveness;
@@ -46,7 +46,6 @@ use crate::proto::worker::{
 };
 use crate::raft::store::StateMachineStore;
 use crate::raft::{NodeId, Raft, RaftMetrics};
-use crate::shutdown::ShutdownListener;
 use crate::store::{QueueSizes, SharedStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,120 +71,11 @@ pub enum CoordError {
     Raft(String),
 }
 
-/// What a node last reported.
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub received_at: Instant,
-    pub applied_index: u64,
-    /// shard -> (epoch, passes)
-    pub running: BTreeMap<u32, (u64, u64)>,
-    pub lease_remaining: Duration,
-    pub fenced_writes: u64,
-    pub tasks: TaskCounters,
-    /// shard -> epoch at which the store fenced the node there.
-    pub fenced: BTreeMap<u32, u64>,
-}
+mod run_loop;
+mod view;
 
-/// A reassignment of a silent node's shards, kept for diagnostics and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reassignment {
-    pub from: NodeId,
-    pub shard: u32,
-    /// How long `from` had been silent when the leader decided.
-    pub silent_for: Duration,
-    /// Whether `from` had handed its shards back (then no wait is needed).
-    pub handed_back: bool,
-}
-
-/// What one planning round did, and when planning is next needed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Round {
-    /// Shard moves committed.
-    pub moved: usize,
-    /// `Some(t)`: the round saw everything settled, and no decision can
-    /// change before `t` (a node's liveness running out) unless an event
-    /// wakes the planner: a heartbeat that changes what a node runs or has
-    /// applied, a hand-back, a new applied state, a new role. `None`: plan
-    /// again after `plan_interval` (moves were made, or the round could not
-    /// run yet).
-    pub quiet_until: Option<Instant>,
-}
-
-/// How many reassignments the leader keeps for diagnostics (a node that
-/// crashes over and over would otherwise grow the list forever).
-const REASSIGNMENTS_KEPT: usize = 1024;
-
-/// How far behind the leader's commit index a node's applied index may be
-/// for its heartbeat to be acknowledged. A node that applies nothing (its
-/// state machine stuck, its core stopped) runs from a frozen shard table and
-/// would miss pauses and releases: it loses its lease instead. A healthy
-/// node applies within milliseconds, and the log grows by at most a few
-/// entries per planning round.
-pub const MAX_APPLY_LAG: u64 = 100;
-
-/// The longest the leader goes without a planning round while nothing
-/// changes: a safety net for a change no event announces.
-const IDLE_PLAN: Duration = Duration::from_secs(1);
-
-/// The leader's knowledge during one term.
-struct LeaderView {
-    term: u64,
-    /// When this node started tracking the term (after it was elected).
-    since: Instant,
-    /// Queue figures the owners reported this term.
-    stats: LeaderQueueStats,
-    liveness: Liveness,
-    reports: BTreeMap<NodeId, Report>,
-    departed: BTreeSet<NodeId>,
-    /// For each departed node, the (incarnation, report seq) it handed back
-    /// at: only a later report, or one from a new incarnation, means it is back.
-    departed_at: BTreeMap<NodeId, (u64, u64)>,
-}
-
-/// The longest a Raft write of the coordinator may take.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How soon a failed (or not yet possible) discovery is tried again.
-const DISCOVERY_RETRY: Duration = Duration::from_millis(500);
-
-/// The longest discovery interval while this node polls (no queue events).
-const POLLING_DISCOVERY: Duration = Duration::from_secs(1);
-
-/// How soon after committing shard moves the leader discovers again (the
-/// new owners run their shards by then).
-const DISCOVERY_AFTER_MOVES: Duration = Duration::from_secs(1);
-
-/// Whether a report `(incarnation, seq)` from a node that handed its shards
-/// back at `departed_at` means it is back: a report from a new process, or
-/// one built after the hand-back. A report that was in flight when the node
-/// left (same process, not later) is not.
-fn returned(departed_at: Option<(u64, u64)>, incarnation: u64, seq: u64) -> bool {
-    departed_at.is_none_or(|(inc, last)| incarnation != inc || seq > last)
-}
-
-/// Whether two reports run the same shards at the same epochs (passes aside).
-fn same_shards(a: &BTreeMap<u32, (u64, u64)>, b: &BTreeMap<u32, (u64, u64)>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b.iter())
-            .all(|((sa, (ea, _)), (sb, (eb, _)))| sa == sb && ea == eb)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::returned;
-
-    #[test]
-    fn a_report_sent_before_the_hand_back_is_not_a_return() {
-        // Handed back after report 7 of incarnation 42.
-        let at = Some((42, 7));
-        assert!(!returned(at, 42, 7), "the last report before leaving");
-        assert!(!returned(at, 42, 3), "an older report arriving late");
-        assert!(returned(at, 42, 8), "a report built after the hand-back");
-        assert!(returned(at, 99, 1), "a restarted process");
-        assert!(returned(None, 42, 1), "never departed");
-    }
-}
+use view::{returned, same_shards, LeaderView, IDLE_PLAN, REASSIGNMENTS_KEPT, WRITE_TIMEOUT};
+pub use view::{Reassignment, Report, Round, MAX_APPLY_LAG};
 
 /// Cheap to clone; all clones share state.
 #[derive(Clone)]
@@ -779,137 +669,5 @@ impl Coordinator {
             moved,
             quiet_until: None,
         })
-    }
-
-    /// Scans the store for queues and groups them by shard; false when it
-    /// could not (not initialized, store unavailable).
-    async fn discover(&self, memory: &mut DiscoveryMemory) -> bool {
-        let shard_count = self.inner.state_machine.latest().cluster.shard_count;
-        if shard_count == 0 {
-            return false;
-        }
-        let term = self.metrics().current_term;
-        match self.inner.store.discover_queues().await {
-            Ok(queues) => {
-                // Hundreds of thousands of queues take a while: off the
-                // async workers (Raft runs there), and outside the mutex
-                // that heartbeats and GetQueues take.
-                let mut owned = std::mem::take(memory);
-                let work = tokio::task::spawn_blocking(move || {
-                    let (by_shard, version) = owned.absorb(queues, shard_count);
-                    (owned, by_shard, version)
-                });
-                let Ok((owned, by_shard, version)) = work.await else {
-                    tracing::warn!("queue discovery's bookkeeping failed");
-                    return false;
-                };
-                *memory = owned;
-                let old = {
-                    let mut index = lock(&self.inner.queues);
-                    index.term = term;
-                    // Set on every success, not only on a change: an empty
-                    // store's first discovery must turn version 0 ("none
-                    // yet") into the version of no queues.
-                    if index.version != version {
-                        tracing::debug!(version, "queue discovery changed");
-                    }
-                    index.version = version;
-                    std::mem::replace(&mut index.by_shard, by_shard)
-                };
-                // Freed after the mutex is released.
-                drop(old);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "queue discovery failed");
-                false
-            }
-        }
-    }
-
-    /// The leader's loops: planning and discovery. Idle on followers.
-    ///
-    /// A round runs when an event wakes the planner (`wake`: a heartbeat
-    /// that changed what a node runs, a hand-back, a drain), at most
-    /// `plan_interval` after the applied state or this node's role changed,
-    /// `plan_interval` after a round that moved shards or could not run,
-    /// and otherwise when a node's liveness runs out ([`Round::quiet_until`])
-    /// or after `IDLE_PLAN`. An idle leader thus plans about once a second
-    /// instead of every `plan_interval`, and a silent node's shards move the
-    /// moment its `lease + margin` is over rather than up to a round later.
-    pub async fn run(self, mut stop: ShutdownListener) {
-        let settings = self.inner.settings.clone();
-        let mut next_discovery = Instant::now();
-        let mut memory = DiscoveryMemory::default();
-        let mut applied = self.inner.state_machine.subscribe();
-        let mut server = self.inner.raft.server_metrics();
-        let mut last_round = Instant::now();
-        let mut due = last_round + settings.plan_interval;
-        loop {
-            let leads = server.borrow_watched().state == ServerState::Leader;
-            let wake_at = if leads { due.min(next_discovery) } else { due };
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake_at.into()) => {}
-                _ = self.inner.wake.notified() => {}
-                changed = applied.changed() => {
-                    if changed.is_err() { return }
-                    due = due.min(last_round + settings.plan_interval);
-                    continue;
-                }
-                changed = server.changed() => {
-                    if changed.is_err() { return }
-                    due = due.min(last_round + settings.plan_interval);
-                    continue;
-                }
-                _ = stop.recv() => return,
-            }
-            let leads = server.borrow_watched().state == ServerState::Leader;
-            if leads && Instant::now() >= next_discovery {
-                // A failed discovery is retried soon, not a whole interval
-                // later. Without queue events (this node's check says Redis
-                // publishes none), discovery is the only way owners learn of
-                // new queues: run it at least every POLLING_DISCOVERY.
-                let polling = self.inner.scheduling.borrow().mode == Mode::Polling;
-                let interval = if polling {
-                    settings.discovery_interval.min(POLLING_DISCOVERY)
-                } else {
-                    settings.discovery_interval
-                };
-                let wait = if self.discover(&mut memory).await {
-                    interval
-                } else {
-                    interval.min(DISCOVERY_RETRY)
-                };
-                next_discovery = Instant::now() + wait;
-            }
-            let outcome = self.plan_round().await;
-            last_round = Instant::now();
-            let soon = last_round + settings.plan_interval;
-            due = match outcome {
-                Ok(round) => {
-                    if round.moved > 0 {
-                        // New owners start their shards now; a queue created
-                        // while nobody ran its shard announced itself to
-                        // nobody: find it soon rather than a whole interval later.
-                        next_discovery = next_discovery.min(last_round + DISCOVERY_AFTER_MOVES);
-                    }
-                    round.quiet_until.map_or(soon, |t| {
-                        t.clamp(
-                            last_round + Duration::from_millis(1),
-                            last_round + IDLE_PLAN,
-                        )
-                    })
-                }
-                // A follower: becoming leader is a role change, which wakes us.
-                Err(CoordError::NotLeader { .. }) if !leads => last_round + IDLE_PLAN,
-                // A leader without a fresh quorum acknowledgement, not
-                // initialized yet, or a failed write: try again soon.
-                Err(CoordError::NotLeader { .. }) | Err(CoordError::NotInitialized) => soon,
-                Err(e) => {
-                    tracing::debug!(node = self.inner.node_id, error = %e, "planning round failed");
-                    soon
-                }
-            };
-        }
     }
 }
