@@ -154,9 +154,14 @@ impl RedisStore {
     }
 }
 
+/// `now_ms` is the caller's clock; the script may have used an earlier
+/// "now" (Redis's clock, when the caller's runs ahead): its `next_due` is
+/// moved onto the caller's clock by the difference, so a caller ahead of
+/// Redis does not see as due what Redis does not, and call again at once.
 fn parse_housekeep(
     queue: &str,
     fence: Fence,
+    now_ms: i64,
     reply: Vec<i64>,
 ) -> Result<HousekeepOutcome, StoreError> {
     let bad = || StoreError::Unavailable(format!("queue {queue:?}: unexpected housekeeping reply"));
@@ -170,11 +175,12 @@ fn parse_housekeep(
             gone: true,
             ..HousekeepOutcome::default()
         }),
-        Some(1) if reply.len() >= 10 => Ok(HousekeepOutcome {
+        Some(1) if reply.len() >= 11 => Ok(HousekeepOutcome {
             unlocked_ack: reply[1] as u64,
             unlocked_nack: reply[2] as u64,
             timed_out: reply[3] as u64,
-            next_due_ms: (reply[4] >= 0).then_some(reply[4]),
+            next_due_ms: (reply[4] >= 0)
+                .then(|| reply[4].saturating_add(now_ms.saturating_sub(reply[10]).max(0))),
             sizes: QueueSizes {
                 active: reply[5].max(0) as u64,
                 processing: reply[6].max(0) as u64,
@@ -182,7 +188,7 @@ fn parse_housekeep(
                 locked_nack: reply[8].max(0) as u64,
                 oldest_overdue_ms: reply[9].max(0) as u64,
             },
-            unlock_lateness_ms: reply[10..].to_vec(),
+            unlock_lateness_ms: reply[11..].to_vec(),
             gone: false,
         }),
         _ => Err(bad()),
@@ -251,7 +257,7 @@ impl QueueStore for RedisStore {
             .invoke_async(&mut con)
             .await
             .map_err(|e| op_error(queue, e))?;
-        parse_housekeep(queue, fence, reply)
+        parse_housekeep(queue, fence, req.now_ms, reply)
     }
 
     async fn watch_events(&self) -> Result<QueueEventStream, StoreError> {
@@ -591,6 +597,13 @@ mod tests {
             (out.unlocked_ack, out.timed_out),
             (0, 0),
             "moved by a clock an hour ahead"
+        );
+        // Nor does that node see as due what Redis does not (it would call
+        // the queue again at once, over and over).
+        assert!(
+            !out.more_due(now + 3_600_000),
+            "next due {:?} on the node's clock",
+            out.next_due_ms
         );
         let snap = store.snapshot("q").await.expect("snapshot");
         assert!(snap.active.is_empty(), "{snap:?}");

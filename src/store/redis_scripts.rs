@@ -9,7 +9,9 @@
 /// Returns {0, fence} when fenced, {2} when the queue is gone (its four sets
 /// empty: the fence is kept, raised if need be, only for the retention),
 /// else {1, unlocked_ack, unlocked_nack, timed_out, next_due or -1, active,
-/// processing, locked_ack, locked_nack, oldest_overdue_ms, lateness...}.
+/// processing, locked_ack, locked_nack, oldest_overdue_ms, now used,
+/// lateness...}. "Now used" is the caller's now capped at Redis's clock:
+/// `next_due` is on that clock, and the caller shifts it onto its own.
 /// An idle queue (nothing in processing or locked) costs six calls inside
 /// the script: the fence, its PERSIST and four ZCARDs.
 pub(super) const HOUSEKEEP: &str = r#"
@@ -38,7 +40,7 @@ if n_tmp + n_ack + n_nack == 0 then
     redis.call('PERSIST', KEYS[7])
   end
   -- Nothing in processing or locked (an idle queue): nothing to move.
-  return {1, 0, 0, 0, -1, n_active, 0, 0, 0, 0}
+  return {1, 0, 0, 0, -1, n_active, 0, 0, 0, 0, tonumber(ARGV[2])}
 end
 if epoch > fence then
   redis.call('SET', KEYS[7], ARGV[1])
@@ -133,7 +135,7 @@ local oldest = lower(f_ack, f_nack)
 local overdue = 0
 if oldest ~= -1 and oldest < now then overdue = now - oldest end
 local result = {1, acks, nacks, timeouts, next_due,
-  redis.call('ZCARD', KEYS[1]), n_tmp - timeouts, n_ack - acks, n_nack - nacks, overdue}
+  redis.call('ZCARD', KEYS[1]), n_tmp - timeouts, n_ack - acks, n_nack - nacks, overdue, now}
 for _, l in ipairs(late) do result[#result + 1] = l end
 return result
 "#;

@@ -83,8 +83,10 @@ pub fn build_report(shared: &WorkerShared) -> HeartbeatRequest {
         tasks: Some(task_counters(shared)),
         incarnation: shared.incarnation,
         seq: shared.report_seq.fetch_add(1, Ordering::SeqCst) + 1,
+        // Every fence: the leader shows those at a shard's current epoch,
+        // which only a newer generation, or a reused one, can cause.
         fenced: shared
-            .fenced_by_newer_cluster()
+            .fenced()
             .into_iter()
             .map(|(shard, epoch)| ShardReport {
                 shard,
@@ -154,12 +156,18 @@ impl HeartbeatLoop {
                 Ok(()) => {}
             }
         }
-        // Polled once: a closed channel answers at once, an open one is
-        // pending (or reports a change, which is no news here).
-        match tokio::time::timeout(Duration::ZERO, metrics.changed()).await {
-            Ok(Err(_)) => Some("the Raft core task ended (panicked)".into()),
-            _ => None,
+        // A fresh clone has not seen the current value, so the first poll
+        // reports a change even on a closed channel; the second is pending
+        // on an open channel (or reports another change: alive) and fails
+        // on a closed one.
+        for _ in 0..2 {
+            match tokio::time::timeout(Duration::ZERO, metrics.changed()).await {
+                Ok(Err(_)) => return Some("the Raft core task ended (panicked)".into()),
+                Ok(Ok(())) => continue,
+                Err(_) => return None,
+            }
         }
+        None
     }
 
     async fn beat(&self) {

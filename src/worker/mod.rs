@@ -410,6 +410,11 @@ impl WorkerShared {
         }
     }
 
+    /// Every shard the store fenced, with the epoch it was fenced at.
+    pub fn fenced(&self) -> BTreeMap<u32, u64> {
+        lock(&self.fenced).clone()
+    }
+
     /// Shards fenced by a newer cluster generation, with the epoch they were
     /// fenced at.
     pub fn fenced_by_newer_cluster(&self) -> BTreeMap<u32, u64> {

@@ -28,7 +28,15 @@ const QUEUE_LIST_WAIT: Duration = Duration::from_secs(1);
 
 struct Task {
     epoch: u64,
+    /// Its id in the running set (`RunningShard::task`).
+    id: u64,
     cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// A cancelled task that may still be finishing a store call.
+struct Stopping {
+    id: u64,
     handle: JoinHandle<()>,
 }
 
@@ -47,7 +55,7 @@ pub async fn run(
 ) {
     let mut tasks: BTreeMap<u32, Task> = BTreeMap::new();
     // Cancelled tasks that may still be finishing a call, by shard.
-    let mut stopping: BTreeMap<u32, JoinHandle<()>> = BTreeMap::new();
+    let mut stopping: BTreeMap<u32, Stopping> = BTreeMap::new();
     loop {
         let state = applied.borrow_and_update().clone();
         shared.set_shard_count(state.cluster.shard_count, state.cluster.generation);
@@ -85,19 +93,24 @@ pub async fn run(
         }
     }
     stop_all(&mut tasks).await;
-    for (_, handle) in std::mem::take(&mut stopping) {
-        let _ = handle.await;
+    for (_, old) in std::mem::take(&mut stopping) {
+        let _ = old.handle.await;
     }
 }
 
 fn reconcile(
     shared: &Arc<WorkerShared>,
     tasks: &mut BTreeMap<u32, Task>,
-    stopping: &mut BTreeMap<u32, JoinHandle<()>>,
+    stopping: &mut BTreeMap<u32, Stopping>,
     desired: &BTreeMap<u32, u64>,
     may_start: bool,
 ) {
-    stopping.retain(|_, handle| !handle.is_finished());
+    // A task has stopped working once its guard left the running set (it
+    // does so, then wakes this loop, before tokio marks the task finished).
+    let running = shared.running();
+    stopping.retain(|shard, old| {
+        !old.handle.is_finished() && running.get(shard).is_some_and(|r| r.task == old.id)
+    });
     // Stop what we should not run (moved away, new epoch, lease gone, fenced).
     let to_stop: Vec<u32> = tasks
         .iter()
@@ -115,7 +128,13 @@ fn reconcile(
                     "stopping shard"
                 );
                 // Its end wakes this loop (`RunningGuard`).
-                let previous = stopping.insert(shard, task.handle);
+                let previous = stopping.insert(
+                    shard,
+                    Stopping {
+                        id: task.id,
+                        handle: task.handle,
+                    },
+                );
                 debug_assert!(previous.is_none(), "shard {shard} had two tasks at once");
             }
         }
@@ -152,6 +171,7 @@ fn reconcile(
             shard,
             Task {
                 epoch,
+                id: task,
                 cancel,
                 handle,
             },
