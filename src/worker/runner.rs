@@ -47,7 +47,9 @@ struct Stopping {
 /// once its previous task (stopped for a new epoch) has ended, and no task
 /// starts from an applied state older than the commit index a leader last
 /// acknowledged this node at (`start_barrier`): a node back from a
-/// partition first applies the moves made while it was away.
+/// partition first applies the moves that leader had committed while it was
+/// away. (A leader that has not yet committed an entry of its own term may
+/// acknowledge with a lower commit index; fencing covers that window.)
 pub async fn run(
     shared: Arc<WorkerShared>,
     mut applied: watch::Receiver<Arc<AppliedState>>,
