@@ -362,7 +362,6 @@ impl Node {
         let heartbeats = HeartbeatLoop {
             shared: worker.clone(),
             raft: raft.clone(),
-            applied: state_machine.subscribe(),
             coordinator: coordinator.clone(),
             channels: channels.clone(),
         };

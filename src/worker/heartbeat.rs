@@ -15,14 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
-use tokio::sync::watch;
 
 use super::coordinator::Coordinator;
 use super::WorkerShared;
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
 use crate::proto::worker::{HeartbeatRequest, HeartbeatResponse, ShardReport, TaskCounters};
 use crate::raft::network::Channels;
-use crate::raft::store::AppliedState;
 use crate::raft::{NodeId, Raft};
 use crate::shutdown::ShutdownListener;
 
@@ -30,7 +28,6 @@ use crate::shutdown::ShutdownListener;
 pub struct HeartbeatLoop {
     pub shared: Arc<WorkerShared>,
     pub raft: Raft,
-    pub applied: watch::Receiver<Arc<AppliedState>>,
     pub coordinator: Coordinator,
     pub channels: Channels,
 }
