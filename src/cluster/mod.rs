@@ -212,6 +212,18 @@ impl ClusterState {
             .map(|(i, s)| (i as u32, s))
     }
 
+    /// The shards `node` owns at exactly the epoch `epochs` gives for them
+    /// (e.g. the epochs at which the store fenced it).
+    pub fn owned_at<'a>(
+        &'a self,
+        node: NodeId,
+        epochs: &'a std::collections::BTreeMap<u32, u64>,
+    ) -> impl Iterator<Item = u32> + 'a {
+        self.owned_by(node)
+            .filter(move |(shard, s)| epochs.get(shard) == Some(&s.epoch))
+            .map(|(shard, _)| shard)
+    }
+
     fn init_cluster(&mut self, shard_count: u32, generation: u64) -> CommandResult {
         if shard_count == 0 || shard_count > MAX_SHARDS {
             return CommandResult::Rejected(format!(

@@ -51,8 +51,7 @@ impl MetricsSource {
         m.shards_fenced.set(
             applied
                 .cluster
-                .owned_by(self.worker.node_id)
-                .filter(|(shard, s)| fenced.get(shard) == Some(&s.epoch))
+                .owned_at(self.worker.node_id, &fenced)
                 .count() as i64,
         );
         m.lease_remaining_seconds.set(

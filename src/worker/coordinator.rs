@@ -310,12 +310,7 @@ impl Coordinator {
             return Vec::new();
         }
         let state = self.inner.state_machine.latest();
-        state
-            .cluster
-            .owned_by(node)
-            .filter(|(shard, s)| fenced.get(shard) == Some(&s.epoch))
-            .map(|(shard, _)| shard)
-            .collect()
+        state.cluster.owned_at(node, fenced).collect()
     }
 
     /// The members this leader has heard from within `lease + margin`

@@ -233,13 +233,11 @@ pub struct WorkerShared {
     scheduling: watch::Sender<events::Scheduling>,
     /// Bumped whenever the queue lists change: wakes shard tasks.
     lists_version: watch::Sender<u64>,
-    /// shard -> epoch at which the store fenced us; never rerun at that epoch.
-    fenced: Mutex<BTreeMap<u32, u64>>,
-    /// The subset of `fenced` whose rejecting fence came from a newer
-    /// cluster generation (another cluster on the same store): reported to
-    /// the leader and counted by `deckhand_shards_fenced`. A fence of this
-    /// cluster's own generation is the normal end of a stale owner's work.
-    fenced_by_newer_cluster: Mutex<BTreeMap<u32, u64>>,
+    /// shard -> (epoch at which the store fenced us, the fence token that
+    /// did); never rerun at that epoch. A token of a newer generation means
+    /// another cluster on the same store (`fenced_by_newer_cluster`); one of
+    /// this cluster's generation is the normal end of a stale owner's work.
+    fenced: Mutex<BTreeMap<u32, (u64, u64)>>,
     queues: Mutex<QueueCache>,
     /// Latest set sizes per queue of the running shards, for the leader's
     /// gauges. A std mutex: one record or one report at a time.
@@ -319,7 +317,6 @@ impl WorkerShared {
             scheduling: watch::channel(scheduling).0,
             lists_version: watch::channel(0).0,
             fenced: Mutex::new(BTreeMap::new()),
-            fenced_by_newer_cluster: Mutex::new(BTreeMap::new()),
             queues: Mutex::new(QueueCache::default()),
             queue_stats: Mutex::new(queue_stats::QueueStatsBook::default()),
             changed: Notify::new(),
@@ -394,31 +391,32 @@ impl WorkerShared {
     }
 
     pub fn fenced_at(&self, shard: u32) -> Option<u64> {
-        lock(&self.fenced).get(&shard).copied()
+        lock(&self.fenced).get(&shard).map(|(epoch, _)| *epoch)
     }
 
     /// Records that the store fenced `shard` at `epoch` with fence token
     /// `fence`: the shard is not run at that epoch again.
     pub(crate) fn record_fenced(&self, shard: u32, epoch: u64, fence: u64) {
-        lock(&self.fenced).insert(shard, epoch);
-        let newer = crate::cluster::shards::token_generation(fence) > self.generation();
-        let mut by_newer = lock(&self.fenced_by_newer_cluster);
-        if newer {
-            by_newer.insert(shard, epoch);
-        } else {
-            by_newer.remove(&shard);
-        }
+        lock(&self.fenced).insert(shard, (epoch, fence));
     }
 
     /// Every shard the store fenced, with the epoch it was fenced at.
     pub fn fenced(&self) -> BTreeMap<u32, u64> {
-        lock(&self.fenced).clone()
+        lock(&self.fenced)
+            .iter()
+            .map(|(shard, (epoch, _))| (*shard, *epoch))
+            .collect()
     }
 
     /// Shards fenced by a newer cluster generation, with the epoch they were
     /// fenced at.
     pub fn fenced_by_newer_cluster(&self) -> BTreeMap<u32, u64> {
-        lock(&self.fenced_by_newer_cluster).clone()
+        let generation = self.generation();
+        lock(&self.fenced)
+            .iter()
+            .filter(|(_, (_, fence))| crate::cluster::shards::token_generation(*fence) > generation)
+            .map(|(shard, (epoch, _))| (*shard, *epoch))
+            .collect()
     }
 
     pub fn queues(&self) -> QueueCache {
