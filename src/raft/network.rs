@@ -28,7 +28,13 @@ use crate::proto::raft::RaftPayload;
 /// Largest message a node accepts or sends on the Raft address.
 pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Shared, reusable channels to peers, keyed by address.
+/// Most cached channels. A cluster has at most a handful of members, but
+/// addresses of replaced members and mistyped `add-node` addresses would
+/// otherwise stay cached for the life of the process.
+const MAX_CHANNELS: usize = 64;
+
+/// Shared, reusable channels to peers, keyed by address (at most
+/// [`MAX_CHANNELS`]; a clone held by a caller keeps working after eviction).
 #[derive(Clone, Default)]
 pub struct Channels {
     /// A std mutex: held only to look up or insert, never across an await.
@@ -118,7 +124,13 @@ impl Channels {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .connect_lazy();
+        if map.len() >= MAX_CHANNELS {
+            // Only replaced members and mistyped add-node addresses make the
+            // map grow; dropping every entry costs live peers one reconnect.
+            map.clear();
+        }
         map.insert(addr.to_string(), channel.clone());
+        debug_assert!(map.len() <= MAX_CHANNELS);
         Ok(channel)
     }
 }
@@ -300,5 +312,22 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         // A dead peer is retried every 100 ms: fast enough to notice it coming
         // back within a heartbeat or two, slow enough not to spin.
         Some(Backoff::new(std::iter::repeat(Duration::from_millis(100))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_channel_cache_stays_bounded_and_keeps_the_newest() {
+        let channels = Channels::default();
+        for port in 0..(MAX_CHANNELS as u16 * 3) {
+            let addr = format!("127.0.0.1:{}", 20000 + port);
+            channels.get(&addr).expect("valid address");
+            let map = channels.by_addr.lock().expect("not poisoned");
+            assert!(map.len() <= MAX_CHANNELS, "{} cached", map.len());
+            assert!(map.contains_key(&addr), "the channel just made is cached");
+        }
     }
 }
