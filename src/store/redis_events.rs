@@ -33,6 +33,20 @@
 //! Redis restart, an output buffer overflow): the caller resubscribes and
 //! sweeps, since events published meanwhile are lost. A connection that
 //! stays open but silent (a half-open TCP link) is found by the probe.
+//!
+//! # Falling behind
+//!
+//! The `redis` crate buffers received messages in an unbounded channel, so
+//! a node that reads events slower than Redis publishes them would hold an
+//! ever-growing backlog in its own memory (Redis's
+//! `client-output-buffer-limit pubsub` never fires: the crate drains the
+//! socket). The probe bounds that too: it is written every
+//! [`PROBE_INTERVAL`] even while events keep coming, and its event queues up
+//! behind everything received before it. If it is not read back within
+//! [`PROBE_TIMEOUT`], the reader is that far behind and the subscription
+//! ends like a lost one, dropping the backlog (the caller's resubscription
+//! sweep covers it). The backlog is thus bounded by what Redis publishes in
+//! `PROBE_INTERVAL + PROBE_TIMEOUT`.
 
 use std::time::Duration;
 
@@ -92,9 +106,29 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
 }
 
+/// How often the probe is written and how long it may take to come back.
+#[derive(Debug, Clone, Copy)]
+struct ProbeTiming {
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl Default for ProbeTiming {
+    fn default() -> Self {
+        Self {
+            interval: PROBE_INTERVAL,
+            timeout: PROBE_TIMEOUT,
+        }
+    }
+}
+
 impl RedisStore {
     /// See [`super::QueueStore::watch_events`] and the module doc.
     pub(super) async fn subscribe_lock_events(&self) -> Result<QueueEventStream, StoreError> {
+        self.subscribe_with(ProbeTiming::default()).await
+    }
+
+    async fn subscribe_with(&self, timing: ProbeTiming) -> Result<QueueEventStream, StoreError> {
         let db = self.client().get_connection_info().redis_settings().db();
         let channel_prefix = format!("__keyspace@{db}__:");
         let prefix = self.prefix().to_string();
@@ -168,10 +202,8 @@ impl RedisStore {
             con,
             probe_key,
             probe_channel,
-            probe_every: tokio::time::interval_at(
-                tokio::time::Instant::now() + PROBE_INTERVAL,
-                PROBE_INTERVAL,
-            ),
+            timing,
+            next_probe: tokio::time::Instant::now() + timing.interval,
             probe_due: None,
         };
         let early = futures::stream::iter(early);
@@ -213,19 +245,46 @@ struct Subscription {
     con: ConnectionManager,
     probe_key: String,
     probe_channel: String,
-    probe_every: tokio::time::Interval,
+    timing: ProbeTiming,
+    /// When to write the next probe (while none is outstanding).
+    next_probe: tokio::time::Instant,
     /// When the probe written last must have come back by.
     probe_due: Option<tokio::time::Instant>,
 }
 
 impl Subscription {
-    /// The next event, or `None` once the subscription is lost or Redis
-    /// stopped publishing (the probe did not come back).
+    /// The next event, or `None` once the subscription is lost, Redis
+    /// stopped publishing, or this reader fell [`PROBE_TIMEOUT`] behind (the
+    /// probe did not come back in time, see the module doc).
     async fn next_event(mut self) -> Option<(QueueEvent, Self)> {
         loop {
-            let due = self.probe_due;
+            // Checked on every turn, not only when the stream is idle: a
+            // biased select would never reach a timer while events flow.
+            let now = tokio::time::Instant::now();
+            if self.probe_due.is_some_and(|due| now >= due) {
+                tracing::warn!(
+                    "the keyspace event probe did not come back within {:?}: the \
+                     subscription is dead, Redis stopped publishing ({REQUIRED_SETTING}), \
+                     or this node reads events too slowly; resubscribing",
+                    self.timing.timeout
+                );
+                return None;
+            }
+            if self.probe_due.is_none() && now >= self.next_probe {
+                self.next_probe = now + self.timing.interval;
+                // A failed write (a slow or unreachable Redis) says nothing
+                // about the subscription: try again at the next interval.
+                match write_probe(&mut self.con, &self.probe_key).await {
+                    Ok(()) => {
+                        self.probe_due = Some(tokio::time::Instant::now() + self.timing.timeout)
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot write the keyspace event probe"),
+                }
+            }
+            let wake = self.probe_due.unwrap_or(self.next_probe);
             tokio::select! {
-                // Events already received are read before a probe is judged late.
+                // Messages are read before the timer; the probe is judged
+                // at the top of the loop, after whatever was ready.
                 biased;
                 msg = self.stream.next() => {
                     let msg = msg?;
@@ -235,36 +294,63 @@ impl Subscription {
                         return Some((event, self));
                     }
                 }
-                _ = self.probe_every.tick(), if due.is_none() => {
-                    // A failed write (a slow or unreachable Redis) says nothing
-                    // about the subscription: try again at the next tick.
-                    match write_probe(&mut self.con, &self.probe_key).await {
-                        Ok(()) => self.probe_due = Some(tokio::time::Instant::now() + PROBE_TIMEOUT),
-                        Err(e) => tracing::debug!(error = %e, "cannot write the keyspace event probe"),
-                    }
-                }
-                _ = sleep_until_opt(due) => {
-                    tracing::warn!(
-                        "the keyspace event probe did not come back within {PROBE_TIMEOUT:?}: \
-                         the subscription is dead or Redis stopped publishing ({REQUIRED_SETTING})"
-                    );
-                    return None;
-                }
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
     }
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::glob_escape;
+    use super::*;
+    use crate::testing::RedisServer;
+
+    /// A reader that falls behind loses its subscription instead of
+    /// buffering without bound (module doc, "Falling behind").
+    #[tokio::test]
+    async fn a_reader_far_behind_loses_the_subscription() {
+        let server = RedisServer::start_with_notifications().expect("redis-server");
+        let store = RedisStore::open(&server.url(), "deckard_v1")
+            .await
+            .expect("open");
+        let mut con = store.connection().await.expect("connection");
+        // Only this test's rule may end the subscription, not Redis's own
+        // limit on a subscriber's output buffer.
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("client-output-buffer-limit")
+            .arg("pubsub 0 0 0")
+            .query_async(&mut con)
+            .await
+            .expect("config set");
+        let timing = ProbeTiming {
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_millis(20),
+        };
+        let mut events = store.subscribe_with(timing).await.expect("subscribe");
+
+        // A burst far longer than the reader can take in the probe timeout.
+        const BURST: u64 = 200_000;
+        let _: () = redis::cmd("EVAL")
+            .arg("for i = 1, tonumber(ARGV[1]) do redis.call('ZADD', KEYS[1], i, i) end")
+            .arg(1)
+            .arg("deckard_v1:queue:{burst}:lock_ack")
+            .arg(BURST)
+            .query_async(&mut con)
+            .await
+            .expect("burst");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut read = 0u64;
+        loop {
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(_)) => read += 1,
+                Ok(None) => break,
+                Err(_) => panic!("still subscribed after reading {read} of {BURST} events"),
+            }
+        }
+        assert!(read < BURST, "the whole backlog was read before giving up");
+    }
 
     #[test]
     fn prefixes_with_glob_characters_are_escaped() {
