@@ -138,6 +138,11 @@ struct LoadArgs {
     /// Drain mode: create this file once the locks are written.
     #[arg(long)]
     signal_file: Option<PathBuf>,
+    /// Traffic mode: keep a ledger of every message and end by reading every
+    /// queue: exit 1 if a message is lost, in two of Deckard's sets, back
+    /// after its removal, returned early or never returned.
+    #[arg(long)]
+    check: bool,
     /// Baseline mode: wait until this file exists before the first tick.
     #[arg(long)]
     start_file: Option<PathBuf>,
@@ -505,6 +510,7 @@ async fn run_load(args: LoadArgs) -> ExitCode {
         admin: args.admin.clone(),
         warmup: args.warmup,
         signal_file: args.signal_file.clone(),
+        check: args.check,
     };
     let summary = deckhand::load::run(store, opts).await;
     if args.json {
@@ -519,6 +525,20 @@ async fn run_load(args: LoadArgs) -> ExitCode {
         return fail(format!(
             "every store operation failed ({} errors); is the store reachable?",
             summary.errors
+        ));
+    }
+    if args.check && !summary.integrity_ok() {
+        return fail(format!(
+            "the integrity check failed: {} missing, {} early, census {}",
+            summary.missing,
+            summary.early,
+            summary
+                .census
+                .as_ref()
+                .map_or("not run (drain mode?)".to_string(), |c| format!(
+                    "{} duplicated, {} lost, {} resurrected, {} queues unreadable",
+                    c.duplicated, c.lost, c.resurrected, c.unreadable
+                ))
         ));
     }
     ExitCode::SUCCESS

@@ -200,6 +200,8 @@ async fn a_paused_follower_is_fenced_when_it_resumes() {
     )
     .await;
     // No operation of the old owner was accepted after the new owner's.
+    let interleaved = common::check::interleavings(&cluster.store.history());
+    assert!(interleaved.is_empty(), "{interleaved:#?}");
     for q in &queues {
         let shard = shard_of(q, 16);
         if moved.contains(&shard) {

@@ -171,6 +171,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
         admin: None,
         warmup,
         signal_file: None,
+        check: false,
     };
     let (live_tx, live_rx) = tokio::sync::watch::channel(LiveLoad::default());
     let client: Arc<dyn DeckardClient> = Arc::new(store.clone());

@@ -161,6 +161,18 @@ struct Inner {
     next_seq: u64,
     /// The last cluster generation handed out (`next_generation`).
     generation: u64,
+    /// Deliberate defects, for tests that show the checks can fail.
+    broken: Defects,
+}
+
+/// Deliberate defects a test can switch on to show that a check fails on a
+/// broken build (issue: "a checker that can fail"). Never set by a node.
+#[derive(Debug, Default, Clone, Copy)]
+struct Defects {
+    /// Accept every fenced call, whatever its epoch.
+    no_fencing: bool,
+    /// Housekeeping sees the time this much ahead (a clock stepped forward).
+    clock_ahead_ms: i64,
 }
 
 /// Lock events a subscriber may fall behind by before it loses its subscription.
@@ -216,6 +228,25 @@ impl MemoryStore {
     /// Every accepted fenced operation so far, if recording.
     pub fn history(&self) -> Vec<AcceptedOp> {
         self.lock().history.clone().unwrap_or_default()
+    }
+
+    /// Defect: accept stale owners' calls (tests of the history check only).
+    pub fn break_fencing(&self) {
+        self.lock().broken.no_fencing = true;
+    }
+
+    /// Defect: housekeeping takes "now" `ms` ahead of the caller's clock, as
+    /// a node whose clock stepped forward would (tests of the checks only).
+    pub fn break_clock(&self, ms: i64) {
+        self.lock().broken.clock_ahead_ms = ms;
+    }
+
+    /// Defect: puts `id` in the active pool whatever set holds it already
+    /// (tests of the census only).
+    pub fn force_add_active(&self, queue: &str, id: &str) {
+        let mut inner = self.lock();
+        let q = inner.queues.entry(queue.to_string()).or_default();
+        q.active.add(id, SCORE_MIN);
     }
 }
 
@@ -276,15 +307,20 @@ impl QueueStore for MemoryStore {
     ) -> Result<HousekeepOutcome, StoreError> {
         validate_queue_name(queue)?;
         let mut inner = self.lock();
+        let broken = inner.broken;
+        let req = HousekeepRequest {
+            now_ms: req.now_ms + broken.clock_ahead_ms,
+            ..req
+        };
         let q = inner.queues.entry(queue.to_string()).or_default();
-        if fence.epoch < q.fence {
+        if fence.epoch < q.fence && !broken.no_fencing {
             return Err(StoreError::Fenced {
                 queue: queue.to_string(),
                 epoch: fence.epoch,
                 fence: q.fence,
             });
         }
-        q.fence = fence.epoch;
+        q.fence = q.fence.max(fence.epoch);
         let out = if q.is_gone() {
             HousekeepOutcome {
                 gone: true,

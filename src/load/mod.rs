@@ -40,6 +40,10 @@ use serde::Serialize;
 
 use crate::store::{now_ms, DeckardClient, LockKind, StoreError};
 
+mod census;
+pub use census::Census;
+use census::Ledger;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -72,6 +76,9 @@ pub struct LoadOptions {
     /// Drain mode: created once the locks are written and the clock starts
     /// (benchmarks start a housekeeper that waits for it).
     pub signal_file: Option<std::path::PathBuf>,
+    /// Traffic mode: keep a ledger of every message and end with the
+    /// integrity census (see [`census`]).
+    pub check: bool,
 }
 
 /// Lateness percentiles in ms.
@@ -126,6 +133,15 @@ pub struct LoadSummary {
     pub drained: u64,
     pub drain_s: f64,
     pub drain_per_s: f64,
+    /// Traffic mode with `check`: the end-of-run integrity census.
+    pub census: Option<Census>,
+}
+
+impl LoadSummary {
+    /// With `check`: every message accounted for, none early, none missing.
+    pub fn integrity_ok(&self) -> bool {
+        self.census.as_ref().is_some_and(Census::ok) && self.early == 0 && self.missing == 0
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -157,6 +173,8 @@ struct Shared {
     returned: AtomicU64,
     early: AtomicU64,
     errors: AtomicU64,
+    /// With `check`: what the client knows about every message it wrote.
+    ledger: Option<Ledger>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -247,9 +265,20 @@ impl Shared {
             }
         }
         if !finished.is_empty() {
-            if let Err(e) = self.client.remove(queue, &finished).await {
+            let result = self.client.remove(queue, &finished).await;
+            if let Some(ledger) = &self.ledger {
+                ledger.removed(qi, &finished, result.is_ok());
+            }
+            if let Err(e) = result {
                 self.error(e);
             }
+        }
+    }
+
+    /// Records an add of `items` to queue `qi` in the ledger, if any.
+    fn record_add(&self, qi: usize, items: &[(String, f64)], ok: bool) {
+        if let Some(ledger) = &self.ledger {
+            ledger.added(qi, items.iter().map(|(id, _)| id.as_str()), ok);
         }
     }
 
@@ -356,6 +385,7 @@ pub async fn run_with(
         returned: AtomicU64::new(0),
         early: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        ledger: opts.check.then(|| Ledger::new(opts.queues)),
         opts: opts.clone(),
     });
     let bar = progress_bar(show);
@@ -365,11 +395,14 @@ pub async fn run_with(
             shared.names.len()
         ));
         let now = now_ms() as f64;
-        futures::stream::iter(shared.names.iter())
-            .for_each_concurrent(opts.concurrency, |q| {
+        futures::stream::iter(shared.names.iter().enumerate())
+            .for_each_concurrent(opts.concurrency, |(qi, q)| {
                 let shared = shared.clone();
                 async move {
-                    if let Err(e) = shared.client.add(q, &[("warmup".to_string(), now)]).await {
+                    let items = [("warmup".to_string(), now)];
+                    let result = shared.client.add(q, &items).await;
+                    shared.record_add(qi, &items, result.is_ok());
+                    if let Err(e) = result {
                         shared.error(e);
                     }
                 }
@@ -407,7 +440,9 @@ pub async fn run_with(
                     next_queue = (next_queue + 1) % shared.names.len();
                 }
                 for (qi, items) in batches {
-                    match shared.client.add(&shared.names[qi], &items).await {
+                    let result = shared.client.add(&shared.names[qi], &items).await;
+                    shared.record_add(qi, &items, result.is_ok());
+                    match result {
                         Ok(n) => {
                             shared.added.fetch_add(n as u64, Ordering::Relaxed);
                         }
@@ -491,6 +526,13 @@ pub async fn run_with(
     }
     let _ = producer.await;
     let _ = watcher.await;
+    let census = match &shared.ledger {
+        Some(ledger) => {
+            bar.set_message("checking every message");
+            Some(ledger.census(&*shared.client, &shared.names).await)
+        }
+        None => None,
+    };
     bar.finish_and_clear();
     let unlock_lateness_ms = Percentiles::of(&lock(&shared.unlock_late));
     let timeout_lateness_ms = Percentiles::of(&lock(&shared.timeout_late));
@@ -525,6 +567,7 @@ pub async fn run_with(
         timeout_lateness_ms,
         unlock_lateness_quantiles_ms,
         timeline,
+        census,
         ..Default::default()
     }
 }
@@ -683,7 +726,20 @@ pub fn summary_text(s: &LoadSummary) -> String {
         s.errors,
         p(&s.unlock_lateness_ms),
         p(&s.timeout_lateness_ms)
-    )
+    ) + &s.census.as_ref().map(census_text).unwrap_or_default()
+}
+
+fn census_text(c: &Census) -> String {
+    let mut out = format!(
+        "\ncheck of every message over {} queues: {} in exactly one set, {} removed and gone, {} duplicated, \
+         {} lost, {} resurrected, {} uncertain (an operation on them failed), {} queues unreadable",
+        c.queues, c.present, c.removed, c.duplicated, c.lost, c.resurrected, c.uncertain, c.unreadable
+    );
+    for problem in &c.problems {
+        out.push_str("\n  ");
+        out.push_str(problem);
+    }
+    out
 }
 
 /// Pauses (or resumes) UNLOCK through a node's admin API.
