@@ -205,6 +205,7 @@ impl RedisStore {
             timing,
             next_probe: tokio::time::Instant::now() + timing.interval,
             probe_due: None,
+            probe_sent: false,
         };
         let early = futures::stream::iter(early);
         Ok(Box::pin(early.chain(futures::stream::unfold(
@@ -248,8 +249,11 @@ struct Subscription {
     timing: ProbeTiming,
     /// When to write the next probe (while none is outstanding).
     next_probe: tokio::time::Instant,
-    /// When the probe written last must have come back by.
+    /// When the probe written last must have come back by (or, after a
+    /// failed write, by when one must have been written and come back).
     probe_due: Option<tokio::time::Instant>,
+    /// A probe was written and its event has not been read yet.
+    probe_sent: bool,
 }
 
 impl Subscription {
@@ -270,18 +274,28 @@ impl Subscription {
                 );
                 return None;
             }
-            if self.probe_due.is_none() && now >= self.next_probe {
+            if !self.probe_sent && now >= self.next_probe {
                 self.next_probe = now + self.timing.interval;
-                // A failed write (a slow or unreachable Redis) says nothing
-                // about the subscription: try again at the next interval.
                 match write_probe(&mut self.con, &self.probe_key).await {
                     Ok(()) => {
-                        self.probe_due = Some(tokio::time::Instant::now() + self.timing.timeout)
+                        self.probe_sent = true;
+                        self.probe_due = Some(now + self.timing.timeout);
                     }
-                    Err(e) => tracing::debug!(error = %e, "cannot write the keyspace event probe"),
+                    Err(e) => {
+                        // Retried at the next interval; but the clock starts
+                        // now, or a command connection that keeps failing
+                        // would leave the backlog unbounded.
+                        tracing::debug!(error = %e, "cannot write the keyspace event probe");
+                        self.probe_due
+                            .get_or_insert(now + self.timing.interval + self.timing.timeout);
+                    }
                 }
             }
-            let wake = self.probe_due.unwrap_or(self.next_probe);
+            let wake = match self.probe_due {
+                Some(due) if self.probe_sent => due,
+                Some(due) => due.min(self.next_probe),
+                None => self.next_probe,
+            };
             tokio::select! {
                 // Messages are read before the timer; the probe is judged
                 // at the top of the loop, after whatever was ready.
@@ -290,6 +304,7 @@ impl Subscription {
                     let msg = msg?;
                     if is_probe_zadd(&msg, &self.probe_channel) {
                         self.probe_due = None;
+                        self.probe_sent = false;
                     } else if let Some(event) = queue_event(&self.channel_prefix, &self.prefix, &msg) {
                         return Some((event, self));
                     }
