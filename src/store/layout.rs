@@ -77,7 +77,10 @@ pub fn queue_of_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     let rest = key.strip_prefix(prefix)?.strip_prefix(":queue:{")?;
     let end = rest.find('}')?;
     let queue = &rest[..end];
-    (!queue.is_empty()).then_some(queue)
+    // A name Deckard would reject (e.g. `a{b`, from a key another program
+    // wrote) would fail every call: never adopt or list it.
+    super::validate_queue_name(queue).ok()?;
+    Some(queue)
 }
 
 /// The queue name inside the key of one of Deckard's four sets that make a
@@ -119,6 +122,11 @@ mod tests {
             Some("a::b")
         );
         assert_eq!(queue_of_key("deckard_v1", "deckard_v1:queue:{}:tmp"), None);
+        assert_eq!(
+            queue_of_key("deckard_v1", "deckard_v1:queue:{a{b}:lock_ack"),
+            None,
+            "a name with a brace is not a queue"
+        );
         assert_eq!(queue_of_key("deckard_v1", "other:queue:{a}:tmp"), None);
         for (key, queue) in [
             ("deckard_v1:queue:{a}", Some("a")),

@@ -67,6 +67,7 @@ pub async fn run(
             timeout: !settings.get(TaskKind::Timeout).paused,
             trigger_seq: settings.trigger_seq(),
         });
+        shared.forget_old_fences(|shard| state.cluster.shards.get(shard as usize).map(|s| s.epoch));
         let lease_ok = shared.lease_valid();
         let desired: BTreeMap<u32, u64> =
             if lease_ok && !stop.is_triggered() && !shared.is_retired() {
@@ -312,6 +313,13 @@ async fn housekeep_queue(
                 .inc();
             shared.metrics.fenced_writes.inc();
             QueueResult::Fenced(e)
+        }
+        Err(e @ StoreError::InvalidQueue { .. }) => {
+            // No call on this name can ever succeed: drop it like a gone queue
+            // instead of retrying it for ever.
+            shared.metrics.task_runs.with_label_values(&["error"]).inc();
+            tracing::warn!(node = shared.node_id, queue, error = %e, "not a queue; dropped");
+            QueueResult::Gone
         }
         Err(e) => {
             shared.metrics.task_runs.with_label_values(&["error"]).inc();
