@@ -199,6 +199,13 @@ async fn a_paused_follower_is_fenced_when_it_resumes() {
         },
     )
     .await;
+    // The fence records go once the node applied the moves (the shards left
+    // the fenced epochs): nothing is kept, or sent in heartbeats, for ever.
+    wait_until(
+        "the resumed node forgot the fences of moved shards",
+        || async { node.worker.fenced().is_empty().then_some(()) },
+    )
+    .await;
     // No operation of the old owner was accepted after the new owner's.
     let interleaved = common::check::interleavings(&cluster.store.history());
     assert!(interleaved.is_empty(), "{interleaved:#?}");

@@ -237,6 +237,8 @@ pub struct WorkerShared {
     /// did); never rerun at that epoch. A token of a newer generation means
     /// another cluster on the same store (`fenced_by_newer_cluster`); one of
     /// this cluster's generation is the normal end of a stale owner's work.
+    /// Entries of epochs a shard has left are dropped (`forget_old_fences`):
+    /// epochs only grow, so such a shard is never at that epoch again.
     fenced: Mutex<BTreeMap<u32, (u64, u64)>>,
     queues: Mutex<QueueCache>,
     /// Latest set sizes per queue of the running shards, for the leader's
@@ -398,6 +400,20 @@ impl WorkerShared {
     /// `fence`: the shard is not run at that epoch again.
     pub(crate) fn record_fenced(&self, shard: u32, epoch: u64, fence: u64) {
         lock(&self.fenced).insert(shard, (epoch, fence));
+    }
+
+    /// Drops the fence records of shards that moved on from the fenced
+    /// epoch (`current_epoch`: the applied state's epoch of a shard), so the
+    /// map, and every heartbeat that carries it, holds only what matters.
+    pub(crate) fn forget_old_fences(&self, current_epoch: impl Fn(u32) -> Option<u64>) {
+        lock(&self.fenced).retain(|shard, (epoch, _)| {
+            let now = current_epoch(*shard);
+            debug_assert!(
+                now.is_none_or(|e| e >= *epoch),
+                "shard {shard} went back from epoch {epoch} to {now:?}"
+            );
+            now == Some(*epoch)
+        });
     }
 
     /// Every shard the store fenced, with the epoch it was fenced at.
