@@ -222,3 +222,30 @@ async fn start_refuses_a_port_in_use_and_another_nodes_data() {
     assert_eq!(err.config_key(), "data_dir");
     assert!(err.to_string().contains("belongs to node 1"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_leading_forgets_the_queue_names() {
+    let cluster = TestCluster::start(3).await;
+    let queues = cluster.add_queues(30);
+    let old = cluster.wait_for_leader().await;
+    let coordinator = cluster.nodes[&old].coordinator.clone();
+    wait_until("the leader listed every queue", || async {
+        (coordinator.queue_counts().values().sum::<usize>() == queues.len()).then_some(())
+    })
+    .await;
+
+    let to = cluster.followers_of(old)[0];
+    let trigger = cluster.nodes[&old].raft.trigger();
+    common::within("transfer leadership", trigger.transfer_leader(to))
+        .await
+        .expect("transfer");
+    wait_until("another node leads", || async {
+        cluster.agreed_leader().filter(|l| *l != old)
+    })
+    .await;
+    wait_until("the old leader holds no queue names", || async {
+        coordinator.queue_counts().is_empty().then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}

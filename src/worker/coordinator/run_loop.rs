@@ -97,6 +97,13 @@ impl Coordinator {
                 _ = stop.recv() => return,
             }
             let leads = server.borrow_watched().state == ServerState::Leader;
+            if !leads {
+                // A follower serves no lists, and a later term starts from
+                // its own first discovery (`QueueIndex::term`): hold no
+                // queue names meanwhile.
+                memory = DiscoveryMemory::default();
+                *lock(&self.inner.queues) = Default::default();
+            }
             if leads && Instant::now() >= next_discovery {
                 // A failed discovery is retried soon, not a whole interval
                 // later. Without queue events (this node's check says Redis
