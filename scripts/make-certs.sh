@@ -9,6 +9,10 @@
 # reused when OUT_DIR already has one). Every certificate is valid for
 # server and client use, for the names localhost, NAME and the address
 # 127.0.0.1, plus EXTRA_SANS (e.g. "DNS:deckhand-0.deckhand,IP:10.0.0.5").
+# A NAME of the form node<ID> also gets the URI SAN deckhand://node/<ID>:
+# with TLS, nodes accept a heartbeat or Raft message claiming node ID only
+# from a certificate that names it, and a node refuses to start with a
+# certificate naming another id. Other names (ctl) name no node.
 #
 # Point each node at its files:
 #   [security]
@@ -48,6 +52,9 @@ fi
 
 for n in "${names[@]}"; do
   sans="DNS:localhost,DNS:$n,IP:127.0.0.1${EXTRA_SANS:+,$EXTRA_SANS}"
+  if [[ "$n" =~ ^node([0-9]+)$ ]]; then
+    sans="$sans,URI:deckhand://node/${BASH_REMATCH[1]}"
+  fi
   ext=$(mktemp)
   printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n' "$sans" >"$ext"
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \

@@ -9,10 +9,36 @@
 //! node certificates carry every name and IP the peers use for them.
 //!
 //! `/metrics` stays plain HTTP (Prometheus scrapes it inside the network).
+//!
+//! # Which node sent an RPC
+//!
+//! A certificate from the cluster's CA lets its holder in, but says nothing
+//! about which node it is; a heartbeat or hand-back names its sender in the
+//! message. So a node's certificate carries its id as a URI SAN,
+//! `deckhand://node/<id>` ([`NODE_URI_PREFIX`], made by
+//! `scripts/make-certs.sh`), and with TLS on, every worker RPC (heartbeat,
+//! hand-back, statistics) and every Raft RPC (append, vote, pre-vote,
+//! snapshot, leader transfer) is refused with `PERMISSION_DENIED` unless the
+//! id it claims is the one in the caller's certificate ([`SenderCheck`]).
+//! A node refuses to start with a certificate that does not name its own id.
+//! Operators' certificates name no node: they reach the admin API, never
+//! act as a node. Without TLS nothing is checked: plaintext trusts the
+//! network (the docs say to firewall `raft_addr`).
+//!
+//! Invariant: with TLS on, no RPC that names a sender reaches the
+//! coordinator or openraft unless the caller's certificate names that
+//! sender.
 
 use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+use crate::raft::NodeId;
+
+/// A node's certificate names it with one URI SAN `deckhand://node/<id>`.
+pub const NODE_URI_PREFIX: &str = "deckhand://node/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -28,6 +54,16 @@ pub enum TlsError {
         path: PathBuf,
         reason: &'static str,
     },
+    #[error(
+        "security.tls_cert: {path} names {found} but this is node {node_id}: a node's \
+         certificate must carry the URI SAN {NODE_URI_PREFIX}{node_id} (scripts/make-certs.sh \
+         node{node_id} makes one)"
+    )]
+    WrongNode {
+        path: PathBuf,
+        found: String,
+        node_id: NodeId,
+    },
 }
 
 impl TlsError {
@@ -35,6 +71,7 @@ impl TlsError {
     pub fn key(&self) -> &'static str {
         match self {
             TlsError::Read { key, .. } | TlsError::Invalid { key, .. } => key,
+            TlsError::WrongNode { .. } => "security.tls_cert",
         }
     }
 }
@@ -97,6 +134,103 @@ impl Tls {
     }
 }
 
+/// The node id a certificate names (see the module doc): `None` without
+/// exactly one id in `deckhand://node/<id>` URI SANs, or if unparsable.
+pub fn node_id_of(cert: &CertificateDer<'_>) -> Option<NodeId> {
+    let cert = webpki::EndEntityCert::try_from(cert).ok()?;
+    let mut named = cert
+        .valid_uri_names()
+        .filter_map(|uri| uri.strip_prefix(NODE_URI_PREFIX))
+        .map(|id| id.parse::<NodeId>().ok());
+    let first = named.next()??;
+    named.all(|id| id == Some(first)).then_some(first)
+}
+
+/// Refuses to run node `node_id` with a certificate that names another
+/// node or none: its peers would refuse every RPC it sends.
+pub fn check_node_certificate(path: &Path, node_id: NodeId) -> Result<(), TlsError> {
+    let cert = CertificateDer::from_pem_file(path).map_err(|_| TlsError::Invalid {
+        key: "security.tls_cert",
+        path: path.to_path_buf(),
+        reason: "holds no PEM certificate that can be parsed",
+    })?;
+    match node_id_of(&cert) {
+        Some(id) if id == node_id => Ok(()),
+        found => Err(TlsError::WrongNode {
+            path: path.to_path_buf(),
+            found: found.map_or("no node id".to_string(), |id| format!("node {id}")),
+            node_id,
+        }),
+    }
+}
+
+/// Why an RPC's claimed sender was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SenderError {
+    #[error("no client certificate")]
+    NoCertificate,
+    #[error("the client certificate names no node (it claims node {claimed})")]
+    NotANode { claimed: NodeId },
+    #[error(
+        "the client certificate is node {certificate}'s but the request claims node {claimed}"
+    )]
+    Mismatch {
+        certificate: NodeId,
+        claimed: NodeId,
+    },
+}
+
+/// Whether `certs` (the caller's chain, its own certificate first) may
+/// send an RPC as node `claimed`.
+pub fn check_sender(
+    certs: Option<&[CertificateDer<'_>]>,
+    claimed: NodeId,
+) -> Result<(), SenderError> {
+    let own = certs
+        .and_then(|c| c.first())
+        .ok_or(SenderError::NoCertificate)?;
+    match node_id_of(own) {
+        Some(id) if id == claimed => Ok(()),
+        Some(certificate) => Err(SenderError::Mismatch {
+            certificate,
+            claimed,
+        }),
+        None => Err(SenderError::NotANode { claimed }),
+    }
+}
+
+/// The check every sender-naming RPC handler runs (module doc), on when the
+/// node serves TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct SenderCheck {
+    tls: bool,
+}
+
+impl SenderCheck {
+    pub fn new(tls: bool) -> Self {
+        Self { tls }
+    }
+
+    /// `Ok` if TLS is off or the caller's certificate names `claimed`.
+    pub fn check<T>(
+        &self,
+        request: &tonic::Request<T>,
+        claimed: NodeId,
+    ) -> Result<(), tonic::Status> {
+        if !self.tls {
+            return Ok(());
+        }
+        let certs = request.peer_certs();
+        check_sender(certs.as_deref().map(Vec::as_slice), claimed).map_err(|e| {
+            tracing::warn!(claimed, error = %e, "refused an RPC: the sender is not who it claims");
+            match e {
+                SenderError::NoCertificate => tonic::Status::unauthenticated(e.to_string()),
+                _ => tonic::Status::permission_denied(e.to_string()),
+            }
+        })
+    }
+}
+
 /// Reads the admin token: the file's first line, trimmed; never empty.
 pub fn read_token(path: &Path) -> Result<String, TlsError> {
     let key = "security.admin_token_file";
@@ -114,4 +248,77 @@ pub fn read_token(path: &Path) -> Result<String, TlsError> {
         });
     }
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair, SanType};
+
+    fn cert_with_uris(uris: &[&str]) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(vec!["localhost".into()]).expect("params");
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into().expect("ia5 uri")));
+        }
+        let key = KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().clone()
+    }
+
+    #[test]
+    fn a_certificate_names_a_node_by_exactly_one_uri_san() {
+        assert_eq!(node_id_of(&cert_with_uris(&["deckhand://node/3"])), Some(3));
+        assert_eq!(node_id_of(&cert_with_uris(&[])), None, "an operator's");
+        assert_eq!(
+            node_id_of(&cert_with_uris(&["spiffe://x/y", "deckhand://node/7"])),
+            Some(7),
+            "other URIs are ignored"
+        );
+        assert_eq!(
+            node_id_of(&cert_with_uris(&["deckhand://node/1", "deckhand://node/2"])),
+            None,
+            "two different ids name no node"
+        );
+        assert_eq!(node_id_of(&cert_with_uris(&["deckhand://node/x"])), None);
+        assert_eq!(node_id_of(&CertificateDer::from(vec![1, 2, 3])), None);
+    }
+
+    #[test]
+    fn a_sender_must_be_the_node_its_certificate_names() {
+        let node2 = [cert_with_uris(&["deckhand://node/2"])];
+        let operator = [cert_with_uris(&[])];
+        assert_eq!(check_sender(Some(&node2), 2), Ok(()));
+        assert_eq!(
+            check_sender(Some(&node2), 3),
+            Err(SenderError::Mismatch {
+                certificate: 2,
+                claimed: 3
+            })
+        );
+        assert_eq!(
+            check_sender(Some(&operator), 2),
+            Err(SenderError::NotANode { claimed: 2 })
+        );
+        assert_eq!(check_sender(None, 2), Err(SenderError::NoCertificate));
+        assert_eq!(check_sender(Some(&[]), 2), Err(SenderError::NoCertificate));
+    }
+
+    #[test]
+    fn a_node_refuses_a_certificate_of_another_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut params = CertificateParams::new(vec!["localhost".into()]).expect("params");
+        params.subject_alt_names.push(SanType::URI(
+            "deckhand://node/2".try_into().expect("ia5 uri"),
+        ));
+        let key = KeyPair::generate().expect("key");
+        let path = dir.path().join("node2.pem");
+        std::fs::write(&path, params.self_signed(&key).expect("cert").pem()).expect("write");
+        check_node_certificate(&path, 2).expect("its own");
+        let err = check_node_certificate(&path, 1).expect_err("another node's");
+        let text = err.to_string();
+        assert!(text.contains("names node 2 but this is node 1"), "{text}");
+        assert!(text.contains("deckhand://node/1"), "{text}");
+        assert_eq!(err.key(), "security.tls_cert");
+    }
 }

@@ -12,7 +12,7 @@ use deckhand::proto::raft::ProbeRequest;
 use deckhand::raft::NodeId;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -133,11 +133,18 @@ impl Pki {
         }
     }
 
-    /// `(cert, key)` paths of a certificate for loopback names.
+    /// `(cert, key)` paths of a certificate for loopback names; a name
+    /// `node<N>` also gets node N's URI SAN, as `scripts/make-certs.sh` does.
     fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
         let mut params =
             CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
+        if let Some(id) = name.strip_prefix("node") {
+            let uri = format!("{}{id}", deckhand::tls::NODE_URI_PREFIX);
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.as_str().try_into().expect("ia5 uri")));
+        }
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -255,4 +262,129 @@ async fn with_mutual_tls_only_holders_of_the_clusters_certificates_get_in() {
         .await
         .is_err());
     cluster.shutdown().await;
+}
+
+async fn tls_channel(
+    addr: std::net::SocketAddr,
+    tls: ClientTlsConfig,
+) -> tonic::transport::Channel {
+    Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls config")
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect over mTLS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_a_node_can_only_speak_for_itself() {
+    use deckhand::proto::worker::worker_service_client::WorkerServiceClient;
+    use deckhand::proto::worker::{HandBackRequest, HeartbeatRequest};
+
+    let (mut cluster, listeners) = TestCluster::prepare(3).await;
+    let pki = Pki::new(cluster.dir.path(), "cluster-ca");
+    for (id, config) in cluster.configs.iter_mut() {
+        let (cert, key) = pki.issue(&format!("node{id}"));
+        config.security.tls_cert = Some(cert);
+        config.security.tls_key = Some(key);
+        config.security.tls_ca = Some(pki.ca());
+    }
+    for (id, l) in listeners {
+        cluster.start_node_with(id, l).await;
+    }
+    let owners = cluster.wait_for_balanced_ownership().await;
+    let leader: NodeId = cluster.wait_for_leader().await;
+    let followers = cluster.followers_of(leader);
+    let (me, victim) = (followers[0], followers[1]);
+    let leader_addr = cluster.nodes[&leader].raft_addr();
+
+    // With its own certificate, a node heartbeats as itself, not as another.
+    let (cert, key) = pki.issue(&format!("node{me}"));
+    let mut worker =
+        WorkerServiceClient::new(tls_channel(leader_addr, pki.client_tls(&cert, &key)).await);
+    let denied = worker
+        .heartbeat(HeartbeatRequest {
+            node_id: victim,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a heartbeat as another node was accepted");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
+    assert!(
+        denied
+            .message()
+            .contains(&format!("node {me}'s but the request claims node {victim}")),
+        "{denied}"
+    );
+    let handed = worker
+        .hand_back(HandBackRequest {
+            node_id: victim,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a hand-back as another node was accepted");
+    assert_eq!(handed.code(), tonic::Code::PermissionDenied, "{handed}");
+    let own = worker
+        .heartbeat(HeartbeatRequest {
+            node_id: me,
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = &own {
+        assert_ne!(
+            e.code(),
+            tonic::Code::PermissionDenied,
+            "its own heartbeat: {e}"
+        );
+    }
+
+    // An operator's certificate names no node.
+    let (ocert, okey) = pki.issue("operator");
+    let mut operator =
+        WorkerServiceClient::new(tls_channel(leader_addr, pki.client_tls(&ocert, &okey)).await);
+    let denied = operator
+        .heartbeat(HeartbeatRequest {
+            node_id: victim,
+            ..Default::default()
+        })
+        .await
+        .expect_err("an operator heartbeat was accepted");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
+
+    // Raft messages too: a vote request in the victim's name.
+    let vote = deckhand::raft::Vote::new(1_000, victim);
+    let request: openraft::raft::VoteRequest<deckhand::raft::TypeConfig> =
+        openraft::raft::VoteRequest::new(vote, None);
+    let payload = deckhand::raft::codec::encode("vote", &request).expect("encode");
+    let mut raft =
+        RaftServiceClient::new(tls_channel(leader_addr, pki.client_tls(&cert, &key)).await);
+    let denied = raft
+        .vote(payload)
+        .await
+        .expect_err("a vote in another's name was accepted");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
+
+    // The victim kept its shards and the cluster its leader.
+    assert_eq!(cluster.wait_for_leader().await, leader);
+    assert_eq!(cluster.wait_for_balanced_ownership().await, owners);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_to_start_with_another_nodes_certificate() {
+    let (cluster, mut listeners) = TestCluster::prepare(1).await;
+    let pki = Pki::new(cluster.dir.path(), "cluster-ca");
+    let mut config = cluster.configs[&1].clone();
+    let (cert, key) = pki.issue("node2");
+    config.security.tls_cert = Some(cert);
+    config.security.tls_key = Some(key);
+    config.security.tls_ca = Some(pki.ca());
+    let listeners = listeners.remove(&1).expect("node 1's sockets");
+    let err = match deckhand::node::Node::start_with(config, listeners).await {
+        Ok(_) => panic!("node 1 started with node 2's certificate"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("names node 2 but this is node 1"), "{err}");
 }

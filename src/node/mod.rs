@@ -218,9 +218,13 @@ impl Node {
         .map_err(|e| NodeError::RaftConfig(e.to_string()))?;
 
         let tls = match config.security.tls_files() {
-            Some((cert, key, ca)) => Some(crate::tls::Tls::load(cert, key, ca)?),
+            Some((cert, key, ca)) => {
+                crate::tls::check_node_certificate(cert, config.node_id)?;
+                Some(crate::tls::Tls::load(cert, key, ca)?)
+            }
             None => None,
         };
+        let senders = crate::tls::SenderCheck::new(tls.is_some());
         let admin_token = match &config.security.admin_token_file {
             Some(path) => Some(crate::tls::read_token(path)?),
             None => None,
@@ -272,9 +276,10 @@ impl Node {
             config.node_id,
             config.cluster.name.clone(),
             state_machine.clone(),
+            senders,
         )
         .into_server();
-        let worker_service = WorkerRpc::new(coordinator.clone()).into_server();
+        let worker_service = WorkerRpc::new(coordinator.clone(), senders).into_server();
         let mut stop = shutdown.listener();
         let incoming = TcpListenerStream::new(listeners.raft);
         let raft_server = server_builder(tls.as_ref(), "raft_addr")?;

@@ -2,7 +2,9 @@
 //!
 //! Votes and appends from a node whose id was retired (`ctl remove-node`)
 //! are refused before openraft sees them: a removed node that comes back
-//! with its old data cannot disturb the cluster with elections.
+//! with its old data cannot disturb the cluster with elections. With TLS,
+//! so is every message whose sender differs from the node its certificate
+//! names (`tls::SenderCheck`).
 
 use tonic::{Request, Response, Status};
 
@@ -12,6 +14,7 @@ use super::store::StateMachineStore;
 use super::{NodeId, Raft};
 use crate::proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::raft::{ProbeRequest, ProbeResponse, RaftPayload};
+use crate::tls::SenderCheck;
 use openraft::vote::RaftLeaderId;
 
 /// Serves the internal Raft service for one node.
@@ -22,6 +25,8 @@ pub struct RaftRpc {
     cluster_name: String,
     /// The applied state, for the retired ids.
     state_machine: StateMachineStore,
+    /// With TLS: the sender a message names must be its certificate's.
+    senders: SenderCheck,
 }
 
 impl RaftRpc {
@@ -30,13 +35,22 @@ impl RaftRpc {
         node_id: NodeId,
         cluster_name: String,
         state_machine: StateMachineStore,
+        senders: SenderCheck,
     ) -> Self {
         Self {
             raft,
             node_id,
             cluster_name,
             state_machine,
+            senders,
         }
+    }
+
+    /// `PERMISSION_DENIED` if `from` is not the certificate's node (with
+    /// TLS) or was removed from the cluster.
+    fn refuse<T>(&self, request: &Request<T>, from: NodeId) -> Result<(), Status> {
+        self.senders.check(request, from)?;
+        self.refuse_retired(from)
     }
 
     /// `PERMISSION_DENIED` if `from` was removed from the cluster.
@@ -71,7 +85,7 @@ impl RaftService for RaftRpc {
     ) -> Result<Response<RaftPayload>, Status> {
         let req: openraft::raft::AppendEntriesRequest<super::TypeConfig> =
             codec::decode("append entries", request.get_ref())?;
-        self.refuse_retired(*req.vote.leader_id().node_id())?;
+        self.refuse(&request, *req.vote.leader_id().node_id())?;
         let resp = self.raft.append_entries(req).await.map_err(raft_error)?;
         Ok(Response::new(codec::encode(
             "append entries response",
@@ -82,7 +96,7 @@ impl RaftService for RaftRpc {
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let req: openraft::raft::VoteRequest<super::TypeConfig> =
             codec::decode("vote", request.get_ref())?;
-        self.refuse_retired(*req.vote.leader_id().node_id())?;
+        self.refuse(&request, *req.vote.leader_id().node_id())?;
         let resp = self.raft.vote(req).await.map_err(raft_error)?;
         Ok(Response::new(codec::encode("vote response", &resp)?))
     }
@@ -91,7 +105,9 @@ impl RaftService for RaftRpc {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let req = codec::decode("pre-vote", request.get_ref())?;
+        let req: openraft::raft::VoteRequest<super::TypeConfig> =
+            codec::decode("pre-vote", request.get_ref())?;
+        self.refuse(&request, *req.vote.leader_id().node_id())?;
         let resp = self.raft.pre_vote(req).await.map_err(raft_error)?;
         Ok(Response::new(codec::encode("pre-vote response", &resp)?))
     }
@@ -101,6 +117,7 @@ impl RaftService for RaftRpc {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let transfer: SnapshotTransfer = codec::decode("snapshot", request.get_ref())?;
+        self.refuse(&request, *transfer.vote.leader_id().node_id())?;
         let (vote, snapshot) = transfer.into_parts();
         let resp = self
             .raft
@@ -114,7 +131,9 @@ impl RaftService for RaftRpc {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let req = codec::decode("transfer leader", request.get_ref())?;
+        let req: openraft::raft::TransferLeaderRequest<super::TypeConfig> =
+            codec::decode("transfer leader", request.get_ref())?;
+        self.refuse(&request, *req.from_leader().leader_id().node_id())?;
         let resp = self
             .raft
             .handle_transfer_leader(req)

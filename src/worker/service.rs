@@ -10,6 +10,7 @@ use crate::proto::worker::{
     GetQueuesRequest, GetQueuesResponse, HandBackRequest, HandBackResponse, HeartbeatRequest,
     HeartbeatResponse, StatsAck, StatsReport,
 };
+use crate::tls::SenderCheck;
 
 /// The gRPC status for a coordinator error, naming the leader when known.
 pub fn coord_status(e: CoordError) -> Status {
@@ -38,11 +39,17 @@ pub fn coord_status(e: CoordError) -> Status {
 #[derive(Clone)]
 pub struct WorkerRpc {
     coordinator: Coordinator,
+    /// With TLS: the node a heartbeat, hand-back or report names must be the
+    /// caller's certificate's, or it could take another node's shards.
+    senders: SenderCheck,
 }
 
 impl WorkerRpc {
-    pub fn new(coordinator: Coordinator) -> Self {
-        Self { coordinator }
+    pub fn new(coordinator: Coordinator, senders: SenderCheck) -> Self {
+        Self {
+            coordinator,
+            senders,
+        }
     }
 
     pub fn into_server(self) -> WorkerServiceServer<Self> {
@@ -56,6 +63,7 @@ impl WorkerService for WorkerRpc {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.senders.check(&request, request.get_ref().node_id)?;
         let resp = self
             .coordinator
             .on_heartbeat(request.into_inner())
@@ -68,6 +76,7 @@ impl WorkerService for WorkerRpc {
         &self,
         request: Request<HandBackRequest>,
     ) -> Result<Response<HandBackResponse>, Status> {
+        self.senders.check(&request, request.get_ref().node_id)?;
         let req = request.into_inner();
         let shards = self
             .coordinator
@@ -101,6 +110,7 @@ impl WorkerService for WorkerRpc {
         &self,
         request: Request<StatsReport>,
     ) -> Result<Response<StatsAck>, Status> {
+        self.senders.check(&request, request.get_ref().node_id)?;
         let ack = self
             .coordinator
             .on_stats(request.into_inner())
