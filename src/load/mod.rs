@@ -205,12 +205,17 @@ impl Shared {
             Err(e) => return self.error(e),
         };
         self.pulls.fetch_add(1, Ordering::Relaxed);
+        // The pull ran somewhere between `now` and its reply: a message is
+        // early only if it was back before the reply (a pull that waited
+        // out a Redis restart may have run well after `now`). Lateness is
+        // measured from `now`, so it is never overstated.
+        let replied = now_ms();
         let mut finished = Vec::new();
         for id in ids {
             let seen = lock(&self.pending[qi]).remove(&id);
             if let Some((fate, due)) = seen {
-                let late = now - due;
-                if late < 0 {
+                let late = (now - due).max(0);
+                if replied < due {
                     self.early.fetch_add(1, Ordering::Relaxed);
                 } else {
                     let h = match fate {
