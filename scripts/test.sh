@@ -29,6 +29,17 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   $sudo systemctl stop prometheus prometheus-node-exporter 2>/dev/null || true
 fi
 
+# scripts/chaos.sh partitions nodes with network namespaces (iproute2) and
+# scrapes their metrics with curl.
+for pkg_tool in iproute2:ip curl:curl; do
+  if ! command -v "${pkg_tool#*:}" >/dev/null; then
+    echo "test.sh: installing ${pkg_tool%%:*} from Debian's packages" >&2
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${pkg_tool%%:*}" >/dev/null
+  fi
+done
+
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --locked --all-targets
 cargo test --locked --all-targets "$@"
@@ -39,4 +50,16 @@ cargo test --locked --all-targets "$@"
 if [ "${SKIP_PROMETHEUS:-0}" != 1 ] && [ $# -eq 0 ]; then
   DECKHAND_BIN=target/debug/deckhand PHASE=12 KILLS=1 OUT=target/prometheus-check.json \
     scripts/prometheus-check.sh
+fi
+
+# Faults on real processes (SIGSTOP, kill -9, partitions, Redis restarts)
+# with the check of every message: the short pass (debug binary, one round;
+# docs/operations.md gives the long one). Network namespaces need root.
+# SKIP_CHAOS=1 skips it.
+if [ "${SKIP_CHAOS:-0}" != 1 ] && [ $# -eq 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    DECKHAND_BIN=target/debug/deckhand OUT=target/chaos.json scripts/chaos.sh --short
+  else
+    echo "test.sh: NOT RUN: scripts/chaos.sh needs root (network namespaces); run: sudo scripts/chaos.sh --short" >&2
+  fi
 fi
