@@ -249,3 +249,91 @@ async fn a_node_that_stops_leading_forgets_the_queue_names() {
     .await;
     cluster.shutdown().await;
 }
+
+/// Issue 12, item 3: a new leader that cannot reach the store must not
+/// replace anyone's queue lists (with nothing, housekeeping would stop
+/// cluster-wide while it leads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_that_cannot_discover_replaces_no_ones_lists() {
+    let cluster = TestCluster::start(3).await;
+    let queues = cluster.add_queues(60);
+    let owners = cluster.wait_for_balanced_ownership().await;
+    cluster.wait_for_queues_worked(&queues).await;
+    let shard_count = cluster.leader_state().await.cluster.shard_count;
+    let listed = |id: u64| -> usize {
+        let cache = cluster.nodes[&id].worker.queues();
+        queues
+            .iter()
+            .filter(|q| {
+                let shard = deckhand::cluster::shard_of(q, shard_count);
+                owners.get(&shard) == Some(&id)
+                    && cache
+                        .by_shard
+                        .get(&shard)
+                        .is_some_and(|list| list.contains(*q))
+            })
+            .count()
+    };
+    let expected: std::collections::BTreeMap<u64, usize> = cluster
+        .nodes
+        .keys()
+        .map(|id| {
+            let n = queues
+                .iter()
+                .filter(|q| owners.get(&deckhand::cluster::shard_of(q, shard_count)) == Some(id))
+                .count();
+            (*id, n)
+        })
+        .collect();
+    wait_until("every owner has the lists of its shards", || async {
+        expected
+            .iter()
+            .all(|(id, n)| listed(*id) == *n)
+            .then_some(())
+    })
+    .await;
+
+    // The store stops answering discovery; leadership moves.
+    cluster.store.fail_discovery(true);
+    let old = cluster.wait_for_leader().await;
+    let to = cluster.followers_of(old)[0];
+    let trigger = cluster.nodes[&old].raft.trigger();
+    common::within("transfer leadership", trigger.transfer_leader(to))
+        .await
+        .expect("transfer");
+    wait_until("the new leader leads", || async {
+        cluster.agreed_leader().filter(|l| *l == to)
+    })
+    .await;
+    // Two heartbeats of every node acknowledged by the new leader: each
+    // node has taken the new leader's answer (and its queue version) since.
+    let coordinator = cluster.nodes[&to].coordinator.clone();
+    let first: std::collections::BTreeMap<u64, std::time::Instant> =
+        wait_until("every node heartbeats the new leader", || async {
+            let reports = coordinator.reports();
+            (reports.len() == 3).then(|| {
+                reports
+                    .into_iter()
+                    .map(|(id, r)| (id, r.received_at))
+                    .collect()
+            })
+        })
+        .await;
+    wait_until("every node heartbeats the new leader again", || async {
+        let reports = coordinator.reports();
+        first
+            .iter()
+            .all(|(id, at)| reports.get(id).is_some_and(|r| r.received_at > *at))
+            .then_some(())
+    })
+    .await;
+    for (id, n) in &expected {
+        assert_eq!(
+            listed(*id),
+            *n,
+            "node {id} lost queue lists to a leader that cannot discover"
+        );
+    }
+    cluster.store.fail_discovery(false);
+    cluster.shutdown().await;
+}

@@ -173,6 +173,8 @@ struct Defects {
     no_fencing: bool,
     /// Housekeeping sees the time this much ahead (a clock stepped forward).
     clock_ahead_ms: i64,
+    /// Discovery fails as if the store were unreachable (a fault, not a bug).
+    discovery_down: bool,
 }
 
 /// Lock events a subscriber may fall behind by before it loses its subscription.
@@ -241,6 +243,12 @@ impl MemoryStore {
         self.lock().broken.clock_ahead_ms = ms;
     }
 
+    /// Fault: discovery fails as if the store could not be reached (the
+    /// other operations still work), until called again with `false`.
+    pub fn fail_discovery(&self, down: bool) {
+        self.lock().broken.discovery_down = down;
+    }
+
     /// Defect: puts `id` in the active pool whatever set holds it already
     /// (tests of the census only).
     pub fn force_add_active(&self, queue: &str, id: &str) {
@@ -279,8 +287,13 @@ fn unlock(
 #[async_trait::async_trait]
 impl QueueStore for MemoryStore {
     async fn discover_queues(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .lock()
+        let inner = self.lock();
+        if inner.broken.discovery_down {
+            return Err(StoreError::Unavailable(
+                "discovery: the store cannot be reached (injected fault)".into(),
+            ));
+        }
+        Ok(inner
             .queues
             .iter()
             .filter(|(_, q)| !q.is_gone())
