@@ -197,9 +197,10 @@ traffic() {  # seconds json
 }
 
 # --- run 1: every fault under traffic -----------------------------------------
-faults=7
-per_fault=$(hold 6 10)
-run1=$(( rounds * faults * per_fault + 10 ))
+# Traffic for as long as the faults take (one round: about 26 s short, 34 s
+# long, measured), so the figures are not diluted by a quiet tail.
+per_round=$(hold 27 35)
+run1=$(( rounds * per_round + 5 ))
 traffic "$run1" "$work/load1.json"
 sleep 5   # warmup (3 s) plus a little traffic before the first fault
 fenced_before=0
