@@ -10,6 +10,7 @@ pub mod baseline;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod leader;
 pub mod load;
 pub mod metrics;
 pub mod node;

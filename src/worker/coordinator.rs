@@ -37,12 +37,10 @@ use super::discovery::QueueIndex;
 use super::events::Scheduling;
 use super::queue_stats::LeaderQueueStats;
 use super::{lock, WorkerSettings};
-use crate::cluster::lease::Liveness;
-use crate::cluster::planner::{self, Candidates, PlanInput};
-use crate::cluster::{Command, CommandResult, Move, ShardState};
+use crate::cluster::{Command, CommandResult};
+use crate::leader::{LeaderTerm, Timing};
 use crate::proto::worker::{
-    GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, StatsAck,
-    StatsReport, TaskCounters,
+    GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, StatsAck, StatsReport,
 };
 use crate::raft::store::StateMachineStore;
 use crate::raft::{NodeId, Raft, RaftMetrics};
@@ -74,7 +72,7 @@ pub enum CoordError {
 mod run_loop;
 mod view;
 
-use view::{returned, same_shards, LeaderView, IDLE_PLAN, REASSIGNMENTS_KEPT, WRITE_TIMEOUT};
+use view::{LeaderView, IDLE_PLAN, REASSIGNMENTS_KEPT, WRITE_TIMEOUT};
 pub use view::{Reassignment, Report, Round, MAX_APPLY_LAG};
 
 /// Cheap to clone; all clones share state.
@@ -180,21 +178,16 @@ impl Coordinator {
     /// Runs `f` on the view of `term`, creating it (knowing nothing) on a new term.
     fn with_view<T>(&self, term: u64, f: impl FnOnce(&mut LeaderView) -> T) -> T {
         let mut guard = lock(&self.inner.view);
-        if guard.as_ref().is_none_or(|v| v.term != term) {
+        if guard.as_ref().is_none_or(|v| v.leader.term() != term) {
             let s = &self.inner.settings;
+            let timing = Timing {
+                lease: s.lease,
+                margin: s.lease_margin,
+                freshness: s.leader_freshness,
+            };
             *guard = Some(LeaderView {
-                term,
-                since: Instant::now(),
+                leader: LeaderTerm::new(self.inner.node_id, term, timing, Instant::now()),
                 stats: LeaderQueueStats::default(),
-                liveness: Liveness::for_new_leader(
-                    s.lease,
-                    s.lease_margin,
-                    s.leader_freshness,
-                    Instant::now(),
-                ),
-                reports: BTreeMap::new(),
-                departed: BTreeSet::new(),
-                departed_at: BTreeMap::new(),
             });
             tracing::info!(term, "leading: tracking worker liveness from now");
         }
@@ -255,43 +248,23 @@ impl Coordinator {
             fenced: req.fenced.iter().map(|r| (r.shard, r.epoch)).collect(),
         };
         let fenced_now = self.fenced_at_current_epoch(node, &report.fenced);
-        let replan = self.with_view(term, |view| {
-            view.liveness.heard(node, now);
-            let unchanged = view
-                .reports
-                .get(&node)
-                .is_some_and(|old| old.fenced == report.fenced);
-            if !unchanged && !fenced_now.is_empty() {
-                // Only a writer with a newer fencing token does this: another
-                // cluster working the same store. Nothing here can fix it.
-                tracing::error!(
-                    node,
-                    shards = ?fenced_now,
-                    "the store fenced this owner at its shards' current epochs: another deckhand cluster with a newer generation writes to the same store"
-                );
-            }
-            let back = returned(
-                view.departed_at.get(&node).copied(),
-                req.incarnation,
-                req.seq,
-            );
-            let mut replan = false;
-            if back && view.departed.remove(&node) {
-                view.departed_at.remove(&node);
-                tracing::info!(node, "node is back after handing its shards back");
-                replan = true;
-            }
-            // Plan at once when what the node runs or has applied changed (a
-            // release done, a shard started) or it is new this term. Nothing
-            // else in a report feeds a decision: an idle leader that is woken
-            // only by these sleeps between rounds (see `run`).
-            replan |= view.reports.get(&node).is_none_or(|old| {
-                !same_shards(&old.running, &report.running)
-                    || old.applied_index != report.applied_index
-            });
-            view.reports.insert(node, report);
-            replan
+        let heard = self.with_view(term, |view| {
+            view.leader
+                .heartbeat(node, report, req.incarnation, req.seq)
         });
+        if heard.fenced_changed && !fenced_now.is_empty() {
+            // Only a writer with a newer fencing token does this: another
+            // cluster working the same store. Nothing here can fix it.
+            tracing::error!(
+                node,
+                shards = ?fenced_now,
+                "the store fenced this owner at its shards' current epochs: another deckhand cluster with a newer generation writes to the same store"
+            );
+        }
+        if heard.back {
+            tracing::info!(node, "node is back after handing its shards back");
+        }
+        let replan = heard.replan;
         tracing::debug!(node, "heartbeat");
         if replan {
             self.inner.wake.notify_one();
@@ -320,15 +293,13 @@ impl Coordinator {
         let m = self.metrics();
         let term = self.leading(&m)?;
         let now = Instant::now();
-        let me = self.inner.node_id;
-        Ok(self.with_view(term, |view| {
-            m.membership_config
-                .membership()
-                .nodes()
-                .map(|(id, _)| *id)
-                .filter(|n| *n == me || view.liveness.is_live(*n, now))
-                .collect()
-        }))
+        let members: BTreeSet<NodeId> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        Ok(self.with_view(term, |view| view.leader.live_members(&members, now)))
     }
 
     /// Commits a command as the leader (used by membership changes).
@@ -349,8 +320,8 @@ impl Coordinator {
         let hold_off = self.inner.settings.gauge_holdoff;
         let state = self.inner.state_machine.latest();
         let guard = lock(&self.inner.view);
-        let view = guard.as_ref().filter(|v| v.term == term)?;
-        if view.since.elapsed() < hold_off {
+        let view = guard.as_ref().filter(|v| v.leader.term() == term)?;
+        if view.leader.since().elapsed() < hold_off {
             return None;
         }
         Some(view.stats.union(|shard, node, epoch| {
@@ -360,7 +331,8 @@ impl Coordinator {
                 .get(shard as usize)
                 .is_some_and(|s| s.owner == Some(node) && s.epoch == epoch);
             let running = view
-                .reports
+                .leader
+                .reports()
                 .get(&node)
                 .is_some_and(|r| r.running.get(&shard).is_some_and(|(e, _)| *e == epoch));
             owned && running
@@ -412,7 +384,7 @@ impl Coordinator {
     pub fn reports(&self) -> BTreeMap<NodeId, Report> {
         lock(&self.inner.view)
             .as_ref()
-            .map(|v| v.reports.clone())
+            .map(|v| v.leader.reports().clone())
             .unwrap_or_default()
     }
 
@@ -445,19 +417,8 @@ impl Coordinator {
             .owned_by(node)
             .count() as u32;
         self.with_view(term, |view| {
-            view.departed.insert(node);
-            view.departed_at.insert(node, last_report);
-            let report = view.reports.entry(node).or_insert_with(|| Report {
-                received_at: Instant::now(),
-                applied_index,
-                running: BTreeMap::new(),
-                lease_remaining: Duration::ZERO,
-                fenced_writes: 0,
-                tasks: TaskCounters::default(),
-                fenced: BTreeMap::new(),
-            });
-            report.running.clear();
-            report.applied_index = report.applied_index.max(applied_index);
+            view.leader
+                .hand_back(node, applied_index, last_report, Instant::now())
         });
         tracing::info!(node, shards = owned, "node handed its shards back");
         self.plan_round().await?;
@@ -481,15 +442,8 @@ impl Coordinator {
         if drained {
             let now = Instant::now();
             let remaining = self.with_view(term, |view| {
-                members
-                    .iter()
-                    .filter(|n| {
-                        **n != node
-                            && !state.cluster.drained.contains(n)
-                            && !view.departed.contains(n)
-                    })
-                    .filter(|n| **n == self.inner.node_id || view.liveness.is_live(**n, now))
-                    .count()
+                view.leader
+                    .workers_without(node, &state.cluster, &members, now)
             });
             if remaining == 0 {
                 return Err(CoordError::LastWorker(node));
@@ -557,86 +511,18 @@ impl Coordinator {
             .nodes()
             .map(|(id, _)| *id)
             .collect();
-        let me = self.inner.node_id;
         let now = Instant::now();
-        let (moves, reassigned, expiry) = self.with_view(term, |view| {
-            // This node hears itself through its own heartbeat loop; until it
-            // has, it still counts as live (it is running this code).
-            let live = |n: NodeId| n == me || view.liveness.is_live(n, now);
-            let heard = |n: NodeId| view.reports.contains_key(&n);
-            let eligible = planner::eligible(&Candidates {
-                leader: me,
-                members: &members,
-                drained: &state.cluster.drained,
-                departed: &view.departed,
-                heard: &heard,
-                live: &live,
-            });
-            let mut involved: BTreeSet<NodeId> = members.clone();
-            for s in &state.cluster.shards {
-                involved.extend(s.owner);
-                involved.extend(s.released_from);
-            }
-            let gone: BTreeSet<NodeId> = involved
-                .iter()
-                .copied()
-                .filter(|n| view.departed.contains(n) || !live(*n))
-                .collect();
-            // Nodes neither members nor named by the shard table (removed,
-            // replaced) can never matter again: forget them, so the view
-            // does not grow with every node that ever came and went.
-            let known = |n: NodeId| involved.contains(&n) || n == me;
-            view.reports.retain(|n, _| known(*n));
-            view.departed.retain(|n| known(*n));
-            view.departed_at.retain(|n, _| known(*n));
-            view.liveness.retain(known);
-            // The next moment a decision input changes by time alone.
-            let expiry = view
-                .liveness
-                .next_expiry(involved.iter().copied().filter(|n| *n != me), now);
-            let reports = &view.reports;
-            let stopped = |shard: u32, node: NodeId, s: &ShardState| {
-                reports
-                    .get(&node)
-                    .is_some_and(|r| r.applied_index >= s.epoch && !r.running.contains_key(&shard))
-            };
-            let moves = planner::plan(&PlanInput {
-                shards: &state.cluster.shards,
-                eligible: &eligible,
-                gone: &gone,
-                stopped: &stopped,
-                max_releases: self.inner.settings.max_releases_per_round,
-            });
-            let reassigned: Vec<Reassignment> = moves
-                .iter()
-                .filter_map(|mv| match mv {
-                    Move::Assign { shard, .. } => {
-                        let s = &state.cluster.shards[*shard as usize];
-                        let from = s.owner.or(s.released_from)?;
-                        gone.contains(&from).then(|| Reassignment {
-                            from,
-                            shard: *shard,
-                            silent_for: view.liveness.silent_for(from, now),
-                            handed_back: view.departed.contains(&from),
-                        })
-                    }
-                    Move::Release { .. } => None,
-                })
-                .collect();
-            (moves, reassigned, expiry)
+        let max_releases = self.inner.settings.max_releases_per_round;
+        let plan = self.with_view(term, |view| {
+            view.leader
+                .plan(&state.cluster, &members, max_releases, now)
         });
+        let (moves, reassigned, expiry) = (plan.moves, plan.reassigned, plan.next_expiry);
         if moves.is_empty() {
             return Ok(Round {
                 moved: 0,
                 quiet_until: Some(expiry.unwrap_or(now + IDLE_PLAN)),
             });
-        }
-        for r in &reassigned {
-            debug_assert!(
-                r.handed_back
-                    || r.silent_for > self.inner.settings.lease + self.inner.settings.lease_margin,
-                "reassigned a live node's shard: {r:?}"
-            );
         }
         if !reassigned.is_empty() {
             let from: BTreeSet<NodeId> = reassigned.iter().map(|r| r.from).collect();
