@@ -46,7 +46,8 @@
 //! [`PROBE_TIMEOUT`], the reader is that far behind and the subscription
 //! ends like a lost one, dropping the backlog (the caller's resubscription
 //! sweep covers it). The backlog is thus bounded by what Redis publishes in
-//! `PROBE_INTERVAL + PROBE_TIMEOUT`.
+//! `PROBE_INTERVAL + PROBE_TIMEOUT` plus the time the probe's write takes
+//! (bounded by the command connection's response timeout).
 
 use std::time::Duration;
 
@@ -278,8 +279,10 @@ impl Subscription {
                 self.next_probe = now + self.timing.interval;
                 match write_probe(&mut self.con, &self.probe_key).await {
                     Ok(()) => {
+                        // From when the write returned: a write queued
+                        // behind busy scripts is not the reader's delay.
                         self.probe_sent = true;
-                        self.probe_due = Some(now + self.timing.timeout);
+                        self.probe_due = Some(tokio::time::Instant::now() + self.timing.timeout);
                     }
                     Err(e) => {
                         // Retried at the next interval; but the clock starts
