@@ -385,7 +385,10 @@ impl DeckardClient for RedisStore {
 
     async fn snapshot(&self, queue: &str) -> Result<QueueSnapshot, StoreError> {
         let k = self.keys(queue)?;
+        // MULTI/EXEC: one moment's view, or a message moving between sets
+        // while they are read would look lost or duplicated to the census.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for key in k.sets() {
             pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES");
         }
