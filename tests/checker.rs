@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use common::{wait_until, TestCluster};
 use deckhand::cluster::shard_of;
+use deckhand::cluster::shards::fence_token;
 use deckhand::load::{self, LoadOptions};
-use deckhand::store::DeckardClient;
+use deckhand::store::{DeckardClient, QueueStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_check_catches_a_stale_owner_when_the_fence_is_broken() {
@@ -49,15 +50,25 @@ async fn the_history_check_catches_a_stale_owner_when_the_fence_is_broken() {
         || async { (node.worker.freeze.parked_shards() == moved).then_some(()) },
     )
     .await;
-    // The successors write the moved queues (history shows another node on one).
-    wait_until("another node wrote a queue of the paused node", || async {
-        cluster
-            .store
-            .history()
-            .iter()
-            .any(|op| op.node != victim && moved.contains(&shard_of(&op.queue, 16)))
-            .then_some(())
-    })
+    // The shards move and the successors write every moved queue (the
+    // fence shows their newer token), so any parked call comes after them.
+    let leader = cluster.wait_for_leader().await;
+    wait_until(
+        "the paused node's queues were written by their new owners",
+        || async {
+            let state = cluster.nodes[&leader].state_machine.latest();
+            for q in queues.iter().filter(|q| moved.contains(&shard_of(q, 16))) {
+                let shard = state.cluster.shards[shard_of(q, 16) as usize];
+                if shard.owner.is_none_or(|o| o == victim)
+                    || cluster.store.fence_of(q).await.ok()?
+                        < fence_token(state.cluster.generation, shard.epoch)
+                {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
     .await;
     // Resumed, its parked calls carry the old tokens; with the fence broken
     // the store accepts them, and the check must say so.
