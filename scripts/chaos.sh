@@ -21,7 +21,8 @@
 #   scripts/chaos.sh --short          # CI: one round, short holds
 #   DECKHAND_BIN=target/debug/deckhand scripts/chaos.sh --short
 #
-# Needs root, iproute2 (`ip netns`) and redis-server. The partition is real:
+# Needs root, iproute2 (`ip netns`), redis-server, curl and python3. One run
+# at a time: the bridge, namespaces and addresses have fixed names. The partition is real:
 # each node has its own namespace on a bridge, and a partition adds
 # blackhole routes between the node and its peers in both directions.
 set -euo pipefail
@@ -92,8 +93,8 @@ partition() {  # node: cut it from its peers both ways (not from Redis)
   local p=$1
   for m in 1 2 3; do
     [ "$m" = "$p" ] && continue
-    ip -n "$(ns $p)" route add blackhole "$net.$m/32"
-    ip -n "$(ns $m)" route add blackhole "$net.$p/32"
+    ip -n "$(ns $p)" route replace blackhole "$net.$m/32"
+    ip -n "$(ns $m)" route replace blackhole "$net.$p/32"
   done
 }
 heal() {
@@ -107,6 +108,9 @@ heal() {
 
 # --- Redis --------------------------------------------------------------------
 start_redis() {  # persist: yes|no
+  if redis-cli -h "$redis_ip" -p "$redis_port" ping >/dev/null 2>&1; then
+    fail "a Redis already answers on $redis_ip:$redis_port (left by a killed run?): stop it first"
+  fi
   mkdir -p "$work/redis"
   redis-server --bind "$redis_ip" --port "$redis_port" --dir "$work/redis" \
     --appendonly "$1" --appendfsync always --save "" \
@@ -118,6 +122,9 @@ start_redis() {  # persist: yes|no
     [ "$(now_ms)" -lt "$deadline" ] || fail "redis-server did not start (see $work/redis.log)"
     sleep 0.05
   done
+  local serving
+  serving=$(redis-cli -h "$redis_ip" -p "$redis_port" info server | tr -d '\r' | sed -n 's/^process_id://p')
+  [ "$serving" = "$redis_pid" ] || fail "the Redis answering is pid $serving, not the one started ($redis_pid)"
 }
 
 # --- nodes --------------------------------------------------------------------

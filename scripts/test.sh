@@ -31,8 +31,8 @@ fi
 
 # scripts/chaos.sh partitions nodes with network namespaces (iproute2) and
 # scrapes their metrics with curl.
-for pkg_tool in iproute2:ip curl:curl; do
-  if ! command -v "${pkg_tool#*:}" >/dev/null; then
+for pkg_tool in iproute2:ip curl:curl python3:python3; do
+  if [ "$(id -u)" -eq 0 ] && ! command -v "${pkg_tool#*:}" >/dev/null; then
     echo "test.sh: installing ${pkg_tool%%:*} from Debian's packages" >&2
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update -qq

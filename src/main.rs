@@ -487,6 +487,9 @@ async fn run_load(args: LoadArgs) -> ExitCode {
             Err(e) => fail(format!("--store {}: {e}", args.store)),
         };
     }
+    if args.check && args.expired_locks > 0 {
+        return fail("--check applies to traffic runs, not to --expired-locks (drain mode)".into());
+    }
     let store = match deckhand::store::open(&args.store, &args.prefix).await {
         Ok(s) => s.as_client(),
         Err(e) => return fail(format!("--store {}: {e}", args.store)),
