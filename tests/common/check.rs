@@ -2,8 +2,11 @@
 //! in-memory store accepted is checked against the Raft log, and no two
 //! nodes' operations on one queue interleave.
 //!
-//! The store's fence makes both checks hold on a correct build; each check
-//! is shown to fail on a deliberately broken one (`tests/checker.rs`).
+//! The store's fence makes both checks hold on a correct build; the
+//! interleaving rule is the same ordering the fence enforces, so it can only
+//! fail when the fence is broken, and `tests/checker.rs` shows it does. It
+//! does not see a broken lease check (a stale owner writing, unbounded in
+//! time, before its successor's first write): that needs store-side times.
 
 use std::collections::BTreeMap;
 
