@@ -23,6 +23,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use super::lock;
 use crate::store::DeckardClient;
 
 /// What the client knows about one message.
@@ -71,10 +72,6 @@ impl Census {
             self.problems.push(text);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Ledger {
