@@ -293,12 +293,7 @@ impl Coordinator {
         let m = self.metrics();
         let term = self.leading(&m)?;
         let now = Instant::now();
-        let members: BTreeSet<NodeId> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
+        let members = member_ids(&m);
         Ok(self.with_view(term, |view| view.leader.live_members(&members, now)))
     }
 
@@ -429,12 +424,7 @@ impl Coordinator {
     pub async fn set_drained(&self, node: NodeId, drained: bool) -> Result<u32, CoordError> {
         let m = self.metrics();
         let term = self.leading(&m)?;
-        let members: BTreeSet<NodeId> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
+        let members = member_ids(&m);
         if !members.contains(&node) {
             return Err(CoordError::UnknownNode(node));
         }
@@ -505,12 +495,7 @@ impl Coordinator {
                 quiet_until: None,
             });
         }
-        let members: BTreeSet<NodeId> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
+        let members = member_ids(&m);
         let now = Instant::now();
         let max_releases = self.inner.settings.max_releases_per_round;
         let plan = self.with_view(term, |view| {
@@ -551,4 +536,13 @@ impl Coordinator {
             quiet_until: None,
         })
     }
+}
+
+/// The ids of the cluster's current members (voters and learners).
+fn member_ids(m: &RaftMetrics) -> BTreeSet<NodeId> {
+    m.membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect()
 }
