@@ -235,14 +235,7 @@ async fn a_node_that_stops_leading_forgets_the_queue_names() {
     .await;
 
     let to = cluster.followers_of(old)[0];
-    let trigger = cluster.nodes[&old].raft.trigger();
-    common::within("transfer leadership", trigger.transfer_leader(to))
-        .await
-        .expect("transfer");
-    wait_until("another node leads", || async {
-        cluster.agreed_leader().filter(|l| *l != old)
-    })
-    .await;
+    cluster.transfer_leadership(old, to).await;
     wait_until("the old leader holds no queue names", || async {
         coordinator.queue_counts().is_empty().then_some(())
     })
@@ -297,14 +290,7 @@ async fn a_new_leader_that_cannot_discover_replaces_no_ones_lists() {
     cluster.store.fail_discovery(true);
     let old = cluster.wait_for_leader().await;
     let to = cluster.followers_of(old)[0];
-    let trigger = cluster.nodes[&old].raft.trigger();
-    common::within("transfer leadership", trigger.transfer_leader(to))
-        .await
-        .expect("transfer");
-    wait_until("the new leader leads", || async {
-        cluster.agreed_leader().filter(|l| *l == to)
-    })
-    .await;
+    cluster.transfer_leadership(old, to).await;
     // Two heartbeats of every node acknowledged by the new leader: each
     // node has taken the new leader's answer (and its queue version) since.
     let coordinator = cluster.nodes[&to].coordinator.clone();

@@ -428,6 +428,19 @@ impl TestCluster {
         }
     }
 
+    /// Moves leadership from `from` to `to` and waits until every node
+    /// agrees that `to` leads.
+    pub async fn transfer_leadership(&self, from: NodeId, to: NodeId) {
+        let trigger = self.nodes[&from].raft.trigger();
+        within("transfer leadership", trigger.transfer_leader(to))
+            .await
+            .expect("transfer");
+        wait_until("the new leader leads", || async {
+            self.agreed_leader().filter(|l| *l == to)
+        })
+        .await;
+    }
+
     /// Heals every partition.
     pub fn heal(&self) {
         for node in self.nodes.values() {
