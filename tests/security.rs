@@ -278,10 +278,25 @@ async fn tls_channel(
         .expect("connect over mTLS")
 }
 
+/// An empty heartbeat claiming to come from `node`.
+async fn heartbeat_as(
+    client: &mut deckhand::proto::worker::worker_service_client::WorkerServiceClient<
+        tonic::transport::Channel,
+    >,
+    node: NodeId,
+) -> Result<tonic::Response<deckhand::proto::worker::HeartbeatResponse>, tonic::Status> {
+    client
+        .heartbeat(deckhand::proto::worker::HeartbeatRequest {
+            node_id: node,
+            ..Default::default()
+        })
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_mutual_tls_a_node_can_only_speak_for_itself() {
     use deckhand::proto::worker::worker_service_client::WorkerServiceClient;
-    use deckhand::proto::worker::{HandBackRequest, HeartbeatRequest};
+    use deckhand::proto::worker::HandBackRequest;
 
     let (mut cluster, listeners) = TestCluster::prepare(3).await;
     let pki = Pki::new(cluster.dir.path(), "cluster-ca");
@@ -304,11 +319,7 @@ async fn with_mutual_tls_a_node_can_only_speak_for_itself() {
     let (cert, key) = pki.issue(&format!("node{me}"));
     let mut worker =
         WorkerServiceClient::new(tls_channel(leader_addr, pki.client_tls(&cert, &key)).await);
-    let denied = worker
-        .heartbeat(HeartbeatRequest {
-            node_id: victim,
-            ..Default::default()
-        })
+    let denied = heartbeat_as(&mut worker, victim)
         .await
         .expect_err("a heartbeat as another node was accepted");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
@@ -326,12 +337,7 @@ async fn with_mutual_tls_a_node_can_only_speak_for_itself() {
         .await
         .expect_err("a hand-back as another node was accepted");
     assert_eq!(handed.code(), tonic::Code::PermissionDenied, "{handed}");
-    let own = worker
-        .heartbeat(HeartbeatRequest {
-            node_id: me,
-            ..Default::default()
-        })
-        .await;
+    let own = heartbeat_as(&mut worker, me).await;
     if let Err(e) = &own {
         assert_ne!(
             e.code(),
@@ -344,11 +350,7 @@ async fn with_mutual_tls_a_node_can_only_speak_for_itself() {
     let (ocert, okey) = pki.issue("operator");
     let mut operator =
         WorkerServiceClient::new(tls_channel(leader_addr, pki.client_tls(&ocert, &okey)).await);
-    let denied = operator
-        .heartbeat(HeartbeatRequest {
-            node_id: victim,
-            ..Default::default()
-        })
+    let denied = heartbeat_as(&mut operator, victim)
         .await
         .expect_err("an operator heartbeat was accepted");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
