@@ -190,6 +190,13 @@ fenced_writes() {  # summed over the nodes' current processes
 
 hold() { [ $short = 1 ] && echo "$1" || echo "$2"; }
 
+kill_and_restart() {  # node: kill -9, keep its fenced-write count, restart it
+  local n=$1
+  fenced_before=$(( fenced_before + $(fenced_of "$n") ))   # its counter dies with it
+  kill -9 "${pids[$n]}"; wait "${pids[$n]}" 2>/dev/null || true
+  sleep "$(hold 1.5 3)"; start_node "$n"
+}
+
 t0=$(now_ms)
 start_redis yes
 for n in 1 2 3; do write_config "$n"; start_node "$n"; done
@@ -220,17 +227,13 @@ for round in $(seq 1 "$rounds"); do
 
   leader=$(wait_for_leader)
   log "round $round: kill -9 leader $leader"
-  fenced_before=$(( fenced_before + $(fenced_of "$leader") ))   # its counter dies with it
-  kill -9 "${pids[$leader]}"; wait "${pids[$leader]}" 2>/dev/null || true
-  sleep "$(hold 1.5 3)"; start_node "$leader"
+  kill_and_restart "$leader"
   sleep 2
 
   leader=$(wait_for_leader)
   f=$(a_follower "$leader")
   log "round $round: kill -9 follower $f"
-  fenced_before=$(( fenced_before + $(fenced_of "$f") ))
-  kill -9 "${pids[$f]}"; wait "${pids[$f]}" 2>/dev/null || true
-  sleep "$(hold 1.5 3)"; start_node "$f"
+  kill_and_restart "$f"
   sleep 2
 
   leader=$(wait_for_leader)
