@@ -14,6 +14,7 @@ use deckhand::proto::admin::admin_client::AdminClient;
 use deckhand::proto::admin::{DrainRequest, ShardsRequest};
 use deckhand::raft::NodeId;
 use deckhand::store::QueueStore;
+use openraft::async_runtime::watch::WatchReceiver;
 use tonic::transport::Channel;
 
 async fn admin(cluster: &TestCluster, id: NodeId) -> AdminClient<Channel> {
@@ -405,5 +406,129 @@ async fn a_pause_shorter_than_the_lease_moves_nothing() {
         );
     }
     assert_eq!(node.worker.stats.fenced_writes.load(Ordering::Relaxed), 0);
+    cluster.shutdown().await;
+}
+
+/// Issue 12, item 6(a): a node declared gone that comes back must not
+/// restart the shards its stale applied state says it owns. It may start
+/// shards only once it applied what the leader had committed when it
+/// acknowledged the node's heartbeat (the start barrier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_node_runs_nothing_from_its_stale_state() {
+    let cluster = TestCluster::start_configured(3, None, |c| {
+        c.tasks.sweep_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let queues = cluster.add_queues(200);
+    let owners = cluster.wait_for_balanced_ownership().await;
+    cluster.wait_for_queues_worked(&queues).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = cluster.followers_of(leader)[0];
+    let node = &cluster.nodes[&victim];
+    let moved = shards_of(&owners, victim);
+
+    // Cut off: its lease runs out, it stops, its shards move and the new
+    // owners write every moved queue under higher tokens.
+    let term = cluster.nodes[&leader]
+        .raft
+        .metrics()
+        .borrow_watched()
+        .current_term;
+    cluster.partition(victim);
+    let cut_at = Instant::now();
+    wait_until(
+        "the cut-off node's shards moved and were worked",
+        || async {
+            let state = cluster.nodes[&leader].state_machine.latest();
+            if moved
+                .iter()
+                .any(|s| state.cluster.shards[*s as usize].owner == Some(victim))
+            {
+                return None;
+            }
+            for q in queues.iter().filter(|q| moved.contains(&shard_of(q, 16))) {
+                let epoch = state.cluster.shards[shard_of(q, 16) as usize].epoch;
+                if cluster.store.fence_of(q).await.ok()?
+                    < fence_token(state.cluster.generation, epoch)
+                {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    wait_until("the cut-off node stopped on its own", || async {
+        (!node.worker.lease_valid() && node.worker.running().is_empty()).then_some(())
+    })
+    .await;
+    let stale = node.state_machine.latest();
+    assert!(
+        moved
+            .iter()
+            .all(|s| stale.cluster.shards[*s as usize].owner == Some(victim)),
+        "the cut-off node's state still says it owns its old shards"
+    );
+
+    // A follower campaigns once it has not heard the leader for the leader
+    // lease (election_timeout_max here) plus an election timeout. Stay cut
+    // off past that bound, so the node's election timer has certainly
+    // fired: without pre-vote it would now campaign at a higher term, know
+    // no leader, and never heartbeat again (the flake this test once had).
+    let election_fired = cut_at + 3 * common::test_raft_tuning().election_timeout_max;
+    wait_until("the cut-off node's election timer fired", || async {
+        (Instant::now() > election_fired).then_some(())
+    })
+    .await;
+
+    // Half healed: it reaches the leader (heartbeats are answered, so it has
+    // a lease again), but the leader's log does not reach it.
+    node.channels.unblock_all();
+    let coordinator = cluster.nodes[&leader].coordinator.clone();
+    wait_until("the returning node holds a lease again", || async {
+        (node.worker.lease_valid()
+            && node.worker.start_barrier() > node.state_machine.latest().applied_index())
+        .then_some(())
+    })
+    .await;
+    let seen = wait_until("the leader heard it", || async {
+        coordinator.reports().get(&victim).map(|r| r.received_at)
+    })
+    .await;
+    wait_until("the leader heard it twice more", || async {
+        coordinator
+            .reports()
+            .get(&victim)
+            .is_some_and(|r| r.received_at > seen + test_worker_tuning().heartbeat_interval)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        node.worker.running().is_empty(),
+        "ran shards from a stale state: {:?}",
+        node.worker.running()
+    );
+    assert_eq!(
+        node.worker.stats.fenced_writes.load(Ordering::Relaxed),
+        0,
+        "called queues from a stale state"
+    );
+
+    cluster.heal();
+    wait_until("it catches up", || async {
+        (node.state_machine.latest().applied_index() >= node.worker.start_barrier()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        cluster.nodes[&leader]
+            .raft
+            .metrics()
+            .borrow_watched()
+            .current_term,
+        term,
+        "the returning node deposed the leader"
+    );
+    let interleaved = common::check::interleavings(&cluster.store.history());
+    assert!(interleaved.is_empty(), "{interleaved:#?}");
     cluster.shutdown().await;
 }

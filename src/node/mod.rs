@@ -212,6 +212,11 @@ impl Node {
             election_timeout_max: millis(config.raft.election_timeout_max),
             // Snapshots are small; purge the log behind them.
             max_in_snapshot_log_to_keep: 500,
+            // A node cut off from the leader must not campaign at a higher
+            // term: when it comes back it would depose a healthy leader, and
+            // while it campaigns it knows no leader to renew its lease with.
+            // Pre-vote asks first; peers that still hear the leader refuse.
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()
