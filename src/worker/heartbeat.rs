@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::alias::WatchReceiverOf;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use super::coordinator::Coordinator;
@@ -21,7 +22,7 @@ use super::WorkerShared;
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
 use crate::proto::worker::{HeartbeatRequest, HeartbeatResponse, ShardReport, TaskCounters};
 use crate::raft::network::Channels;
-use crate::raft::{NodeId, Raft};
+use crate::raft::{NodeId, Raft, TypeConfig};
 use crate::shutdown::ShutdownListener;
 
 /// Everything the loop needs.
@@ -122,7 +123,7 @@ impl HeartbeatLoop {
             if self.shared.freeze.is_frozen() || self.shared.is_retired() {
                 continue;
             }
-            if let Some(why) = self.raft_stopped().await {
+            if let Some(why) = raft_stopped(self.raft.metrics()).await {
                 // The applied state is frozen: pause, release and moves
                 // would never reach the runner. Stop working and stop
                 // renewing; the leader reassigns after lease + margin.
@@ -134,37 +135,6 @@ impl HeartbeatLoop {
             }
             self.beat().await;
         }
-    }
-
-    /// Why this node's Raft core no longer runs, if it does not: a fatal
-    /// error or a shutdown, which the core marks in the full metrics on its
-    /// way out (the server metrics keep the last role), or a panic (a failed
-    /// assertion), which unwinds the core task and drops the metrics sender
-    /// without marking anything.
-    async fn raft_stopped(&self) -> Option<String> {
-        let mut metrics = self.raft.metrics();
-        {
-            let m = metrics.borrow_watched();
-            match &m.running_state {
-                Err(fatal) => return Some(fatal.to_string()),
-                Ok(()) if m.state == openraft::ServerState::Shutdown => {
-                    return Some("shut down".into())
-                }
-                Ok(()) => {}
-            }
-        }
-        // A fresh clone has not seen the current value, so the first poll
-        // reports a change even on a closed channel; the second is pending
-        // on an open channel (or reports another change: alive) and fails
-        // on a closed one.
-        for _ in 0..2 {
-            match tokio::time::timeout(Duration::ZERO, metrics.changed()).await {
-                Ok(Err(_)) => return Some("the Raft core task ended (panicked)".into()),
-                Ok(Ok(())) => continue,
-                Err(_) => return None,
-            }
-        }
-        None
     }
 
     async fn beat(&self) {
@@ -235,5 +205,83 @@ impl HeartbeatLoop {
             .await
             .map(|r| r.into_inner())
             .map_err(|s| format!("{}: {}", s.code(), s.message()))
+    }
+}
+
+/// Why this node's Raft core no longer runs, if it does not: a fatal
+/// error or a shutdown, which the core marks in the full metrics on its
+/// way out (the server metrics keep the last role), or a panic (a failed
+/// assertion), which unwinds the core task and drops the metrics sender
+/// without marking anything.
+async fn raft_stopped(
+    mut metrics: WatchReceiverOf<TypeConfig, crate::raft::RaftMetrics>,
+) -> Option<String> {
+    {
+        let m = metrics.borrow_watched();
+        match &m.running_state {
+            Err(fatal) => return Some(fatal.to_string()),
+            Ok(()) if m.state == openraft::ServerState::Shutdown => {
+                return Some("shut down".into())
+            }
+            Ok(()) => {}
+        }
+    }
+    // A fresh clone may not have seen the current value, so the first poll
+    // can report a change even on a closed channel; the second is pending
+    // on an open channel (or reports another change: alive) and fails on a
+    // closed one.
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::ZERO, metrics.changed()).await {
+            Ok(Err(_)) => return Some("the Raft core task ended (panicked)".into()),
+            Ok(Ok(())) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::async_runtime::watch::{Watch, WatchSender};
+    use openraft::error::Fatal;
+
+    use super::*;
+    use crate::raft::RaftMetrics;
+
+    type Channel = openraft::alias::WatchOf<TypeConfig>;
+
+    #[tokio::test]
+    async fn a_live_core_is_not_stopped() {
+        let (tx, rx) = Channel::channel(RaftMetrics::new_initial(1));
+        assert_eq!(raft_stopped(rx.clone()).await, None);
+        // An unseen update is not a stop either.
+        tx.send(RaftMetrics::new_initial(1))
+            .expect("receiver alive");
+        assert_eq!(raft_stopped(rx).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_panicked_core_is_stopped_even_behind_an_unseen_update() {
+        let (tx, rx) = Channel::channel(RaftMetrics::new_initial(1));
+        // The core's last update, then the unwinding drops its sender
+        // without marking anything.
+        tx.send(RaftMetrics::new_initial(1))
+            .expect("receiver alive");
+        drop(tx);
+        let why = raft_stopped(rx).await.expect("a panic is a stop");
+        assert!(why.contains("panicked"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_or_a_shutdown_is_a_stop() {
+        let mut fatal = RaftMetrics::new_initial(1);
+        fatal.running_state = Err(Fatal::Panicked);
+        let (_tx, rx) = Channel::channel(fatal);
+        assert_eq!(raft_stopped(rx).await.as_deref(), Some("panicked"));
+
+        let mut shut = RaftMetrics::new_initial(1);
+        shut.state = openraft::ServerState::Shutdown;
+        let (_tx, rx) = Channel::channel(shut);
+        assert_eq!(raft_stopped(rx).await.as_deref(), Some("shut down"));
     }
 }
