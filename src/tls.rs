@@ -30,6 +30,9 @@
 //! sender.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -201,14 +204,25 @@ pub fn check_sender(
 
 /// The check every sender-naming RPC handler runs (module doc), on when the
 /// node serves TLS.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SenderCheck {
     tls: bool,
+    /// Refusals are logged at warn at most once per [`REFUSAL_WARN_EVERY`]:
+    /// a misconfigured or hostile peer retries many times a second, and one
+    /// line per RPC would flood the log. Shared by the node's services.
+    warnings: Arc<WarnLimiter>,
 }
+
+/// How often a refused sender is logged at warn level (with the count of
+/// refusals logged at debug level in between).
+pub const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl SenderCheck {
     pub fn new(tls: bool) -> Self {
-        Self { tls }
+        Self {
+            tls,
+            warnings: Arc::new(WarnLimiter::new(REFUSAL_WARN_EVERY)),
+        }
     }
 
     /// `Ok` if TLS is off or the caller's certificate names `claimed`.
@@ -222,12 +236,57 @@ impl SenderCheck {
         }
         let certs = request.peer_certs();
         check_sender(certs.as_deref().map(Vec::as_slice), claimed).map_err(|e| {
-            tracing::warn!(claimed, error = %e, "refused an RPC: the sender is not who it claims");
+            match self.warnings.allow(Instant::now()) {
+                Some(suppressed) => tracing::warn!(
+                    claimed,
+                    error = %e,
+                    suppressed,
+                    "refused an RPC: the sender is not who it claims"
+                ),
+                None => tracing::debug!(claimed, error = %e, "refused an RPC"),
+            }
             match e {
                 SenderError::NoCertificate => tonic::Status::unauthenticated(e.to_string()),
                 _ => tonic::Status::permission_denied(e.to_string()),
             }
         })
+    }
+}
+
+/// Lets one warning through per period and counts the ones held back.
+/// Invariant: `suppressed` counts exactly the refusals since the last
+/// warning let through.
+#[derive(Debug)]
+pub struct WarnLimiter {
+    every: Duration,
+    /// When the last warning went out; `None` before the first.
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl WarnLimiter {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last warning)` when a warning may go out
+    /// at `now`; `None` (and one more held back) otherwise.
+    pub fn allow(&self, now: Instant) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match *last {
+            Some(at) if now.saturating_duration_since(at) < self.every => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(self.suppressed.swap(0, Ordering::Relaxed))
+            }
+        }
     }
 }
 
@@ -254,6 +313,19 @@ pub fn read_token(path: &Path) -> Result<String, TlsError> {
 mod tests {
     use super::*;
     use rcgen::{CertificateParams, KeyPair, SanType};
+
+    #[test]
+    fn refusal_warnings_are_limited_and_count_what_they_held_back() {
+        let limiter = WarnLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(limiter.allow(t0), Some(0));
+        assert_eq!(limiter.allow(t0 + Duration::from_secs(1)), None);
+        assert_eq!(limiter.allow(t0 + Duration::from_secs(9)), None);
+        assert_eq!(limiter.allow(t0 + Duration::from_secs(10)), Some(2));
+        assert_eq!(limiter.allow(t0 + Duration::from_secs(11)), None);
+        // A clock that goes backwards holds warnings back; it never panics.
+        assert_eq!(limiter.allow(t0), None);
+    }
 
     fn cert_with_uris(uris: &[&str]) -> CertificateDer<'static> {
         let mut params = CertificateParams::new(vec!["localhost".into()]).expect("params");

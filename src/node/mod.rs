@@ -281,7 +281,7 @@ impl Node {
             config.node_id,
             config.cluster.name.clone(),
             state_machine.clone(),
-            senders,
+            senders.clone(),
         )
         .into_server();
         let worker_service = WorkerRpc::new(coordinator.clone(), senders).into_server();
