@@ -500,8 +500,17 @@ impl WorkerShared {
         self.reconciled_index.load(Ordering::SeqCst)
     }
 
+    /// Called by the runner after each reconcile, which inserts every task
+    /// it starts into `running` first: so a report that reads this index
+    /// and then the running set sees every task started from a state at or
+    /// below the index (issue 12, item 6(c)). Applied states only move
+    /// forward, so neither does this.
     pub(crate) fn set_reconciled_index(&self, index: u64) {
-        self.reconciled_index.store(index, Ordering::SeqCst);
+        let previous = self.reconciled_index.swap(index, Ordering::SeqCst);
+        debug_assert!(
+            previous <= index,
+            "reconciled index went back from {previous} to {index}"
+        );
     }
 
     pub fn start_barrier(&self) -> u64 {
