@@ -41,7 +41,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::raft::NodeId;
+use crate::cluster::NodeId;
 
 /// A follower's right to run its shards.
 #[derive(Debug, Clone)]

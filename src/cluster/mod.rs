@@ -44,9 +44,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::NodeId;
 pub use shards::{shard_of, Move, ShardState};
 pub use tasks::{TaskKind, TaskSettings, Tasks};
+
+/// A node's id in the cluster: its Raft id, its shard owner id, the id in
+/// its certificate, as configured (`node_id`). Never reused once retired.
+pub type NodeId = u64;
 
 /// The most shards a cluster may be created with. Shards are planned and
 /// reported individually, so the count stays small enough to list.

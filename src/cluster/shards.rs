@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::NodeId;
+use crate::cluster::NodeId;
 
 /// The shard of a queue: FNV-1a 64 of the name, modulo the shard count.
 ///

@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{LeaderTerm, Report, Timing};
+use crate::cluster::NodeId;
 use crate::cluster::{ClusterState, Command, Move};
 use crate::proto::worker::TaskCounters;
-use crate::raft::NodeId;
 
 struct Scenario {
     base: Instant,

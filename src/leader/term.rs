@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::lease::Liveness;
 use crate::cluster::planner::{self, Candidates, PlanInput};
+use crate::cluster::NodeId;
 use crate::cluster::{ClusterState, Move, ShardState};
 use crate::proto::worker::TaskCounters;
-use crate::raft::NodeId;
 
 /// What a node last reported.
 #[derive(Debug, Clone)]

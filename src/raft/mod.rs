@@ -42,8 +42,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Command, CommandResult};
 
-/// The id of a node, as configured (`node_id`). Never reused after removal.
-pub type NodeId = u64;
+/// Node ids are the cluster state's (`crate::cluster::NodeId`): `raft`
+/// depends on `cluster`, never the other way round.
+pub use crate::cluster::NodeId;
 
 /// How other nodes and clients reach a member. Stored in membership entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

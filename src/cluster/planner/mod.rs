@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::shards::{Move, ShardState};
-use crate::raft::NodeId;
+use crate::cluster::NodeId;
 
 /// What the planner knows about the cluster right now.
 pub struct PlanInput<'a> {

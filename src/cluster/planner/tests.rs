@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::{eligible, plan, Candidates, PlanInput};
 use crate::cluster::shards::{Move, ShardState};
-use crate::raft::NodeId;
+use crate::cluster::NodeId;
 
 /// A shard table plus a log index, applying plans like the state machine.
 struct Sim {
