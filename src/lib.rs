@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod leader;
 pub mod load;
+pub mod locks;
 pub mod metrics;
 pub mod node;
 pub mod proto;

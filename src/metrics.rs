@@ -264,7 +264,7 @@ impl NodeMetrics {
     /// The `queue` label for `queue`: Deckard's prefix, within the cap.
     pub fn queue_label(&self, queue: &str) -> String {
         let label = queue_label(queue);
-        let mut seen = self.labels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = crate::locks::lock(&self.labels);
         if seen.contains(label) {
             return label.to_string();
         }

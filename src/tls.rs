@@ -276,7 +276,7 @@ impl WarnLimiter {
     /// `Some(held back since the last warning)` when a warning may go out
     /// at `now`; `None` (and one more held back) otherwise.
     pub fn allow(&self, now: Instant) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::locks::lock(&self.last);
         match *last {
             Some(at) if now.saturating_duration_since(at) < self.every => {
                 self.suppressed.fetch_add(1, Ordering::Relaxed);

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::load::{self, LiveLoad, LoadOptions, Percentiles};
+use crate::locks::lock;
 use crate::node::NodeError;
 use crate::raft::NodeId;
 use crate::store::memory::MemoryStore;
@@ -182,11 +183,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
     let _ = faults.await;
     view.stop().await;
 
-    let events = state
-        .events
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let events = lock(&state.events).clone();
     let state = Arc::try_unwrap(state).ok().map(|s| s.cluster.into_inner());
     let totals = state.as_ref().map(|c| c.totals()).unwrap_or_default();
     let consistency = check_consistency(&store, &load_summary).await;
@@ -244,11 +241,7 @@ fn record(state: &DemoState, what: String, recovered: Option<Duration>, at: Inst
         recovered_ms: recovered.map(|d| d.as_millis() as u64),
     };
     tracing::info!(what = %event.what, recovered_ms = ?event.recovered_ms, "demo fault");
-    state
-        .events
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(event);
+    lock(&state.events).push(event);
 }
 
 async fn kill_leader(state: &DemoState) -> Option<NodeId> {

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::{DemoOptions, DemoState};
 use crate::load::LiveLoad;
+use crate::locks::lock;
 
 pub struct LiveView {
     stop: watch::Sender<bool>,
@@ -119,11 +120,7 @@ async fn screen(
         "consumers: {} added, {} came back, {} pending; unlock lateness p50 {} ms p99 {} ms\n",
         load.added, load.returned, load.pending, load.unlock_p50_ms, load.unlock_p99_ms
     ));
-    let events = state
-        .events
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let events = lock(&state.events).clone();
     for e in events.iter().rev().take(4).rev() {
         let took = e
             .recovered_ms

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::lock;
+use crate::locks::lock;
 use crate::store::DeckardClient;
 
 /// What the client knows about one message.

@@ -38,6 +38,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::locks::lock;
 use crate::store::{now_ms, DeckardClient, LockKind, StoreError};
 
 mod census;
@@ -182,10 +183,6 @@ struct Shared {
 
 fn histogram() -> Histogram<u64> {
     Histogram::new(3).expect("3 significant figures is a valid histogram")
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn queue_names(n: usize) -> Vec<String> {

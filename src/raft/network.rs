@@ -22,6 +22,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::codec::{self, SnapshotTransfer};
 use super::{NodeId, NodeInfo, Snapshot, SnapshotData, TypeConfig, Vote};
+use crate::locks::lock;
 use crate::proto::raft::raft_service_client::RaftServiceClient;
 use crate::proto::raft::RaftPayload;
 
@@ -69,25 +70,16 @@ impl Channels {
 
     /// Cuts this node off from `addr` (outgoing calls fail as unreachable).
     pub fn block(&self, addr: &str) {
-        self.blocked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr.to_string());
+        lock(&self.blocked).insert(addr.to_string());
     }
 
     /// Heals every cut made by [`Self::block`].
     pub fn unblock_all(&self) {
-        self.blocked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        lock(&self.blocked).clear();
     }
 
     fn is_blocked(&self, addr: &str) -> bool {
-        self.blocked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(addr)
+        lock(&self.blocked).contains(addr)
     }
 
     /// The channel to `addr`, created (lazily connecting) on first use.
@@ -95,10 +87,7 @@ impl Channels {
         if self.is_blocked(addr) {
             return Err(ChannelError::Blocked(addr.to_string()));
         }
-        let mut map = self
-            .by_addr
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = lock(&self.by_addr);
         if let Some(channel) = map.get(addr) {
             return Ok(channel.clone());
         }

@@ -210,9 +210,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Each operation completes under the lock before releasing it; a
-        // panic inside one is a bug we surface elsewhere, not a torn write.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locks::lock(&self.inner)
     }
 
     /// Creates a queue holding one message `seed` in its active pool (as if

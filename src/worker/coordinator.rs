@@ -36,9 +36,10 @@ use tokio::sync::{watch, Notify};
 use super::discovery::QueueIndex;
 use super::events::Scheduling;
 use super::queue_stats::LeaderQueueStats;
-use super::{lock, WorkerSettings};
+use super::WorkerSettings;
 use crate::cluster::{Command, CommandResult};
 use crate::leader::{LeaderTerm, Timing};
+use crate::locks::lock;
 use crate::proto::worker::{
     GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, StatsAck, StatsReport,
 };

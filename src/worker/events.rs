@@ -51,9 +51,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use super::{lock, WorkerShared};
+use super::WorkerShared;
 use crate::cluster::shard_of;
 use crate::config::NotificationMode;
+use crate::locks::lock;
 use crate::shutdown::ShutdownListener;
 use crate::store::{EventKind, SharedStore, StoreError};
 

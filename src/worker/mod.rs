@@ -49,13 +49,14 @@ pub mod sync;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
 use crate::cluster::lease::Lease;
 use crate::config::NodeConfig;
+use crate::locks::lock;
 use crate::raft::NodeId;
 use crate::store::SharedStore;
 
@@ -285,12 +286,6 @@ impl Default for TaskRunState {
             trigger_seq: 0,
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a single read or update: poisoning leaves
-    // nothing half-done, so carry on.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl WorkerShared {

@@ -147,10 +147,10 @@ impl QueueStatsBook {
 /// one shard at a time: with hundreds of thousands of queues, one lock over
 /// the whole report would hold up every housekeeping call meanwhile.
 pub fn take_report_shared(book: &std::sync::Mutex<QueueStatsBook>, full: bool) -> Vec<ShardStats> {
-    let shards = super::lock(book).shards_to_report(full);
+    let shards = crate::locks::lock(book).shards_to_report(full);
     shards
         .into_iter()
-        .filter_map(|shard| super::lock(book).take_shard(shard, full))
+        .filter_map(|shard| crate::locks::lock(book).take_shard(shard, full))
         .collect()
 }
 

@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{Mode, ShardInbox};
 use super::schedule::{next_call, CallResult, QueueSchedule};
-use super::{lock, RunningShard, TaskRunState, WorkerShared};
+use super::{RunningShard, TaskRunState, WorkerShared};
 use crate::cluster::shards::{fence_token, token_epoch};
 use crate::cluster::TaskKind;
+use crate::locks::lock;
 use crate::raft::store::AppliedState;
 use crate::shutdown::ShutdownListener;
 use crate::store::{now_ms, EventKind, Fence, HousekeepRequest, StoreError};

@@ -8,10 +8,10 @@ use openraft::ServerState;
 
 use super::view::{DISCOVERY_AFTER_MOVES, DISCOVERY_RETRY, IDLE_PLAN, POLLING_DISCOVERY};
 use super::{CoordError, Coordinator};
+use crate::locks::lock;
 use crate::shutdown::ShutdownListener;
 use crate::worker::discovery::DiscoveryMemory;
 use crate::worker::events::Mode;
-use crate::worker::lock;
 
 impl Coordinator {
     /// Scans the store for queues and groups them by shard; false when it
