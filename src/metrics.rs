@@ -92,28 +92,34 @@ pub struct NodeMetrics {
     label_cap: usize,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+/// Registers `metric` (a definition in this file, so an invalid one or a
+/// name used twice is a bug here, caught by every test) and returns it.
+fn register<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric definition");
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("metric registered once");
-    c
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric definition");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    register(registry, IntCounter::new(name, help))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric definition");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    register(registry, IntGauge::new(name, help))
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(registry, Histogram::with_opts(opts))
 }
 
 impl NodeMetrics {
@@ -125,48 +131,36 @@ impl NodeMetrics {
     pub fn with_label_cap(label_cap: usize) -> Arc<Self> {
         assert!(label_cap > 0, "the queue label cap must allow one label");
         let registry = Registry::new();
-        let unlock_lateness = Histogram::with_opts(
-            HistogramOpts::new(
-                "deckhand_unlock_lateness_seconds",
-                "How late each unlocked element returned to its active pool, after its unlock time",
-            )
-            .buckets(LATENESS_BUCKETS.to_vec()),
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(unlock_lateness.clone()))
-            .expect("metric registered once");
-        let deckard_task_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "deckard_housekeeper_task_latency",
-                "Duration of one housekeeping call on one queue, in milliseconds (Deckard's metric)",
-            )
-            .buckets(TASK_LATENCY_MS_BUCKETS.to_vec()),
-            &["task"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(deckard_task_latency.clone()))
-            .expect("metric registered once");
-        let task_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "deckhand_task_duration_seconds",
-                "Duration of one successful housekeeping call on one queue",
-            )
-            .buckets(LATENESS_BUCKETS.to_vec()),
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(task_duration.clone()))
-            .expect("metric registered once");
-        let lease = prometheus::Gauge::new(
-            "deckhand_lease_remaining_seconds",
-            "Time left on this node's worker lease (0: no lease)",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(lease.clone()))
-            .expect("metric registered once");
+        let unlock_lateness = histogram(
+            &registry,
+            "deckhand_unlock_lateness_seconds",
+            "How late each unlocked element returned to its active pool, after its unlock time",
+            LATENESS_BUCKETS,
+        );
+        let deckard_task_latency = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "deckard_housekeeper_task_latency",
+                    "Duration of one housekeeping call on one queue, in milliseconds (Deckard's metric)",
+                )
+                .buckets(TASK_LATENCY_MS_BUCKETS.to_vec()),
+                &["task"],
+            ),
+        );
+        let task_duration = histogram(
+            &registry,
+            "deckhand_task_duration_seconds",
+            "Duration of one successful housekeeping call on one queue",
+            LATENESS_BUCKETS,
+        );
+        let lease = register(
+            &registry,
+            prometheus::Gauge::new(
+                "deckhand_lease_remaining_seconds",
+                "Time left on this node's worker lease (0: no lease)",
+            ),
+        );
         let fenced = counter(
             &registry,
             "deckhand_fenced_writes_total",
@@ -409,11 +403,7 @@ fn group_by_label(rows: &[(String, QueueSizes)], cap: usize) -> BTreeMap<String,
 pub fn queue_gauge_families(rows: &[(String, QueueSizes)], cap: usize) -> Vec<MetricFamily> {
     let registry = Registry::new();
     let vec = |name: &str, help: &str, labels: &[&str]| {
-        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-        registry
-            .register(Box::new(g.clone()))
-            .expect("metric registered once");
-        g
+        register(&registry, IntGaugeVec::new(Opts::new(name, help), labels))
     };
     let active = vec(
         QUEUE_GAUGE_NAMES[0],
@@ -435,17 +425,16 @@ pub fn queue_gauge_families(rows: &[(String, QueueSizes)], cap: usize) -> Vec<Me
         "Queues whose figures these gauges include, per queue label (leader only)",
         &["queue"],
     );
-    let overdue = GaugeVec::new(
-        Opts::new(
-            QUEUE_GAUGE_NAMES[3],
-            "How far past its unlock time the most overdue lock is, per queue label (leader only)",
+    let overdue = register(
+        &registry,
+        GaugeVec::new(
+            Opts::new(
+                QUEUE_GAUGE_NAMES[3],
+                "How far past its unlock time the most overdue lock is, per queue label (leader only)",
+            ),
+            &["queue"],
         ),
-        &["queue"],
-    )
-    .expect("valid metric definition");
-    registry
-        .register(Box::new(overdue.clone()))
-        .expect("metric registered once");
+    );
     for (label, t) in group_by_label(rows, cap) {
         let l = label.as_str();
         active.with_label_values(&[l]).set(t.active as i64);
