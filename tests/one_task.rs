@@ -31,8 +31,10 @@ async fn a_new_epoch_waits_for_the_old_task_to_end() {
     cluster.wait_for_queues_worked(&queues).await;
 
     // Park the owner's store calls (after their lease check), then give the
-    // shard to the same owner again: a new epoch.
-    node.worker.freeze.freeze();
+    // shard to the same owner again: a new epoch. Heartbeats go on, so the
+    // owner keeps its lease and would start the new task at once without
+    // the rule under test.
+    node.worker.freeze.park_calls();
     let raft = &cluster.nodes[&leader].raft;
     // Every owner calls all its queues now (rather than at the next sweep).
     raft.client_write(Command::TriggerTask {
@@ -63,6 +65,10 @@ async fn a_new_epoch_waits_for_the_old_task_to_end() {
         (node.worker.reconciled_index() >= new_index).then_some(())
     })
     .await;
+    assert!(
+        node.worker.lease_valid(),
+        "the owner lost its lease: the check below would pass whatever the rule"
+    );
     let running = node.worker.running();
     assert_eq!(
         running.get(&shard).map(|r| r.epoch),

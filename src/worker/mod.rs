@@ -132,34 +132,52 @@ pub struct WorkerStats {
 
 /// Test hook standing in for SIGSTOP: while frozen, heartbeats stop and
 /// every shard task parks right **after** its lease check and before its
-/// store operation, the worst moment for a pause.
+/// store operation, the worst moment for a pause. [`Freeze::park_calls`]
+/// parks the calls only, the heartbeats going on (a call stuck in the
+/// store, not a paused process).
 #[derive(Debug)]
 pub struct Freeze {
-    frozen: watch::Sender<bool>,
+    mode: watch::Sender<FreezeMode>,
     /// Calls parked at the gate right now, per shard.
     parked_shards: Mutex<BTreeMap<u32, usize>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FreezeMode {
+    Off,
+    /// Calls park at the gate; heartbeats go on.
+    Calls,
+    /// Calls park and heartbeats stop: a paused process.
+    Process,
 }
 
 impl Default for Freeze {
     fn default() -> Self {
         Self {
-            frozen: watch::channel(false).0,
+            mode: watch::channel(FreezeMode::Off).0,
             parked_shards: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl Freeze {
+    /// A paused process: calls park and heartbeats stop.
     pub fn freeze(&self) {
-        self.frozen.send_replace(true);
+        self.mode.send_replace(FreezeMode::Process);
+    }
+
+    /// Calls park; heartbeats go on, so the lease stays valid.
+    pub fn park_calls(&self) {
+        self.mode.send_replace(FreezeMode::Calls);
     }
 
     pub fn thaw(&self) {
-        self.frozen.send_replace(false);
+        self.mode.send_replace(FreezeMode::Off);
     }
 
+    /// Whether the process stands paused (heartbeats stop).
     pub fn is_frozen(&self) -> bool {
-        *self.frozen.borrow()
+        *self.mode.borrow() == FreezeMode::Process
     }
 
     /// Shards with at least one call parked right now.
@@ -167,14 +185,14 @@ impl Freeze {
         lock(&self.parked_shards).keys().copied().collect()
     }
 
-    /// Passes at once unless frozen; then waits for the thaw.
+    /// Passes at once unless calls are parked; then waits for the thaw.
     async fn gate(&self, shard: u32) {
-        if !self.is_frozen() {
+        if *self.mode.borrow() == FreezeMode::Off {
             return;
         }
         *lock(&self.parked_shards).entry(shard).or_default() += 1;
-        let mut rx = self.frozen.subscribe();
-        let _ = rx.wait_for(|frozen| !*frozen).await;
+        let mut rx = self.mode.subscribe();
+        let _ = rx.wait_for(|mode| *mode == FreezeMode::Off).await;
         let mut shards = lock(&self.parked_shards);
         if let Some(n) = shards.get_mut(&shard) {
             *n -= 1;
