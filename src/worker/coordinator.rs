@@ -359,7 +359,10 @@ impl Coordinator {
         if m.membership_config.membership().get_node(&node).is_none() {
             return Err(CoordError::UnknownNode(node));
         }
-        self.with_view(term, |view| view.stats.apply(node, req.full, req.stats));
+        let shard_count = self.inner.state_machine.latest().cluster.shard_count;
+        self.with_view(term, |view| {
+            view.stats.apply(node, req.full, req.stats, shard_count)
+        });
         tracing::debug!(node, full = req.full, "queue statistics");
         Ok(StatsAck {
             leader_id: self.inner.node_id,

@@ -226,11 +226,13 @@ impl LeaderQueueStats {
     /// Takes a chunk of a report of `node`. The first chunk of a full report
     /// replaces all of the node's shards; a `continued` shard extends what
     /// the same node sent for it at the same epoch, and is dropped otherwise.
-    pub fn apply(&mut self, node: NodeId, full: bool, shards: Vec<ShardStats>) {
+    /// Shards at or past `shard_count` do not exist and are dropped, so the
+    /// map never holds more than `shard_count` entries whatever is sent.
+    pub fn apply(&mut self, node: NodeId, full: bool, shards: Vec<ShardStats>, shard_count: u32) {
         if full {
             self.by_shard.retain(|_, r| r.node != node);
         }
-        for s in shards {
+        for s in shards.into_iter().filter(|s| s.shard < shard_count) {
             let queues: Vec<(String, QueueSizes)> = s.queues.into_iter().map(from_proto).collect();
             if s.continued {
                 if let Some(r) = self.by_shard.get_mut(&s.shard) {
@@ -308,7 +310,7 @@ mod tests {
         book.record(1, 5, "a", sizes(1));
         book.record(2, 6, "b", sizes(2));
         let mut leader = LeaderQueueStats::default();
-        leader.apply(10, true, book.take_report(true));
+        leader.apply(10, true, book.take_report(true), 16);
         let all = leader.union(|_, _, _| true);
         assert_eq!(all.len(), 2);
         // Shard 2 moved on (another epoch): its figures are not served.
@@ -316,8 +318,23 @@ mod tests {
         assert_eq!(current, vec![("a".to_string(), sizes(1))]);
         // The node stopped shard 2: its next full report drops it.
         book.drop_shard(2, 6);
-        leader.apply(10, true, book.take_report(true));
+        leader.apply(10, true, book.take_report(true), 16);
         assert_eq!(leader.union(|_, _, _| true).len(), 1);
+    }
+
+    #[test]
+    fn the_leader_drops_shards_that_do_not_exist() {
+        let mut book = QueueStatsBook::default();
+        book.record(3, 5, "a", sizes(1));
+        book.record(99, 6, "b", sizes(2));
+        book.record(u32::MAX, 7, "c", sizes(3));
+        let mut leader = LeaderQueueStats::default();
+        leader.apply(10, true, book.take_report(true), 16);
+        assert_eq!(
+            leader.union(|_, _, _| true),
+            vec![("a".to_string(), sizes(1))]
+        );
+        assert_eq!(leader.by_shard.len(), 1);
     }
 
     #[test]
@@ -331,7 +348,7 @@ mod tests {
         let report = book.take_report(true);
         let whole = {
             let mut leader = LeaderQueueStats::default();
-            leader.apply(10, true, report.clone());
+            leader.apply(10, true, report.clone(), 16);
             leader.union(|_, _, _| true)
         };
         for budget in [1, 100, 1000, 10_000] {
@@ -357,9 +374,10 @@ mod tests {
                     queues: vec![to_proto("old", &sizes(1))],
                     continued: false,
                 }],
+                16,
             );
             for (i, part) in parts.into_iter().enumerate() {
-                leader.apply(10, i == 0, part);
+                leader.apply(10, i == 0, part, 16);
             }
             assert_eq!(leader.union(|_, _, _| true), whole, "budget {budget}");
         }

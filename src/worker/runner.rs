@@ -151,6 +151,11 @@ fn reconcile(
         if tasks.contains_key(&shard) || stopping.contains_key(&shard) {
             continue;
         }
+        // `desired` was read before this pass: a task that recorded a
+        // fence at this epoch and ended since must not be restarted.
+        if shared.fenced_at(shard) == Some(epoch) {
+            continue;
+        }
         tracing::info!(node = shared.node_id, shard, epoch, "running shard");
         let cancel = CancellationToken::new();
         let passes = Arc::new(AtomicU64::new(0));
