@@ -112,13 +112,61 @@ async fn the_leader_refuses_heartbeats_of_a_node_far_behind_the_log() {
         matches!(stale, Err(CoordError::Lagging { node, .. }) if node == follower),
         "{stale:?}"
     );
-    // Within the bound it is acknowledged.
-    wait_until("a heartbeat within the bound is acknowledged", || async {
-        coordinator
-            .on_heartbeat(beat(committed() - MAX_APPLY_LAG))
+    // Caught up, it is acknowledged.
+    wait_until(
+        "a heartbeat of a node caught up is acknowledged",
+        || async { coordinator.on_heartbeat(beat(committed())).await.ok() },
+    )
+    .await;
+    cluster.shutdown().await;
+}
+
+/// In a quiet log a stuck node falls only a few entries behind, never
+/// `MAX_APPLY_LAG`: the leader refuses it once it has not applied an entry
+/// committed a lease ago.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_refuses_a_node_that_has_not_applied_what_was_committed_a_lease_ago() {
+    use deckhand::cluster::{Command, TaskKind};
+    use deckhand::proto::worker::HeartbeatRequest;
+    use deckhand::worker::coordinator::CoordError;
+
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers_of(leader)[0];
+    let raft = &cluster.nodes[&leader].raft;
+    let coordinator = &cluster.nodes[&leader].coordinator;
+    let beat = |applied_index| HeartbeatRequest {
+        node_id: follower,
+        applied_index,
+        incarnation: 1,
+        seq: 1,
+        ..Default::default()
+    };
+    // One entry behind a fresh write is acknowledged (retried until the
+    // leader answers as a fresh leader right after a write).
+    let index = wait_until("one entry behind a fresh write is acknowledged", || async {
+        let written = raft
+            .client_write(Command::TriggerTask {
+                task: TaskKind::Unlock,
+            })
             .await
-            .ok()
+            .ok()?;
+        let index = written.log_id().index();
+        coordinator.on_heartbeat(beat(index - 1)).await.ok()?;
+        Some(index)
     })
     .await;
+    // Still one entry behind, a lease later: refused.
+    let refused = wait_until("still one entry behind, refused", || async {
+        match coordinator.on_heartbeat(beat(index - 1)).await {
+            Err(e @ CoordError::Lagging { .. }) => Some(e),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(
+        matches!(refused, CoordError::Lagging { node, applied, .. } if node == follower && applied == index - 1),
+        "{refused:?}"
+    );
     cluster.shutdown().await;
 }

@@ -34,9 +34,11 @@
 //! Raft (whether this node leads, whether its state has caught up with the
 //! term), queue discovery and queue statistics: the coordinator's.
 
+mod commit_times;
 mod term;
 
 #[cfg(test)]
 mod scenario;
 
+pub use commit_times::CommitTimes;
 pub use term::{returned, same_shards, Heard, LeaderTerm, Reassignment, Report, RoundPlan, Timing};

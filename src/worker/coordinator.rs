@@ -38,7 +38,7 @@ use super::events::Scheduling;
 use super::queue_stats::LeaderQueueStats;
 use super::WorkerSettings;
 use crate::cluster::{Command, CommandResult};
-use crate::leader::{LeaderTerm, Timing};
+use crate::leader::{CommitTimes, LeaderTerm, Timing};
 use crate::locks::lock;
 use crate::proto::worker::{
     GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, StatsAck, StatsReport,
@@ -60,10 +60,11 @@ pub enum CoordError {
     LastWorker(NodeId),
     #[error("cluster is not initialized yet (no shard count recorded)")]
     NotInitialized,
-    #[error("node {node} has applied the log to {applied}, more than {MAX_APPLY_LAG} entries behind the commit index {committed}: not acknowledged")]
+    #[error("node {node} has applied the log to {applied}, but must have applied {required} (the commit index {committed} less {MAX_APPLY_LAG} entries, or what was committed a lease ago): not acknowledged")]
     Lagging {
         node: NodeId,
         applied: u64,
+        required: u64,
         committed: u64,
     },
     #[error("raft: {0}")]
@@ -189,6 +190,7 @@ impl Coordinator {
             *guard = Some(LeaderView {
                 leader: LeaderTerm::new(self.inner.node_id, term, timing, Instant::now()),
                 stats: LeaderQueueStats::default(),
+                commits: CommitTimes::new(s.lease),
             });
             tracing::info!(term, "leading: tracking worker liveness from now");
         }
@@ -219,22 +221,31 @@ impl Coordinator {
             return Err(CoordError::UnknownNode(node));
         }
         let committed = m.local_committed.map_or(0, |c| c.index());
-        if committed.saturating_sub(req.applied_index) > MAX_APPLY_LAG {
+        let now = Instant::now();
+        // Behind by entries (a busy log) or by time (a quiet log): a node
+        // whose state machine is stuck must lose its lease either way.
+        let applied_long_ago = self.with_view(term, |view| {
+            view.commits.observe(committed, now);
+            view.commits.must_have_applied(now)
+        });
+        let required = applied_long_ago.max(committed.saturating_sub(MAX_APPLY_LAG));
+        if req.applied_index < required {
             // debug: a learner catching up after add-node is refused at every
             // heartbeat until it has; its lease state shows in ctl status.
             tracing::debug!(
                 node,
                 applied = req.applied_index,
+                required,
                 committed,
-                "heartbeat of a node far behind the log refused"
+                "heartbeat of a node behind the log refused"
             );
             return Err(CoordError::Lagging {
                 node,
                 applied: req.applied_index,
+                required,
                 committed,
             });
         }
-        let now = Instant::now();
         let report = Report {
             received_at: now,
             applied_index: req.applied_index,

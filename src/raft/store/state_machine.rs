@@ -2,9 +2,18 @@
 //! [`ClusterState`] and keeps the current snapshot.
 //!
 //! Invariants:
-//! - `applied.last_applied` only grows (asserted on apply);
+//! - `applied.last_applied` only grows (checked on apply);
 //! - the state and its `last_applied` id are persisted in one sled insert;
 //! - a stored snapshot is never newer than the applied state it was built from.
+//!
+//! A broken invariant while applying (this module's or `ClusterState`'s
+//! asserts) is returned as an I/O error, never left as a panic: openraft
+//! runs `apply` in its own task, and a panic there would go unnoticed until
+//! the next entry, which a quiet cluster may never send, while the node kept
+//! heartbeating from a frozen state. An error stops the Raft core at once
+//! with a fatal error, and the worker gives up its lease and its shards
+//! (`worker::heartbeat`). Nothing of the failed batch is persisted or
+//! published.
 
 use std::io;
 use std::sync::Arc;
@@ -135,16 +144,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             if let Some(last) = &state.last_applied {
-                assert!(
-                    last.index() < log_id.index(),
-                    "entry {log_id} applied after {last}"
-                );
+                if last.index() >= log_id.index() {
+                    return Err(invariant(format!("entry {log_id} applied after {last}")));
+                }
             }
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::None,
                 EntryPayload::Normal(command) => {
-                    let result = state.cluster.apply(log_id.index(), command);
-                    tracing::debug!(index = log_id.index(), %command, ?result, "applied command");
+                    let cluster = &mut state.cluster;
+                    let index = log_id.index();
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        cluster.apply(index, command)
+                    }))
+                    .map_err(|panic| {
+                        invariant(format!(
+                            "applying entry {log_id} ({command}): {}",
+                            panic_message(panic.as_ref())
+                        ))
+                    })?;
+                    tracing::debug!(index, %command, ?result, "applied command");
                     result
                 }
                 EntryPayload::Membership(membership) => {
@@ -210,6 +228,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             None => Ok(None),
         }
     }
+}
+
+/// A broken invariant of the applied state, as the error openraft expects.
+fn invariant(what: String) -> io::Error {
+    tracing::error!(error = %what, "state machine invariant broken: stopping the Raft core");
+    io::Error::other(format!("state machine invariant broken: {what}"))
+}
+
+/// The message of a caught panic (`assert!` gives a `String` or a `&str`).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("panicked")
 }
 
 impl AppliedState {

@@ -25,3 +25,62 @@ async fn sled_store_passes_openraft_suite() {
         .await
         .expect("openraft storage suite");
 }
+
+/// A broken invariant while applying (here: a snapshot whose cluster state
+/// claims a later index than its log id, then the next entry) is returned
+/// as an error that stops the core, not a panic left in openraft's apply
+/// task; nothing of the failed batch is published.
+#[tokio::test]
+async fn a_broken_invariant_while_applying_is_an_error_not_a_panic() {
+    use openraft::entry::RaftEntry;
+    use openraft::storage::RaftStateMachine;
+    use openraft::testing::log_id;
+
+    use super::state_machine::AppliedState;
+    use crate::cluster::{ClusterState, Command, TaskKind};
+    use crate::raft::{Entry, SnapshotMeta};
+
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let (_log, mut sm) = open(&dir.path().join("raft")).expect("open sled store");
+    let at = log_id::<TypeConfig>(1, 1, 10);
+    let crafted = AppliedState {
+        last_applied: Some(at),
+        cluster: ClusterState {
+            last_index: 100,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let meta = SnapshotMeta {
+        last_log_id: Some(at),
+        last_membership: Default::default(),
+    };
+    sm.install_snapshot(&meta, serde_json::to_vec(&crafted).expect("json"))
+        .await
+        .expect("install");
+
+    let apply = |entry: Entry| {
+        let mut sm = sm.clone();
+        async move {
+            let entries = futures::stream::iter(vec![Ok((entry, None))]);
+            sm.apply(entries).await
+        }
+    };
+    let trigger = Command::TriggerTask {
+        task: TaskKind::Unlock,
+    };
+    // ClusterState::apply asserts its index never goes back: caught.
+    let err = apply(Entry::new_normal(
+        log_id::<TypeConfig>(1, 1, 11),
+        trigger.clone(),
+    ))
+    .await
+    .expect_err("a broken invariant");
+    assert!(err.to_string().contains("invariant"), "{err}");
+    // The state machine's own order check: an error as well.
+    let err = apply(Entry::new_normal(log_id::<TypeConfig>(1, 1, 5), trigger))
+        .await
+        .expect_err("an entry out of order");
+    assert!(err.to_string().contains("applied after"), "{err}");
+    assert_eq!(sm.latest().applied_index(), 10, "nothing was published");
+}

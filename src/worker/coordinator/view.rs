@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::leader::LeaderTerm;
+use crate::leader::{CommitTimes, LeaderTerm};
 pub use crate::leader::{Reassignment, Report};
 
 use super::super::queue_stats::LeaderQueueStats;
@@ -31,7 +31,9 @@ pub(super) const REASSIGNMENTS_KEPT: usize = 1024;
 /// state machine stuck, its core stopped) runs from a frozen shard table and
 /// would miss pauses and releases: it loses its lease instead. A healthy
 /// node applies within milliseconds, and the log grows by at most a few
-/// entries per planning round.
+/// entries per planning round. In a quiet log this bound never trips; the
+/// time bound ([`CommitTimes`]: applied what was committed a lease ago)
+/// does.
 pub const MAX_APPLY_LAG: u64 = 100;
 
 /// The longest the leader goes without a planning round while nothing
@@ -44,6 +46,9 @@ pub(super) struct LeaderView {
     pub(super) leader: LeaderTerm,
     /// Queue figures the owners reported this term.
     pub(super) stats: LeaderQueueStats,
+    /// When each commit index was first seen this term: a node must have
+    /// applied what was committed a lease ago to be acknowledged.
+    pub(super) commits: CommitTimes,
 }
 
 /// The longest a Raft write of the coordinator may take.
