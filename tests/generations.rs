@@ -110,7 +110,37 @@ async fn a_recreated_cluster_outranks_the_fences_of_earlier_ones() {
             == 0),
         "nothing of the second cluster was fenced"
     );
-    second.shutdown().await;
+    drop(second.shutdown().await);
+
+    // The counter is lost (evicted, deleted, or dropped by a failover)
+    // while the fences stay: a third cluster still outranks them.
+    let mut raw = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("DEL")
+        .arg("deckard_v1:deckhand_generation")
+        .query_async(&mut raw)
+        .await
+        .expect("DEL");
+    expired_lock(store.as_ref(), "q", "m3").await;
+    let third = TestCluster::start_configured(3, Some(store.clone()), |c| {
+        c.tasks.sweep_interval = Duration::from_millis(500);
+        c.worker.discovery_interval = Duration::from_millis(300);
+    })
+    .await;
+    third.wait_for_leader().await;
+    unlocked(
+        store.as_ref(),
+        "q",
+        "m3",
+        "the third cluster worked past the second's fences",
+    )
+    .await;
+    let third_generation = third.leader_state().await.cluster.generation;
+    assert!(third_generation > second_generation);
+    third.shutdown().await;
 }
 
 /// Two clusters working one store (a misconfiguration): the one with the

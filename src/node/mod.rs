@@ -698,8 +698,10 @@ async fn watch_role(
 
 /// Proposes `InitCluster` unless the applied state already has the count.
 ///
-/// The cluster's generation comes from the store first (one `INCR`), so a
-/// cluster created on a Redis where another one ran outranks its fences;
+/// The cluster's generation comes from the store first (one scan of the
+/// fences, then one counter raise above both), so a cluster created on a
+/// Redis where another one ran outranks its fences, even if the counter
+/// was lost;
 /// while the store cannot answer, nothing is proposed (a cluster without
 /// its generation would be fenced by any earlier cluster's queues).
 /// A just-elected leader refuses writes until its leadership is established,
@@ -727,7 +729,14 @@ async fn record_shard_count(
             return;
         }
         if generation.is_none() {
-            match store.next_generation().await {
+            let next = async {
+                // Above the counter and above every fence on the store: the
+                // counter alone may have been lost while the fences stayed.
+                let highest = store.highest_fence().await?;
+                let above = crate::cluster::shards::token_generation(highest);
+                store.next_generation(above).await
+            };
+            match next.await {
                 Ok(g) if g <= crate::cluster::shards::MAX_GENERATION => generation = Some(g),
                 Ok(g) => {
                     tracing::error!(

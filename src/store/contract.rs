@@ -37,6 +37,30 @@ pub async fn run(store: &dyn QueueStore, client: &dyn DeckardClient) {
     bad_names(store, client).await;
     gone_queues(store, client).await;
     largest_batch(store, client).await;
+    generations(store, client).await;
+}
+
+/// A new cluster's generation is above the counter and above every fence:
+/// a store whose counter was lost while its fences stayed still hands out
+/// a generation that outranks them.
+async fn generations(s: &dyn QueueStore, c: &dyn DeckardClient) {
+    let big = s.highest_fence().await.expect("scan") + 1_000_000;
+    for (q, token) in [("c::gen-a", big - 1), ("c::gen-b", big)] {
+        c.add(q, &[("g".to_string(), 1.0)]).await.expect("add");
+        s.housekeep(q, req(0, 10), fence(token))
+            .await
+            .expect("fence written");
+    }
+    assert_eq!(s.highest_fence().await.expect("scan"), big);
+    let first = s.next_generation(0).await.expect("generation");
+    let above = first + 10;
+    let raised = s.next_generation(above).await.expect("generation");
+    assert!(raised > above, "{raised} is not above {above}");
+    let next = s.next_generation(0).await.expect("generation");
+    assert!(
+        next > raised,
+        "{next} is not above {raised}: generations repeat"
+    );
 }
 
 /// `tasks.batch` at its maximum, under the backlog it exists for: one call

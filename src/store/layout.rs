@@ -72,6 +72,11 @@ pub fn discovery_pattern(prefix: &str) -> String {
     format!("{prefix}:queue:{{*}}*")
 }
 
+/// `SCAN` pattern for every queue's fence under `prefix`.
+pub fn fence_pattern(prefix: &str) -> String {
+    format!("{prefix}:queue:{{*}}:deckhand_fence")
+}
+
 /// The queue name inside a key of the layout, if the key belongs to it.
 pub fn queue_of_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     let rest = key.strip_prefix(prefix)?.strip_prefix(":queue:{")?;

@@ -354,10 +354,20 @@ impl QueueStore for MemoryStore {
         Ok(out)
     }
 
-    async fn next_generation(&self) -> Result<u64, StoreError> {
+    async fn next_generation(&self, above: u64) -> Result<u64, StoreError> {
         let mut inner = self.lock();
-        inner.generation += 1;
+        inner.generation = inner.generation.max(above) + 1;
         Ok(inner.generation)
+    }
+
+    async fn highest_fence(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .lock()
+            .queues
+            .values()
+            .map(|q| q.fence)
+            .max()
+            .unwrap_or(0))
     }
 
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError> {

@@ -184,11 +184,18 @@ pub trait QueueStore: Send + Sync + 'static {
         fence: Fence,
     ) -> Result<HousekeepOutcome, StoreError>;
 
-    /// A cluster generation above every one this store handed out before
-    /// (see `cluster::shards::fence_token`): asked once, by the leader that
-    /// creates a cluster. Fences written by an earlier cluster on this
-    /// store then rank below every epoch of the new one.
-    async fn next_generation(&self) -> Result<u64, StoreError>;
+    /// A cluster generation above `above` and above every one this store
+    /// handed out before (see `cluster::shards::fence_token`): asked once,
+    /// by the leader that creates a cluster, with `above` the highest
+    /// generation in any fence ([`QueueStore::highest_fence`]). Fences
+    /// written by an earlier cluster on this store then rank below every
+    /// epoch of the new one, even when the counter itself was lost
+    /// (evicted, deleted, or dropped by a failover) while the fences stayed.
+    async fn next_generation(&self, above: u64) -> Result<u64, StoreError>;
+
+    /// The highest fence any queue on this store holds (0: none). One full
+    /// scan of the store: asked once, when a cluster is created.
+    async fn highest_fence(&self) -> Result<u64, StoreError>;
 
     /// The queue's current fence (highest epoch that wrote to it), 0 if none.
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError>;

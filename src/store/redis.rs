@@ -17,13 +17,15 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script};
 use tokio::sync::Mutex;
 
-use super::layout::{discovery_pattern, normalize_prefix, queue_of_set_key, QueueKeys, SCORE_MIN};
+use super::layout::{
+    discovery_pattern, fence_pattern, normalize_prefix, queue_of_set_key, QueueKeys, SCORE_MIN,
+};
 use super::{
     validate_queue_name, DeckardClient, Fence, HousekeepOutcome, HousekeepRequest, LockKind,
     QueueEventStream, QueueSizes, QueueSnapshot, QueueStore, StoreError, FENCE_RETENTION,
 };
 
-use super::redis_scripts::{ADD, HOUSEKEEP, PULL, RELEASE};
+use super::redis_scripts::{ADD, HOUSEKEEP, PULL, RAISE_GENERATION, RELEASE};
 
 /// How long to wait for a connection before reporting Redis unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -40,6 +42,8 @@ pub struct RedisStore {
     add: Script,
     pull: Script,
     release: Script,
+    /// Hands out the next cluster generation (`next_generation`).
+    raise_generation: Script,
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -73,6 +77,7 @@ impl RedisStore {
             add: Script::new(ADD),
             pull: Script::new(PULL),
             release: Script::new(RELEASE),
+            raise_generation: Script::new(RAISE_GENERATION),
         })
     }
 
@@ -264,14 +269,53 @@ impl QueueStore for RedisStore {
         self.subscribe_lock_events().await
     }
 
-    async fn next_generation(&self) -> Result<u64, StoreError> {
+    async fn next_generation(&self, above: u64) -> Result<u64, StoreError> {
         let mut con = self.connection().await?;
         let key = format!("{}:deckhand_generation", self.prefix);
-        redis::cmd("INCR")
-            .arg(&key)
-            .query_async(&mut con)
+        self.raise_generation
+            .key(&key)
+            .arg(above)
+            .invoke_async(&mut con)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("INCR {key}: {e}")))
+            .map_err(|e| StoreError::Unavailable(format!("raising {key}: {e}")))
+    }
+
+    async fn highest_fence(&self) -> Result<u64, StoreError> {
+        let mut con = self.connection().await?;
+        let pattern = fence_pattern(&self.prefix);
+        let mut highest = 0u64;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            if !keys.is_empty() {
+                // A value that is not a number, or past 2^53 (the script's
+                // numbers are doubles), was not written by deckhand: it
+                // ranks nothing.
+                let values: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(unavailable)?;
+                let found = values
+                    .iter()
+                    .flatten()
+                    .filter_map(|v| v.parse::<u64>().ok())
+                    .filter(|v| *v <= 1 << 53);
+                highest = highest.max(found.max().unwrap_or(0));
+            }
+            if next == 0 {
+                return Ok(highest);
+            }
+            cursor = next;
+        }
     }
 
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError> {

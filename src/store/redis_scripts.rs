@@ -182,3 +182,17 @@ else
 end
 return 1
 "#;
+
+/// The next cluster generation: one above the counter and above the
+/// highest generation found in a fence, in one step so two leaders that
+/// create clusters at once never share one.
+/// KEYS: the `deckhand_generation` counter. ARGV: the generation to exceed.
+pub(super) const RAISE_GENERATION: &str = r#"
+local g = redis.call('INCR', KEYS[1])
+local above = tonumber(ARGV[1])
+if g <= above then
+  g = above + 1
+  redis.call('SET', KEYS[1], g)
+end
+return g
+"#;
