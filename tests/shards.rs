@@ -540,3 +540,56 @@ async fn a_returning_node_runs_nothing_from_its_stale_state() {
     assert!(interleaved.is_empty(), "{interleaved:#?}");
     cluster.shutdown().await;
 }
+
+/// Issue 12, item 6(a), the leader's side: a node that reports a run of a
+/// shard the table gave to another node since (it came back after being
+/// declared gone, its tasks still going) is not acknowledged, so its lease
+/// runs out within a lease of its own clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_refuses_a_node_running_a_shard_that_moved_on() {
+    use deckhand::proto::worker::ShardReport;
+    use deckhand::worker::coordinator::CoordError;
+    use deckhand::worker::heartbeat::build_report;
+
+    let cluster = TestCluster::start(3).await;
+    cluster.wait_for_balanced_ownership().await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers_of(leader)[0];
+    let state = cluster.leader_state().await;
+    let (shard, current) = state
+        .cluster
+        .shards
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.owner.is_some_and(|o| o != follower))
+        .expect("a shard of another node");
+    assert!(current.epoch > 1);
+    let coordinator = &cluster.nodes[&leader].coordinator;
+    let worker = &cluster.nodes[&follower].worker;
+    // (A leader without a fresh quorum acknowledgement, or a report a
+    // moment behind the log, is refused for other reasons: ask again.)
+    let answer = |stale: bool| async move {
+        let mut report = build_report(worker);
+        if stale {
+            report.running.push(ShardReport {
+                shard: shard as u32,
+                epoch: current.epoch - 1,
+                passes: 0,
+            });
+        }
+        match coordinator.on_heartbeat(report).await {
+            Err(CoordError::NotLeader { .. } | CoordError::Lagging { .. }) => None,
+            other => Some(other),
+        }
+    };
+    wait_until("its own report is acknowledged", || async {
+        answer(false).await?.ok()
+    })
+    .await;
+    let refused = wait_until("an answer to the stale report", || answer(true)).await;
+    assert!(
+        matches!(refused, Err(CoordError::StaleRun { node, shard: s, .. }) if node == follower && s as usize == shard),
+        "{refused:?}"
+    );
+    cluster.shutdown().await;
+}

@@ -32,8 +32,11 @@
 //! queue, every operation of the resumed node on it is rejected, and one
 //! accepted before that is a whole, correct housekeeping move on data the
 //! new owner has not touched yet (work done twice at worst, never a message
-//! lost or moved twice). The node then stops at its lease's end, or at its
-//! first fenced call.
+//! lost or moved twice). The node then stops at its lease's end (the
+//! leader refuses to renew a lease of a node that reports running a shard
+//! the table gave to another node: `ClusterState::is_stale_run`), or at its
+//! first fenced call, whichever comes first. Until then two nodes can run
+//! one shard; only the fence keeps their writes apart.
 //!
 //! Invariants: a lease's expiry only moves forward within one leader term;
 //! acknowledgements from an older term than one already seen are ignored.

@@ -215,6 +215,18 @@ impl ClusterState {
             .map(|(i, s)| (i as u32, s))
     }
 
+    /// Whether `node` running `shard` at `epoch` is a run the table has
+    /// moved past: the shard belongs to another node, at a newer epoch. A
+    /// two-phase handoff never gets there (a shard goes to another node only
+    /// once its old owner reported it stopped); a node that was declared
+    /// gone (paused, cut off, its VM suspended past its lease) and came back
+    /// with its old tasks does.
+    pub fn is_stale_run(&self, node: NodeId, shard: u32, epoch: u64) -> bool {
+        self.shards
+            .get(shard as usize)
+            .is_some_and(|s| s.epoch > epoch && s.owner.is_some_and(|o| o != node))
+    }
+
     /// The shards `node` owns at exactly the epoch `epochs` gives for them
     /// (e.g. the epochs at which the store fenced it).
     pub fn owned_at<'a>(
@@ -258,6 +270,60 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_is_stale_only_once_the_shard_is_another_nodes_at_a_newer_epoch() {
+        let mut s = ClusterState::default();
+        s.apply(
+            1,
+            &Command::InitCluster {
+                shard_count: 4,
+                generation: 1,
+            },
+        );
+        let assign = |shard, to, expected_epoch| Move::Assign {
+            shard,
+            to,
+            expected_epoch,
+        };
+        s.apply(
+            2,
+            &Command::Moves {
+                moves: vec![assign(0, 7, 0)],
+            },
+        );
+        assert!(!s.is_stale_run(7, 0, 2), "its own current run");
+        // Released (phase one): the old owner runs it until it applies that.
+        s.apply(
+            3,
+            &Command::Moves {
+                moves: vec![Move::Release {
+                    shard: 0,
+                    expected_epoch: 2,
+                }],
+            },
+        );
+        assert!(!s.is_stale_run(7, 0, 2), "stopping after a release");
+        // Given to another node: the old run is stale.
+        s.apply(
+            4,
+            &Command::Moves {
+                moves: vec![assign(0, 8, 3)],
+            },
+        );
+        assert!(s.is_stale_run(7, 0, 2));
+        assert!(!s.is_stale_run(8, 0, 4), "the new owner's run");
+        // Given back to the same node at a newer epoch: its old task may
+        // still be ending, which the node handles itself.
+        s.apply(
+            5,
+            &Command::Moves {
+                moves: vec![assign(0, 7, 4)],
+            },
+        );
+        assert!(!s.is_stale_run(7, 0, 2));
+        assert!(!s.is_stale_run(7, 99, 1), "no such shard");
+    }
 
     #[test]
     fn init_cluster_sets_shard_count_once() {

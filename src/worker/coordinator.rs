@@ -67,6 +67,12 @@ pub enum CoordError {
         required: u64,
         committed: u64,
     },
+    #[error("node {node} runs shard {shard} at epoch {epoch}, which the shard table gave to another node since: not acknowledged")]
+    StaleRun {
+        node: NodeId,
+        shard: u32,
+        epoch: u64,
+    },
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -244,6 +250,27 @@ impl Coordinator {
                 applied: req.applied_index,
                 required,
                 committed,
+            });
+        }
+        // A node that came back with tasks of shards that moved on (it was
+        // declared gone: paused, cut off, its VM suspended past its lease)
+        // gets no lease: its tasks stop within a lease of its own clock.
+        let state = self.inner.state_machine.latest();
+        if let Some(run) = req
+            .running
+            .iter()
+            .find(|r| state.cluster.is_stale_run(node, r.shard, r.epoch))
+        {
+            tracing::warn!(
+                node,
+                shard = run.shard,
+                epoch = run.epoch,
+                "a node runs a shard that moved on: heartbeat refused"
+            );
+            return Err(CoordError::StaleRun {
+                node,
+                shard: run.shard,
+                epoch: run.epoch,
             });
         }
         let report = Report {

@@ -29,7 +29,7 @@ pub fn coord_status(e: CoordError) -> Status {
             Status::unavailable("no leader elected yet (election in progress); try again shortly")
         }
         CoordError::UnknownNode(_) => Status::not_found(e.to_string()),
-        CoordError::LastWorker(_) | CoordError::Lagging { .. } => {
+        CoordError::LastWorker(_) | CoordError::Lagging { .. } | CoordError::StaleRun { .. } => {
             Status::failed_precondition(e.to_string())
         }
         CoordError::NotInitialized | CoordError::Raft(_) => Status::unavailable(e.to_string()),
