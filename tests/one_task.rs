@@ -5,6 +5,7 @@
 mod common;
 
 use common::{wait_until, TestCluster};
+use deckhand::cluster::shards::token_epoch;
 use deckhand::cluster::{shard_of, Command, Move, TaskKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,10 +77,20 @@ async fn a_new_epoch_waits_for_the_old_task_to_end() {
         "the new task started while the old one was still in a call"
     );
 
+    let history_at_move = cluster.store.history().len();
     node.worker.freeze.thaw();
     wait_until("the new task runs once the old one ended", || async {
         (node.worker.running().get(&shard)?.epoch == new_index).then_some(())
     })
     .await;
+    // The old task's parked calls were not yet sent when it was cancelled:
+    // it ends without sending them (only calls already in flight are
+    // awaited), so nothing of the old epoch reached the store after the move.
+    let late: Vec<_> = cluster.store.history()[history_at_move..]
+        .iter()
+        .filter(|op| op.shard == shard && token_epoch(op.epoch) == old_epoch)
+        .cloned()
+        .collect();
+    assert!(late.is_empty(), "the cancelled task still called: {late:?}");
     cluster.shutdown().await;
 }

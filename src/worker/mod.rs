@@ -28,7 +28,10 @@
 //!   rejected by the store once a newer owner has written.
 //! - A shard fenced at epoch `e` is never run again at epoch `e`.
 //! - The running set reported to the leader only loses a shard once that
-//!   shard's task has exited, so the leader's "stopped" is a fact.
+//!   shard's task has exited, and a task exits only once every call it sent
+//!   has come back (an ending task sends no new call and awaits the ones in
+//!   flight, each bounded by the store's response timeout), so the leader's
+//!   "stopped" is a fact.
 //!
 //! # Deliberately not done
 //!

@@ -226,6 +226,9 @@ enum QueueResult {
     Gone,
     /// The store fenced us: drop the shard.
     Fenced(StoreError),
+    /// Not called: the task is ending (cancelled, or fenced on another
+    /// queue) and this call had not reached the store yet.
+    Skipped,
 }
 
 /// How long a queue may go without a call in the current mode, drawn from
@@ -247,6 +250,7 @@ async fn housekeep_queue(
     fence: Fence,
     run: TaskRunState,
     mode: Mode,
+    ending: &CancellationToken,
 ) -> QueueResult {
     if !shared.lease_valid() {
         return QueueResult::Next(Instant::now() + STORE_RETRY);
@@ -254,6 +258,11 @@ async fn housekeep_queue(
     // A pause here (after the lease check) is the dangerous one; the
     // store's fence check is what makes it harmless.
     shared.freeze.gate(fence.shard).await;
+    // Last point before the call leaves this process: a task that is
+    // ending starts no new call (the ones already sent are awaited).
+    if ending.is_cancelled() {
+        return QueueResult::Skipped;
+    }
     let now_ms = now_ms();
     let req = HousekeepRequest {
         now_ms,
@@ -504,10 +513,16 @@ async fn run_shard(
         // sweep of every queue of the shard.
         let due = queues.schedule.pop_due(now, pass_limit);
         let worked = !due.is_empty();
+        // Cancelled with the task, or by a fenced result: no call of this
+        // pass starts after that, and the ones already sent are awaited, so
+        // a task that has ended (and is reported stopped) has no call left
+        // in flight.
+        let ending = cancel.child_token();
         let calls = due.into_iter().map(|q| {
             let shared = shared.clone();
+            let ending = ending.clone();
             async move {
-                let result = housekeep_queue(&shared, &q, fence, run, sched.mode).await;
+                let result = housekeep_queue(&shared, &q, fence, run, sched.mode, &ending).await;
                 (q, result)
             }
         });
@@ -520,6 +535,7 @@ async fn run_shard(
                     let later = Instant::now() + look_again(&shared, sched.mode);
                     queues.gone(&queue, later);
                 }
+                QueueResult::Skipped => queues.schedule.set(&queue, Instant::now()),
                 QueueResult::Fenced(e) => {
                     shared.stats.fenced_writes.fetch_add(1, Ordering::Relaxed);
                     let fence = match &e {
@@ -527,18 +543,20 @@ async fn run_shard(
                         _ => 0,
                     };
                     shared.record_fenced(shard, epoch, fence);
-                    tracing::info!(node = shared.node_id, shard, epoch, error = %e, "fenced: a newer owner wrote; dropping shard");
+                    if !ending.is_cancelled() {
+                        tracing::info!(node = shared.node_id, shard, epoch, error = %e, "fenced: a newer owner wrote; dropping shard");
+                    }
+                    ending.cancel();
                     shared.changed.notify_one();
-                    return;
                 }
-            }
-            if cancel.is_cancelled() {
-                // Moved away or stopped: what came back is recorded (a
-                // fenced result included), the rest of the pass is left undone.
-                return;
             }
         }
         drop(results);
+        if ending.is_cancelled() {
+            // Moved away, stopped or fenced: what came back is recorded,
+            // the rest of the pass was skipped.
+            return;
+        }
         if worked {
             // A store that answers at once (the embedded one, or Redis under
             // a long sweep) never makes this task wait: give the runtime's
