@@ -6,8 +6,9 @@
 //! a node partitioned from the others while it still reaches the store.
 //!
 //! Checked at the end:
-//! - per queue, the epochs the store accepted never decrease (no operation of
-//!   a superseded epoch was accepted after a newer one);
+//! - per queue, no older token was accepted after a newer one (the fence's
+//!   own rule: it fails only with a broken fence, see `tests/checker.rs`,
+//!   and does not see a broken lease check);
 //! - every accepted operation's (shard, epoch) is an assignment the Raft log
 //!   made to exactly the node that performed it, and the shard is the queue's;
 //! - after the faults heal, every shard is owned, balanced and worked.

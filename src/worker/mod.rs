@@ -188,6 +188,11 @@ impl Freeze {
         lock(&self.parked_shards).keys().copied().collect()
     }
 
+    /// Calls of `shard` parked right now.
+    pub fn parked_calls(&self, shard: u32) -> usize {
+        lock(&self.parked_shards).get(&shard).copied().unwrap_or(0)
+    }
+
     /// Passes at once unless calls are parked; then waits for the thaw.
     async fn gate(&self, shard: u32) {
         if *self.mode.borrow() == FreezeMode::Off {

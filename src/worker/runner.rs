@@ -255,14 +255,14 @@ async fn housekeep_queue(
     if !shared.lease_valid() {
         return QueueResult::Next(Instant::now() + STORE_RETRY);
     }
-    // A pause here (after the lease check) is the dangerous one; the
-    // store's fence check is what makes it harmless.
-    shared.freeze.gate(fence.shard).await;
-    // Last point before the call leaves this process: a task that is
-    // ending starts no new call (the ones already sent are awaited).
+    // A task that is ending starts no new call (the ones past this point
+    // are in flight and awaited).
     if ending.is_cancelled() {
         return QueueResult::Skipped;
     }
+    // A pause here (after every local check) is the dangerous one; the
+    // store's fence check is what makes it harmless.
+    shared.freeze.gate(fence.shard).await;
     let now_ms = now_ms();
     let req = HousekeepRequest {
         now_ms,
