@@ -12,18 +12,18 @@
 //! - `store.url` has a known scheme and `store.key_prefix` is non-empty and
 //!   has no spaces or `:` at either end.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::MAX_SHARDS;
-
+mod cluster;
 mod sections;
 pub mod tasks;
-pub use sections::{MetricsConfig, SecurityConfig};
+mod timing;
+pub use cluster::{ClusterConfig, MemberConfig};
+pub use sections::{LogConfig, MetricsConfig, SecurityConfig, StoreConfig};
 pub use tasks::{NotificationMode, TaskTuning};
+pub use timing::{RaftTuning, WorkerTuning};
 
 /// One node's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,175 +53,6 @@ pub struct NodeConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub security: SecurityConfig,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// Name of the cluster; a data dir of another cluster is refused.
-    #[serde(default = "default_cluster_name")]
-    pub name: String,
-    /// Number of queue shards, fixed when the cluster is created.
-    #[serde(default = "default_shards")]
-    pub shards: u32,
-    /// The initial members. Identical on every node of a new cluster. A
-    /// joining node lists itself (its advertised addresses) and any members.
-    pub members: Vec<MemberConfig>,
-    /// True for a node added to an existing cluster with `ctl add-node`: it
-    /// never initializes a cluster and waits to be added.
-    #[serde(default)]
-    pub join: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemberConfig {
-    pub id: u64,
-    /// Address the other nodes dial for Raft and worker RPCs.
-    pub raft_addr: String,
-    /// Address clients dial for the admin API.
-    pub admin_addr: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RaftTuning {
-    #[serde(default = "default_heartbeat", with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    #[serde(default = "default_election_min", with = "humantime_serde")]
-    pub election_timeout_min: Duration,
-    #[serde(default = "default_election_max", with = "humantime_serde")]
-    pub election_timeout_max: Duration,
-}
-
-impl Default for RaftTuning {
-    fn default() -> Self {
-        Self {
-            heartbeat_interval: default_heartbeat(),
-            election_timeout_min: default_election_min(),
-            election_timeout_max: default_election_max(),
-        }
-    }
-}
-
-/// Shard ownership timing (DESIGN.md §2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerTuning {
-    /// How often a follower heartbeats the leader (renewing its lease).
-    #[serde(default = "default_worker_heartbeat", with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    /// How long a follower may work after the send time of its last acknowledged heartbeat.
-    #[serde(default = "default_lease", with = "humantime_serde")]
-    pub lease: Duration,
-    /// Extra silence the leader waits beyond `lease` before reassigning a node's shards.
-    #[serde(default = "default_lease_margin", with = "humantime_serde")]
-    pub lease_margin: Duration,
-    /// Pause between two work passes over a shard's queues.
-    #[serde(default = "default_pass_interval", with = "humantime_serde")]
-    pub pass_interval: Duration,
-    /// How often the leader plans shard moves (also on every relevant event).
-    #[serde(default = "default_plan_interval", with = "humantime_serde")]
-    pub plan_interval: Duration,
-    /// Most shards taken from live owners per planning round (rate limit).
-    #[serde(default = "default_max_releases")]
-    pub max_releases_per_round: usize,
-    /// How often the leader scans the store for queues. With lock events an
-    /// owner adopts a new queue at its first lock without waiting for this;
-    /// discovery finds the rest (queues holding only active or processing
-    /// messages). A queue unseen by three discoveries in a row leaves the lists.
-    #[serde(default = "default_discovery_interval", with = "humantime_serde")]
-    pub discovery_interval: Duration,
-}
-
-impl Default for WorkerTuning {
-    fn default() -> Self {
-        Self {
-            heartbeat_interval: default_worker_heartbeat(),
-            lease: default_lease(),
-            lease_margin: default_lease_margin(),
-            pass_interval: default_pass_interval(),
-            plan_interval: default_plan_interval(),
-            max_releases_per_round: default_max_releases(),
-            discovery_interval: default_discovery_interval(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// `redis://host:port/db` or `memory://`.
-    pub url: String,
-    /// Deckard's key prefix, trimmed of spaces and `:`.
-    #[serde(default = "default_key_prefix")]
-    pub key_prefix: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    /// A `tracing` filter, e.g. `info,openraft=warn` or `deckhand=debug,info`. `RUST_LOG` wins when set.
-    #[serde(default = "default_log_level")]
-    pub level: String,
-    /// `text` or `json`.
-    #[serde(default = "default_log_format")]
-    pub format: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            level: default_log_level(),
-            format: default_log_format(),
-        }
-    }
-}
-
-fn default_cluster_name() -> String {
-    "deckhand".into()
-}
-fn default_shards() -> u32 {
-    128
-}
-fn default_heartbeat() -> Duration {
-    Duration::from_millis(50)
-}
-fn default_election_min() -> Duration {
-    Duration::from_millis(150)
-}
-fn default_election_max() -> Duration {
-    Duration::from_millis(300)
-}
-fn default_worker_heartbeat() -> Duration {
-    Duration::from_millis(200)
-}
-fn default_lease() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_lease_margin() -> Duration {
-    Duration::from_millis(300)
-}
-fn default_pass_interval() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_plan_interval() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_max_releases() -> usize {
-    32
-}
-fn default_discovery_interval() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_key_prefix() -> String {
-    "deckard_v1".into()
-}
-fn default_log_level() -> String {
-    "info,openraft=warn".into()
-}
-fn default_log_format() -> String {
-    "text".into()
 }
 
 /// What is wrong with a configuration. Each renders as one line.
@@ -506,66 +337,36 @@ fn check_addr(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
-    let err = |key: &str, message: String| Err((key.to_string(), message));
+/// A config check's failure: the key and what is wrong with it.
+type Check = Result<(), (String, String)>;
+
+fn invalid(key: &str, message: impl Into<String>) -> Check {
+    Err((key.to_string(), message.into()))
+}
+
+/// Every section checks itself (next to its struct); this checks what
+/// spans sections.
+fn validate(config: &NodeConfig) -> Check {
     for (key, addr) in [
         ("raft_addr", &config.raft_addr),
         ("admin_addr", &config.admin_addr),
         ("metrics_addr", &config.metrics_addr),
     ] {
-        check_addr(addr).or_else(|m| err(key, m))?;
+        check_addr(addr).or_else(|m| invalid(key, m))?;
     }
     if config.data_dir.as_os_str().is_empty() {
-        return err("data_dir", "must not be empty".into());
+        return invalid("data_dir", "must not be empty");
     }
-    let cluster = &config.cluster;
-    if cluster.name.is_empty()
-        || !cluster
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    config.cluster.check()?;
+    if !config
+        .cluster
+        .members
+        .iter()
+        .any(|m| m.id == config.node_id)
     {
-        return err(
-            "cluster.name",
-            format!(
-                "{:?} must be non-empty letters, digits, '-' or '_'",
-                cluster.name
-            ),
-        );
-    }
-    if cluster.shards == 0 || cluster.shards > MAX_SHARDS {
-        return err(
-            "cluster.shards",
-            format!("{} is outside 1..={MAX_SHARDS}", cluster.shards),
-        );
-    }
-    if cluster.members.is_empty() {
-        return err("cluster.members", "at least one member is required".into());
-    }
-    let mut ids = HashSet::new();
-    let mut addrs = HashSet::new();
-    for (i, member) in cluster.members.iter().enumerate() {
-        if !ids.insert(member.id) {
-            return err(
-                &format!("cluster.members[{i}].id"),
-                format!("duplicate node id {}", member.id),
-            );
-        }
-        for (field, addr) in [
-            ("raft_addr", &member.raft_addr),
-            ("admin_addr", &member.admin_addr),
-        ] {
-            let key = format!("cluster.members[{i}].{field}");
-            check_addr(addr).or_else(|m| err(&key, m))?;
-            if !addrs.insert(addr.clone()) {
-                return err(&key, format!("address {addr} is used twice"));
-            }
-        }
-    }
-    if !ids.contains(&config.node_id) {
-        let mut known: Vec<_> = ids.into_iter().collect();
+        let mut known: Vec<_> = config.cluster.members.iter().map(|m| m.id).collect();
         known.sort_unstable();
-        return err(
+        return invalid(
             "node_id",
             format!(
                 "{} is not among cluster.members (ids {known:?})",
@@ -573,117 +374,16 @@ fn validate(config: &NodeConfig) -> Result<(), (String, String)> {
             ),
         );
     }
-    let raft = &config.raft;
-    if raft.heartbeat_interval.is_zero() {
-        return err(
-            "raft.heartbeat_interval",
-            "must be greater than zero".into(),
-        );
-    }
-    if raft.heartbeat_interval >= raft.election_timeout_min {
-        return err(
-            "raft.heartbeat_interval",
-            format!(
-                "{} must be shorter than raft.election_timeout_min ({})",
-                humantime::format_duration(raft.heartbeat_interval),
-                humantime::format_duration(raft.election_timeout_min)
-            ),
-        );
-    }
-    if raft.election_timeout_min >= raft.election_timeout_max {
-        return err(
-            "raft.election_timeout_max",
-            format!(
-                "{} must be longer than raft.election_timeout_min ({})",
-                humantime::format_duration(raft.election_timeout_max),
-                humantime::format_duration(raft.election_timeout_min)
-            ),
-        );
-    }
-    let worker = &config.worker;
-    for (key, d) in [
-        ("worker.heartbeat_interval", worker.heartbeat_interval),
-        ("worker.lease", worker.lease),
-        ("worker.pass_interval", worker.pass_interval),
-        ("worker.plan_interval", worker.plan_interval),
-        ("worker.discovery_interval", worker.discovery_interval),
-    ] {
-        if d.is_zero() {
-            return err(key, "must be greater than zero".into());
-        }
-    }
-    if worker.heartbeat_interval * 2 > worker.lease {
-        return err(
-            "worker.lease",
-            format!(
-                "{} must be at least twice worker.heartbeat_interval ({}), or one lost heartbeat stops all work",
-                humantime::format_duration(worker.lease),
-                humantime::format_duration(worker.heartbeat_interval)
-            ),
-        );
-    }
-    if worker.max_releases_per_round == 0 {
-        return err("worker.max_releases_per_round", "must be at least 1".into());
-    }
+    config.raft.check()?;
+    config.worker.check()?;
     config
         .tasks
         .check()
         .map_err(|(key, message)| (key.to_string(), message))?;
-    let s = &config.security;
-    let set = [&s.tls_cert, &s.tls_key, &s.tls_ca].map(|v| v.is_some());
-    if set.iter().any(|v| *v) && !set.iter().all(|v| *v) {
-        let missing = ["security.tls_cert", "security.tls_key", "security.tls_ca"]
-            .iter()
-            .zip(set)
-            .find(|(_, is_set)| !is_set)
-            .map(|(k, _)| *k)
-            .unwrap_or("security");
-        return err(
-            missing,
-            "TLS needs tls_cert, tls_key and tls_ca together".into(),
-        );
-    }
-    let scrape = config.metrics.scrape_interval;
-    if scrape.is_zero() || scrape > Duration::from_secs(600) {
-        return err(
-            "metrics.scrape_interval",
-            format!("{scrape:?} is outside (0, 10m]"),
-        );
-    }
-    let labels = config.metrics.max_queue_labels;
-    if labels == 0 || labels > 100_000 {
-        return err(
-            "metrics.max_queue_labels",
-            format!("{labels} is outside 1..=100000"),
-        );
-    }
-    let url = &config.store.url;
-    match crate::store::parse_memory_url(url) {
-        Some(Err(message)) => return err("store.url", message),
-        Some(Ok(_)) => {}
-        None if url.starts_with("redis://") => {}
-        None => {
-            return err(
-                "store.url",
-                format!(
-                    "{url:?} has an unknown scheme; expected redis://host:port/db or memory://"
-                ),
-            )
-        }
-    }
-    if config.store.key_prefix.is_empty() {
-        return err(
-            "store.key_prefix",
-            "must not be empty (after trimming spaces and ':')".into(),
-        );
-    }
-    if config.log.format != "text" && config.log.format != "json" {
-        return err(
-            "log.format",
-            format!("{:?} is not \"text\" or \"json\"", config.log.format),
-        );
-    }
-    Ok(())
+    config.security.check()?;
+    config.metrics.check()?;
+    config.store.check()?;
+    config.log.check()
 }
 
 impl NodeConfig {

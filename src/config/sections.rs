@@ -1,9 +1,12 @@
-//! The `[metrics]` and `[security]` sections of a node's config.
+//! The `[store]`, `[log]`, `[metrics]` and `[security]` sections of a
+//! node's config.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::{invalid, Check};
 
 /// What `/metrics` exports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,5 +68,121 @@ impl SecurityConfig {
             (Some(c), Some(k), Some(a)) => Some((c, k, a)),
             _ => None,
         }
+    }
+
+    /// The three TLS files together, or none.
+    pub(super) fn check(&self) -> Check {
+        let set = [&self.tls_cert, &self.tls_key, &self.tls_ca].map(|v| v.is_some());
+        if set.iter().any(|v| *v) && !set.iter().all(|v| *v) {
+            let missing = ["security.tls_cert", "security.tls_key", "security.tls_ca"]
+                .iter()
+                .zip(set)
+                .find(|(_, is_set)| !is_set)
+                .map(|(k, _)| *k)
+                .unwrap_or("security");
+            return invalid(missing, "TLS needs tls_cert, tls_key and tls_ca together");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `redis://host:port/db` or `memory://`.
+    pub url: String,
+    /// Deckard's key prefix, trimmed of spaces and `:`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info,openraft=warn` or `deckhand=debug,info`. `RUST_LOG` wins when set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_key_prefix() -> String {
+    "deckard_v1".into()
+}
+fn default_log_level() -> String {
+    "info,openraft=warn".into()
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+
+impl StoreConfig {
+    /// A known URL scheme and a non-empty key prefix.
+    pub(super) fn check(&self) -> Check {
+        match crate::store::parse_memory_url(&self.url) {
+            Some(Err(message)) => return invalid("store.url", message),
+            Some(Ok(_)) => {}
+            None if self.url.starts_with("redis://") => {}
+            None => {
+                return invalid(
+                    "store.url",
+                    format!(
+                        "{:?} has an unknown scheme; expected redis://host:port/db or memory://",
+                        self.url
+                    ),
+                )
+            }
+        }
+        if self.key_prefix.is_empty() {
+            return invalid(
+                "store.key_prefix",
+                "must not be empty (after trimming spaces and ':')",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl LogConfig {
+    /// `text` or `json`.
+    pub(super) fn check(&self) -> Check {
+        if self.format != "text" && self.format != "json" {
+            return invalid(
+                "log.format",
+                format!("{:?} is not \"text\" or \"json\"", self.format),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl MetricsConfig {
+    /// A scrape interval in (0, 10m]; a label cap in 1..=100000.
+    pub(super) fn check(&self) -> Check {
+        let scrape = self.scrape_interval;
+        if scrape.is_zero() || scrape > Duration::from_secs(600) {
+            return invalid(
+                "metrics.scrape_interval",
+                format!("{scrape:?} is outside (0, 10m]"),
+            );
+        }
+        let labels = self.max_queue_labels;
+        if labels == 0 || labels > 100_000 {
+            return invalid(
+                "metrics.max_queue_labels",
+                format!("{labels} is outside 1..=100000"),
+            );
+        }
+        Ok(())
     }
 }

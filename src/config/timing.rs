@@ -1,0 +1,165 @@
+//! The `[raft]` and `[worker]` sections: election and lease timing.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{invalid, Check};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftTuning {
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(default = "default_election_min", with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    #[serde(default = "default_election_max", with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: default_heartbeat(),
+            election_timeout_min: default_election_min(),
+            election_timeout_max: default_election_max(),
+        }
+    }
+}
+
+/// Shard ownership timing (DESIGN.md §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTuning {
+    /// How often a follower heartbeats the leader (renewing its lease).
+    #[serde(default = "default_worker_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How long a follower may work after the send time of its last acknowledged heartbeat.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// Extra silence the leader waits beyond `lease` before reassigning a node's shards.
+    #[serde(default = "default_lease_margin", with = "humantime_serde")]
+    pub lease_margin: Duration,
+    /// Pause between two work passes over a shard's queues.
+    #[serde(default = "default_pass_interval", with = "humantime_serde")]
+    pub pass_interval: Duration,
+    /// How often the leader plans shard moves (also on every relevant event).
+    #[serde(default = "default_plan_interval", with = "humantime_serde")]
+    pub plan_interval: Duration,
+    /// Most shards taken from live owners per planning round (rate limit).
+    #[serde(default = "default_max_releases")]
+    pub max_releases_per_round: usize,
+    /// How often the leader scans the store for queues. With lock events an
+    /// owner adopts a new queue at its first lock without waiting for this;
+    /// discovery finds the rest (queues holding only active or processing
+    /// messages). A queue unseen by three discoveries in a row leaves the lists.
+    #[serde(default = "default_discovery_interval", with = "humantime_serde")]
+    pub discovery_interval: Duration,
+}
+
+impl Default for WorkerTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: default_worker_heartbeat(),
+            lease: default_lease(),
+            lease_margin: default_lease_margin(),
+            pass_interval: default_pass_interval(),
+            plan_interval: default_plan_interval(),
+            max_releases_per_round: default_max_releases(),
+            discovery_interval: default_discovery_interval(),
+        }
+    }
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_election_min() -> Duration {
+    Duration::from_millis(150)
+}
+fn default_election_max() -> Duration {
+    Duration::from_millis(300)
+}
+fn default_worker_heartbeat() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_lease_margin() -> Duration {
+    Duration::from_millis(300)
+}
+fn default_pass_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_plan_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_releases() -> usize {
+    32
+}
+fn default_discovery_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl RaftTuning {
+    /// `0 < heartbeat_interval < election_timeout_min < election_timeout_max`.
+    pub(super) fn check(&self) -> Check {
+        if self.heartbeat_interval.is_zero() {
+            return invalid("raft.heartbeat_interval", "must be greater than zero");
+        }
+        if self.heartbeat_interval >= self.election_timeout_min {
+            return invalid(
+                "raft.heartbeat_interval",
+                format!(
+                    "{} must be shorter than raft.election_timeout_min ({})",
+                    humantime::format_duration(self.heartbeat_interval),
+                    humantime::format_duration(self.election_timeout_min)
+                ),
+            );
+        }
+        if self.election_timeout_min >= self.election_timeout_max {
+            return invalid(
+                "raft.election_timeout_max",
+                format!(
+                    "{} must be longer than raft.election_timeout_min ({})",
+                    humantime::format_duration(self.election_timeout_max),
+                    humantime::format_duration(self.election_timeout_min)
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl WorkerTuning {
+    /// Every interval positive; a lease of at least two heartbeats; at
+    /// least one release per planning round.
+    pub(super) fn check(&self) -> Check {
+        for (key, d) in [
+            ("worker.heartbeat_interval", self.heartbeat_interval),
+            ("worker.lease", self.lease),
+            ("worker.pass_interval", self.pass_interval),
+            ("worker.plan_interval", self.plan_interval),
+            ("worker.discovery_interval", self.discovery_interval),
+        ] {
+            if d.is_zero() {
+                return invalid(key, "must be greater than zero");
+            }
+        }
+        if self.heartbeat_interval * 2 > self.lease {
+            return invalid(
+                "worker.lease",
+                format!(
+                    "{} must be at least twice worker.heartbeat_interval ({}), or one lost heartbeat stops all work",
+                    humantime::format_duration(self.lease),
+                    humantime::format_duration(self.heartbeat_interval)
+                ),
+            );
+        }
+        if self.max_releases_per_round == 0 {
+            return invalid("worker.max_releases_per_round", "must be at least 1");
+        }
+        Ok(())
+    }
+}
