@@ -54,7 +54,7 @@ fn addr(l: &TcpListener) -> String {
 impl DemoCluster {
     /// Starts `n` nodes sharing `store`, with production timing.
     pub async fn start(n: u64, store: MemoryStore) -> Result<Self, NodeError> {
-        let dir = tempfile::tempdir().map_err(|e| NodeError::Raft(format!("temp dir: {e}")))?;
+        let dir = tempfile::tempdir().map_err(NodeError::TempDir)?;
         let mut listeners = BTreeMap::new();
         let mut members = Vec::new();
         let mut metrics = BTreeMap::new();

@@ -31,6 +31,7 @@
 //!   database is closed and may be reopened.
 
 pub mod bootstrap;
+mod creation;
 pub mod identity;
 mod metrics_http;
 
@@ -46,7 +47,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::admin::service::AdminService;
-use crate::cluster::Command;
 use crate::config::NodeConfig;
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
 use crate::proto::worker::HandBackRequest;
@@ -81,11 +81,13 @@ pub enum NodeError {
     #[error(transparent)]
     DataDir(#[from] identity::IdentityError),
     #[error(transparent)]
-    Storage(#[from] store::StoreError),
+    Storage(#[from] store::RaftStorageError),
     #[error("invalid Raft settings: {0}")]
-    RaftConfig(String),
-    #[error("raft failed: {0}")]
-    Raft(String),
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("the Raft core failed to start: {0}")]
+    Raft(openraft::errors::Fatal<crate::raft::TypeConfig>),
+    #[error("cannot create a temporary data dir: {0}")]
+    TempDir(std::io::Error),
     #[error(
         "tasks.notifications = \"require\", but the queue store does not publish lock events: {0}"
     )]
@@ -105,7 +107,7 @@ impl NodeError {
             NodeError::Bind { key, .. } => key,
             NodeError::DataDir(_) | NodeError::Storage(_) => "data_dir",
             NodeError::RaftConfig(_) => "raft",
-            NodeError::Raft(_) => "data_dir",
+            NodeError::Raft(_) | NodeError::TempDir(_) => "data_dir",
             NodeError::Store(_) => "store.url",
             NodeError::Notifications(_) => "tasks.notifications",
             NodeError::Security(e) => e.key(),
@@ -175,243 +177,66 @@ impl Node {
 
     /// Like [`Self::start_with`], with a queue store shared by the caller
     /// (in-process clusters share one embedded store); `None` opens `store.url`.
+    ///
+    /// In named steps: storage, security, the worker's state, Raft, the
+    /// servers, the loops. A failing step returns before anything runs, with
+    /// an error naming the config key at fault.
     pub async fn start_with_store(
         config: NodeConfig,
         listeners: Listeners,
         store: Option<SharedStore>,
     ) -> Result<Self, NodeError> {
-        let local_addr = |l: &TcpListener, key| {
-            l.local_addr().map_err(|source| NodeError::Bind {
-                key,
-                addr: String::new(),
-                source,
-            })
-        };
-        let raft_addr = local_addr(&listeners.raft, "raft_addr")?;
-        let admin_addr = local_addr(&listeners.admin, "admin_addr")?;
-
-        identity::claim(
-            &config.data_dir,
-            &identity::Identity {
-                node_id: config.node_id,
-                cluster_name: config.cluster.name.clone(),
-            },
-        )?;
-        let queue_store = match store {
-            Some(s) => s,
-            None => crate::store::open(&config.store.url, &config.store.key_prefix)
-                .await?
-                .as_queue_store(),
-        };
-        let (log_store, state_machine) = store::open(&config.data_dir.join("raft"))?;
-
-        let raft_config = openraft::Config {
-            cluster_name: config.cluster.name.clone(),
-            heartbeat_interval: millis(config.raft.heartbeat_interval),
-            election_timeout_min: millis(config.raft.election_timeout_min),
-            election_timeout_max: millis(config.raft.election_timeout_max),
-            // Snapshots are small; purge the log behind them.
-            max_in_snapshot_log_to_keep: 500,
-            // A node cut off from the leader must not campaign at a higher
-            // term: when it comes back it would depose a healthy leader, and
-            // while it campaigns it knows no leader to renew its lease with.
-            // Pre-vote asks first; peers that still hear the leader refuse.
-            enable_pre_vote: Some(true),
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| NodeError::RaftConfig(e.to_string()))?;
-
-        let tls = match config.security.tls_files() {
-            Some((cert, key, ca)) => {
-                crate::tls::check_node_certificate(cert, config.node_id)?;
-                Some(crate::tls::Tls::load(cert, key, ca)?)
-            }
-            None => None,
-        };
-        let senders = crate::tls::SenderCheck::new(tls.is_some());
-        let admin_token = match &config.security.admin_token_file {
-            Some(path) => Some(crate::tls::read_token(path)?),
-            None => None,
-        };
-        if config.tasks.idle_poll_interval.is_some() {
-            tracing::warn!(
-                "tasks.idle_poll_interval is no longer used and is ignored: queues are called on \
-                 events, at their due times and every tasks.sweep_interval (see docs/deckard-compat.md)"
-            );
-        }
-        // Before Raft starts: `require` refuses to start without lock events.
-        let settings = WorkerSettings::from_config(&config);
-        let metrics = crate::metrics::NodeMetrics::with_label_cap(config.metrics.max_queue_labels);
-        let worker = WorkerShared::new(
-            config.node_id,
-            queue_store.clone(),
-            settings.clone(),
-            metrics.clone(),
-        );
-        crate::worker::events::check_at_start(&worker)
-            .await
-            .map_err(NodeError::Notifications)?;
-
-        let channels = Channels::with_tls(tls.as_ref().map(|t| t.client.clone()));
+        let addrs = Addrs::of(&listeners)?;
+        let storage = Storage::open(&config, store).await?;
+        let security = Security::load(&config)?;
+        let worker = start_worker(&config, &storage).await?;
+        let channels = Channels::with_tls(security.tls.as_ref().map(|t| t.client.clone()));
         let raft = Raft::new(
             config.node_id,
-            Arc::new(raft_config),
+            Arc::new(raft_config(&config)?),
             NetworkFactory::new(channels.clone()),
-            log_store,
-            state_machine.clone(),
+            storage.log,
+            storage.state_machine.clone(),
         )
         .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-
-        let shutdown = Shutdown::new();
-        let mut tasks = Vec::new();
-
+        .map_err(NodeError::Raft)?;
         let coordinator = Coordinator::new(
             config.node_id,
             raft.clone(),
-            state_machine.clone(),
-            queue_store.clone(),
-            settings,
+            storage.state_machine.clone(),
+            storage.queues.clone(),
+            worker.settings.clone(),
             worker.watch_scheduling(),
         );
-
-        let raft_service = RaftRpc::new(
-            raft.clone(),
-            config.node_id,
-            config.cluster.name.clone(),
-            state_machine.clone(),
-            senders.clone(),
-        )
-        .into_server();
-        let worker_service = WorkerRpc::new(coordinator.clone(), senders).into_server();
-        let mut stop = shutdown.listener();
-        let incoming = TcpListenerStream::new(listeners.raft);
-        let raft_server = server_builder(tls.as_ref(), "raft_addr")?;
-        tasks.push((
-            "raft server",
-            tokio::spawn(async move {
-                let result = raft_server
-                    .layer(crate::admin::grpc_errors::DecodeErrorLayer)
-                    .add_service(raft_service)
-                    .add_service(worker_service)
-                    .serve_with_incoming_shutdown(incoming, async move { stop.recv().await })
-                    .await;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "raft server failed");
-                }
-            }),
-        ));
-
-        let admin_service = AdminService::new(
-            raft.clone(),
-            state_machine.clone(),
-            config.cluster.name.clone(),
-            worker.clone(),
-            coordinator.clone(),
-            channels.clone(),
-        )
-        .with_auth(crate::admin::auth::Auth::new(admin_token));
-        let admin_server = server_builder(tls.as_ref(), "admin_addr")?;
-        tasks.push((
-            "admin server",
-            spawn_admin_server(
-                admin_server,
-                admin_service,
-                listeners.admin,
-                shutdown.listener(),
-            )
-            .await,
-        ));
-
-        let metrics_addr = local_addr(&listeners.metrics, "metrics_addr")?;
-        tasks.push((
-            "metrics server",
-            tokio::spawn(serve_metrics(
-                listeners.metrics,
-                MetricsSource {
-                    raft: raft.clone(),
-                    state_machine: state_machine.clone(),
-                    worker: worker.clone(),
-                    coordinator: coordinator.clone(),
-                },
-                shutdown.listener(),
-            )),
-        ));
-        tasks.push((
-            "bootstrap",
-            tokio::spawn(bootstrap::run(
-                raft.clone(),
-                config.clone(),
-                channels.clone(),
-                shutdown.listener(),
-            )),
-        ));
-        tasks.push((
-            "shard runner",
-            tokio::spawn(runner::run(
-                worker.clone(),
-                state_machine.subscribe(),
-                shutdown.listener(),
-            )),
-        ));
-        tasks.push((
-            "lock events",
-            tokio::spawn(crate::worker::events::run_subscriber(
-                worker.clone(),
-                shutdown.listener(),
-            )),
-        ));
-        let sync = crate::worker::sync::SyncLoop {
-            shared: worker.clone(),
-            applied: state_machine.subscribe(),
-            coordinator: coordinator.clone(),
-            channels: channels.clone(),
+        let parts = Parts {
+            raft,
+            state_machine: storage.state_machine,
+            queues: storage.queues,
+            worker,
+            coordinator,
+            channels,
         };
-        tasks.push(("sync", tokio::spawn(sync.run(shutdown.listener()))));
-        let heartbeats = HeartbeatLoop {
-            shared: worker.clone(),
-            raft: raft.clone(),
-            coordinator: coordinator.clone(),
-            channels: channels.clone(),
-        };
-        tasks.push((
-            "heartbeat",
-            tokio::spawn(heartbeats.run(shutdown.listener())),
-        ));
-        tasks.push((
-            "coordinator",
-            tokio::spawn(coordinator.clone().run(shutdown.listener())),
-        ));
-        tasks.push((
-            "role watcher",
-            tokio::spawn(watch_role(
-                raft.clone(),
-                state_machine.clone(),
-                queue_store.clone(),
-                config.cluster.shards,
-                shutdown.listener(),
-            )),
-        ));
-
+        let shutdown = Shutdown::new();
+        let mut tasks = serve(&config, &parts, security, listeners, &shutdown).await?;
+        tasks.extend(spawn_loops(&config, &parts, &shutdown));
         tracing::info!(
             node_id = config.node_id,
-            %raft_addr,
-            %admin_addr,
-            %metrics_addr,
+            raft_addr = %addrs.raft,
+            admin_addr = %addrs.admin,
+            metrics_addr = %addrs.metrics,
             data_dir = %config.data_dir.display(),
             "node started"
         );
         Ok(Self {
-            raft,
-            state_machine,
-            worker,
-            coordinator,
-            channels,
+            raft: parts.raft,
+            state_machine: parts.state_machine,
+            worker: parts.worker,
+            coordinator: parts.coordinator,
+            channels: parts.channels,
             node_id: config.node_id,
-            raft_addr,
-            admin_addr,
-            metrics_addr,
+            raft_addr: addrs.raft,
+            admin_addr: addrs.admin,
+            metrics_addr: addrs.metrics,
             shutdown,
             tasks,
         })
@@ -605,6 +430,270 @@ fn server_builder(tls: Option<&crate::tls::Tls>, key: &'static str) -> Result<Se
     }
 }
 
+/// The addresses the listeners are bound to (port 0 resolved).
+struct Addrs {
+    raft: SocketAddr,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Addrs {
+    fn of(listeners: &Listeners) -> Result<Self, NodeError> {
+        let local = |l: &TcpListener, key| {
+            l.local_addr().map_err(|source| NodeError::Bind {
+                key,
+                addr: String::new(),
+                source,
+            })
+        };
+        Ok(Self {
+            raft: local(&listeners.raft, "raft_addr")?,
+            admin: local(&listeners.admin, "admin_addr")?,
+            metrics: local(&listeners.metrics, "metrics_addr")?,
+        })
+    }
+}
+
+/// Step 1: the data dir claimed for this node and cluster, the Raft log and
+/// state machine opened, the queue store opened (or the caller's).
+struct Storage {
+    queues: SharedStore,
+    log: store::LogStore,
+    state_machine: StateMachineStore,
+}
+
+impl Storage {
+    async fn open(config: &NodeConfig, shared: Option<SharedStore>) -> Result<Self, NodeError> {
+        identity::claim(
+            &config.data_dir,
+            &identity::Identity {
+                node_id: config.node_id,
+                cluster_name: config.cluster.name.clone(),
+            },
+        )?;
+        let queues = match shared {
+            Some(s) => s,
+            None => crate::store::open(&config.store.url, &config.store.key_prefix)
+                .await?
+                .as_queue_store(),
+        };
+        let (log, state_machine) = store::open(&config.data_dir.join("raft"))?;
+        Ok(Self {
+            queues,
+            log,
+            state_machine,
+        })
+    }
+}
+
+/// Step 2: TLS (checked to name this node), the sender check, the token.
+struct Security {
+    tls: Option<crate::tls::Tls>,
+    senders: crate::tls::SenderCheck,
+    admin_token: Option<String>,
+}
+
+impl Security {
+    fn load(config: &NodeConfig) -> Result<Self, NodeError> {
+        let tls = match config.security.tls_files() {
+            Some((cert, key, ca)) => {
+                crate::tls::check_node_certificate(cert, config.node_id)?;
+                Some(crate::tls::Tls::load(cert, key, ca)?)
+            }
+            None => None,
+        };
+        let admin_token = match &config.security.admin_token_file {
+            Some(path) => Some(crate::tls::read_token(path)?),
+            None => None,
+        };
+        Ok(Self {
+            senders: crate::tls::SenderCheck::new(tls.is_some()),
+            tls,
+            admin_token,
+        })
+    }
+}
+
+/// Step 3: the worker's shared state and metrics. Before Raft starts:
+/// `tasks.notifications = "require"` refuses to start without lock events.
+async fn start_worker(
+    config: &NodeConfig,
+    storage: &Storage,
+) -> Result<Arc<WorkerShared>, NodeError> {
+    if config.tasks.idle_poll_interval.is_some() {
+        tracing::warn!(
+            "tasks.idle_poll_interval is no longer used and is ignored: queues are called on \
+             events, at their due times and every tasks.sweep_interval (see docs/deckard-compat.md)"
+        );
+    }
+    let metrics = crate::metrics::NodeMetrics::with_label_cap(config.metrics.max_queue_labels);
+    let worker = WorkerShared::new(
+        config.node_id,
+        storage.queues.clone(),
+        WorkerSettings::from_config(config),
+        metrics,
+    );
+    crate::worker::events::check_at_start(&worker)
+        .await
+        .map_err(NodeError::Notifications)?;
+    Ok(worker)
+}
+
+/// Step 4: openraft's settings from `[raft]`.
+fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
+    Ok(openraft::Config {
+        cluster_name: config.cluster.name.clone(),
+        heartbeat_interval: millis(config.raft.heartbeat_interval),
+        election_timeout_min: millis(config.raft.election_timeout_min),
+        election_timeout_max: millis(config.raft.election_timeout_max),
+        // Snapshots are small; purge the log behind them.
+        max_in_snapshot_log_to_keep: 500,
+        // A node cut off from the leader must not campaign at a higher
+        // term: when it comes back it would depose a healthy leader, and
+        // while it campaigns it knows no leader to renew its lease with.
+        // Pre-vote asks first; peers that still hear the leader refuse.
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    }
+    .validate()?)
+}
+
+/// What the servers and loops share.
+struct Parts {
+    raft: Raft,
+    state_machine: StateMachineStore,
+    queues: SharedStore,
+    worker: Arc<WorkerShared>,
+    coordinator: Coordinator,
+    channels: Channels,
+}
+
+type Tasks = Vec<(&'static str, JoinHandle<()>)>;
+
+/// Step 5: the Raft and worker gRPC server, the admin server and the
+/// metrics endpoint, each stopped by `shutdown`.
+async fn serve(
+    config: &NodeConfig,
+    parts: &Parts,
+    security: Security,
+    listeners: Listeners,
+    shutdown: &Shutdown,
+) -> Result<Tasks, NodeError> {
+    let raft_service = RaftRpc::new(
+        parts.raft.clone(),
+        config.node_id,
+        config.cluster.name.clone(),
+        parts.state_machine.clone(),
+        security.senders.clone(),
+    )
+    .into_server();
+    let worker_service = WorkerRpc::new(parts.coordinator.clone(), security.senders).into_server();
+    let mut stop = shutdown.listener();
+    let incoming = TcpListenerStream::new(listeners.raft);
+    let raft_server = server_builder(security.tls.as_ref(), "raft_addr")?;
+    let raft_task = tokio::spawn(async move {
+        let result = raft_server
+            .layer(crate::admin::grpc_errors::DecodeErrorLayer)
+            .add_service(raft_service)
+            .add_service(worker_service)
+            .serve_with_incoming_shutdown(incoming, async move { stop.recv().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "raft server failed");
+        }
+    });
+    let admin_service = AdminService::new(
+        parts.raft.clone(),
+        parts.state_machine.clone(),
+        config.cluster.name.clone(),
+        parts.worker.clone(),
+        parts.coordinator.clone(),
+        parts.channels.clone(),
+    )
+    .with_auth(crate::admin::auth::Auth::new(security.admin_token));
+    let admin_server = server_builder(security.tls.as_ref(), "admin_addr")?;
+    let admin_task = spawn_admin_server(
+        admin_server,
+        admin_service,
+        listeners.admin,
+        shutdown.listener(),
+    )
+    .await;
+    let metrics_task = tokio::spawn(serve_metrics(
+        listeners.metrics,
+        MetricsSource {
+            raft: parts.raft.clone(),
+            state_machine: parts.state_machine.clone(),
+            worker: parts.worker.clone(),
+            coordinator: parts.coordinator.clone(),
+        },
+        shutdown.listener(),
+    ));
+    Ok(vec![
+        ("raft server", raft_task),
+        ("admin server", admin_task),
+        ("metrics server", metrics_task),
+    ])
+}
+
+/// Step 6: the background loops, each stopped by `shutdown`.
+fn spawn_loops(config: &NodeConfig, parts: &Parts, shutdown: &Shutdown) -> Tasks {
+    let sync = crate::worker::sync::SyncLoop {
+        shared: parts.worker.clone(),
+        applied: parts.state_machine.subscribe(),
+        coordinator: parts.coordinator.clone(),
+        channels: parts.channels.clone(),
+    };
+    let heartbeats = HeartbeatLoop {
+        shared: parts.worker.clone(),
+        raft: parts.raft.clone(),
+        coordinator: parts.coordinator.clone(),
+        channels: parts.channels.clone(),
+    };
+    let role = creation::RoleWatch {
+        raft: parts.raft.clone(),
+        state_machine: parts.state_machine.clone(),
+        store: parts.queues.clone(),
+        shard_count: config.cluster.shards,
+    };
+    vec![
+        (
+            "bootstrap",
+            tokio::spawn(bootstrap::run(
+                parts.raft.clone(),
+                config.clone(),
+                parts.channels.clone(),
+                shutdown.listener(),
+            )),
+        ),
+        (
+            "shard runner",
+            tokio::spawn(runner::run(
+                parts.worker.clone(),
+                parts.state_machine.subscribe(),
+                shutdown.listener(),
+            )),
+        ),
+        (
+            "lock events",
+            tokio::spawn(crate::worker::events::run_subscriber(
+                parts.worker.clone(),
+                shutdown.listener(),
+            )),
+        ),
+        ("sync", tokio::spawn(sync.run(shutdown.listener()))),
+        (
+            "heartbeat",
+            tokio::spawn(heartbeats.run(shutdown.listener())),
+        ),
+        (
+            "coordinator",
+            tokio::spawn(parts.coordinator.clone().run(shutdown.listener())),
+        ),
+        ("role watcher", tokio::spawn(role.run(shutdown.listener()))),
+    ]
+}
+
 async fn spawn_admin_server(
     server: Server,
     admin: AdminService,
@@ -649,129 +738,6 @@ async fn spawn_admin_server(
             tracing::error!(error = %e, "admin server failed");
         }
     })
-}
-
-/// Logs role changes, and as a new leader records the shard count once.
-async fn watch_role(
-    raft: Raft,
-    state_machine: StateMachineStore,
-    store: SharedStore,
-    shard_count: u32,
-    mut stop: ShutdownListener,
-) {
-    // The server metrics change only with the role, leader, vote or
-    // membership; the full metrics are republished on every Raft heartbeat
-    // (40 times a second on a 3-node leader), and waking on each would cost
-    // an idle node more than all its own work.
-    let mut rx = raft.server_metrics();
-    let mut last: Option<(ServerState, Option<NodeId>)> = None;
-    loop {
-        let (state, leader, term) = {
-            let m = rx.borrow_watched();
-            (m.state, m.current_leader, m.vote.leader_id.term)
-        };
-        if last != Some((state, leader)) {
-            let was_leader = matches!(last, Some((ServerState::Leader, _)));
-            tracing::info!(
-                role = crate::admin::status::role_name(state),
-                leader = ?leader,
-                term,
-                "role changed"
-            );
-            if state == ServerState::Leader && !was_leader {
-                tokio::spawn(record_shard_count(
-                    raft.clone(),
-                    state_machine.clone(),
-                    store.clone(),
-                    shard_count,
-                    term,
-                ));
-            }
-            last = Some((state, leader));
-        }
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
-            _ = stop.recv() => return,
-        }
-    }
-}
-
-/// Proposes `InitCluster` unless the applied state already has the count.
-///
-/// The cluster's generation comes from the store first (one scan of the
-/// fences, then one counter raise above both), so a cluster created on a
-/// Redis where another one ran outranks its fences, even if the counter
-/// was lost;
-/// while the store cannot answer, nothing is proposed (a cluster without
-/// its generation would be fenced by any earlier cluster's queues).
-/// A just-elected leader refuses writes until its leadership is established,
-/// so this retries for as long as this node leads in the same term.
-async fn record_shard_count(
-    raft: Raft,
-    state_machine: StateMachineStore,
-    store: SharedStore,
-    shard_count: u32,
-    term: u64,
-) {
-    let still_leading = |m: &RaftMetrics| m.state == ServerState::Leader && m.current_term == term;
-    let mut generation = None;
-    loop {
-        let recorded = state_machine.applied().await.cluster.shard_count;
-        if recorded == shard_count {
-            return;
-        }
-        if recorded != 0 {
-            tracing::warn!(
-                configured = shard_count,
-                cluster = recorded,
-                "cluster.shards in the config differs from the cluster's; the cluster's count stays"
-            );
-            return;
-        }
-        if generation.is_none() {
-            let next = async {
-                // Above the counter and above every fence on the store: the
-                // counter alone may have been lost while the fences stayed.
-                let highest = store.highest_fence().await?;
-                let above = crate::cluster::shards::token_generation(highest);
-                store.next_generation(above).await
-            };
-            match next.await {
-                Ok(g) if g <= crate::cluster::shards::MAX_GENERATION => generation = Some(g),
-                Ok(g) => {
-                    tracing::error!(
-                        generation = g,
-                        "the store's deckhand_generation counter is past the largest generation; cannot create the cluster"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create the cluster yet: the store does not answer for its generation")
-                }
-            }
-        }
-        if let Some(generation) = generation {
-            match raft
-                .client_write(Command::InitCluster {
-                    shard_count,
-                    generation,
-                })
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(shard_count, generation, "cluster created");
-                    return;
-                }
-                Err(e) => tracing::debug!(error = %e, "shard count not recorded yet"),
-            }
-        }
-        if !still_leading(&raft.metrics().borrow_watched()) {
-            return;
-        }
-        // Store trouble is not fixed in 50 ms: ask it less often.
-        let pause = if generation.is_some() { 50 } else { 500 };
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-    }
 }
 
 fn millis(d: Duration) -> u64 {

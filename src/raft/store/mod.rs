@@ -15,7 +15,7 @@ pub use state_machine::{AppliedState, StateMachineStore};
 
 /// Errors opening the Raft storage.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum RaftStorageError {
     #[error("cannot open Raft storage at {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
     #[error("Raft storage at {path} is unreadable: {reason}")]
@@ -53,8 +53,8 @@ impl Durable {
 }
 
 /// Opens (creating if needed) the Raft storage under `dir`.
-pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
-    let open_err = |source| StoreError::Open {
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), RaftStorageError> {
+    let open_err = |source| RaftStorageError::Open {
         path: dir.to_path_buf(),
         source,
     };
@@ -72,7 +72,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let meta = db.open_tree("meta").map_err(open_err)?;
     let sm = db.open_tree("sm").map_err(open_err)?;
     let log_store = LogStore::new(log, meta, durable.clone());
-    let sm_store = StateMachineStore::load(sm, durable).map_err(|e| StoreError::Corrupt {
+    let sm_store = StateMachineStore::load(sm, durable).map_err(|e| RaftStorageError::Corrupt {
         path: dir.to_path_buf(),
         reason: e.to_string(),
     })?;
