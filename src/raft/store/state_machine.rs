@@ -12,8 +12,9 @@
 //! the next entry, which a quiet cluster may never send, while the node kept
 //! heartbeating from a frozen state. An error stops the Raft core at once
 //! with a fatal error, and the worker gives up its lease and its shards
-//! (`worker::heartbeat`). Nothing of the failed batch is persisted or
-//! published.
+//! (`worker::heartbeat`). A batch is applied to a copy of the state that
+//! replaces it only once persisted, so nothing of a failed batch is
+//! persisted, published, or seen by a snapshot build.
 
 use std::io;
 use std::sync::Arc;
@@ -139,7 +140,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             + Unpin
             + OptionalSend,
     {
-        let mut state = self.applied.write().await;
+        let mut applied = self.applied.write().await;
+        // The batch is applied to a copy, which replaces the shared state
+        // only once it is persisted: a failed entry (an error from the
+        // stream, a broken invariant) leaves nothing of the batch behind
+        // for a snapshot build or a reader to see.
+        let mut state = applied.clone();
         let mut responders = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
@@ -178,7 +184,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // One write for the whole batch; answered only after it is in sled.
         self.persist(&state)?;
         self.published.send_replace(Arc::new(state.clone()));
-        drop(state);
+        *applied = state;
+        drop(applied);
         for (responder, result) in responders {
             responder.send(result);
         }

@@ -35,6 +35,7 @@ async fn a_broken_invariant_while_applying_is_an_error_not_a_panic() {
     use openraft::entry::RaftEntry;
     use openraft::storage::RaftStateMachine;
     use openraft::testing::log_id;
+    use openraft::RaftSnapshotBuilder;
 
     use super::state_machine::AppliedState;
     use crate::cluster::{ClusterState, Command, TaskKind};
@@ -69,14 +70,28 @@ async fn a_broken_invariant_while_applying_is_an_error_not_a_panic() {
     let trigger = Command::TriggerTask {
         task: TaskKind::Unlock,
     };
-    // ClusterState::apply asserts its index never goes back: caught.
-    let err = apply(Entry::new_normal(
-        log_id::<TypeConfig>(1, 1, 11),
-        trigger.clone(),
-    ))
-    .await
-    .expect_err("a broken invariant");
+    // ClusterState::apply asserts its index never goes back: caught. The
+    // good entry before it in the same batch is not kept either.
+    let batch = futures::stream::iter(vec![
+        Ok((Entry::new_blank(log_id::<TypeConfig>(1, 1, 11)), None)),
+        Ok((
+            Entry::new_normal(log_id::<TypeConfig>(1, 1, 12), trigger.clone()),
+            None,
+        )),
+    ]);
+    let err = sm
+        .clone()
+        .apply(batch)
+        .await
+        .expect_err("a broken invariant");
     assert!(err.to_string().contains("invariant"), "{err}");
+    assert_eq!(
+        sm.applied().await,
+        crafted,
+        "the failed batch left state behind"
+    );
+    let snapshot = sm.clone().build_snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.meta.last_log_id, Some(at));
     // The state machine's own order check: an error as well.
     let err = apply(Entry::new_normal(log_id::<TypeConfig>(1, 1, 5), trigger))
         .await
