@@ -164,9 +164,56 @@ async fn the_leader_refuses_a_node_that_has_not_applied_what_was_committed_a_lea
         }
     })
     .await;
+    // Refused by the time bound (the required index is the written entry),
+    // not by the entry bound.
     assert!(
-        matches!(refused, CoordError::Lagging { node, applied, .. } if node == follower && applied == index - 1),
+        matches!(refused, CoordError::Lagging { node, applied, required, .. }
+            if node == follower && applied == index - 1 && required >= index),
         "{refused:?}"
     );
+    cluster.shutdown().await;
+}
+
+/// The leader's own worker reports through the same check: a leader whose
+/// state machine has not applied what it committed a lease ago hands
+/// leadership off (the planner counts the leader as live, so its own shards
+/// would otherwise never move).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_apply_its_own_log_hands_leadership_off() {
+    use deckhand::cluster::{Command, TaskKind};
+    use deckhand::proto::worker::HeartbeatRequest;
+    use deckhand::worker::coordinator::CoordError;
+
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let raft = &cluster.nodes[&leader].raft;
+    let coordinator = &cluster.nodes[&leader].coordinator;
+    let written = raft
+        .client_write(Command::TriggerTask {
+            task: TaskKind::Unlock,
+        })
+        .await
+        .expect("write");
+    let index = written.log_id().index();
+    // Its own report, one entry behind, for longer than the bound.
+    wait_until("the leader refuses its own report", || async {
+        let own = HeartbeatRequest {
+            node_id: leader,
+            applied_index: index - 1,
+            incarnation: 1,
+            seq: 1,
+            ..Default::default()
+        };
+        match coordinator.on_heartbeat(own).await {
+            Err(CoordError::Lagging { .. } | CoordError::NotLeader { .. }) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    wait_until("another node leads", || async {
+        let now_leading = cluster.wait_for_leader().await;
+        (now_leading != leader).then_some(())
+    })
+    .await;
     cluster.shutdown().await;
 }

@@ -35,12 +35,24 @@ impl CommitTimes {
     }
 
     /// Records the commit index as of `now` (a lower or equal one changes
-    /// nothing) and forgets samples nobody can ask about any more.
+    /// nothing) and forgets samples nobody can ask about any more. Callers
+    /// read `committed` and `now` before taking the lock this sits under,
+    /// so a call may come with an earlier `now` than the last one: it is
+    /// stamped at the last sample's time, which only delays a demand.
     pub fn observe(&mut self, committed: u64, now: Instant) {
-        if self.samples.back().is_none_or(|(i, _)| *i < committed) {
-            debug_assert!(self.samples.back().is_none_or(|(_, t)| *t <= now));
+        if let Some(&(last_index, last_at)) = self.samples.back() {
+            if last_index >= committed {
+                return self.forget(now.max(last_at));
+            }
+            self.samples.push_back((committed, now.max(last_at)));
+        } else {
             self.samples.push_back((committed, now));
         }
+        let latest = self.samples.back().map_or(now, |(_, t)| *t);
+        self.forget(latest);
+    }
+
+    fn forget(&mut self, now: Instant) {
         if let Some(cutoff) = now.checked_sub(self.bound) {
             while self.samples.len() >= 2 && self.samples[1].1 <= cutoff {
                 self.samples.pop_front();
@@ -103,6 +115,17 @@ mod tests {
         // A lower observation (a stale read) changes nothing.
         c.observe(3, end);
         assert_eq!(c.must_have_applied(end), 900);
+    }
+
+    #[test]
+    fn an_observation_with_an_earlier_time_is_stamped_at_the_last_one() {
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let mut c = CommitTimes::new(S);
+        c.observe(5, t0 + S / 2);
+        // Read before the previous caller's, recorded after it.
+        c.observe(9, t0);
+        assert_eq!(c.must_have_applied(t0 + S), 0, "9 is stamped at t0 + S/2");
+        assert_eq!(c.must_have_applied(t0 + S + S / 2), 9);
     }
 
     #[test]

@@ -91,12 +91,14 @@ impl RoleWatch {
             let still_leading =
                 |m: &RaftMetrics| m.state == ServerState::Leader && m.current_term == term;
             let mut generation = None;
+            // The fence scan is kept across retries: it reads every key.
+            let mut highest = None;
             loop {
                 if !needs_creating(&state_machine, shard_count).await {
                     return;
                 }
                 if generation.is_none() {
-                    match next_generation(&store).await {
+                    match next_generation(&store, &mut highest).await {
                         Ok(g) => generation = Some(g),
                         Err(Stop) => return,
                         Err(Retry) => {}
@@ -152,19 +154,26 @@ enum NoGeneration {
 }
 use NoGeneration::{Retry, Stop};
 
-/// A generation above the store's counter and above every fence on it.
-async fn next_generation(store: &SharedStore) -> Result<u64, NoGeneration> {
+/// A generation above the store's counter and above every fence on it
+/// (`highest`: the highest fence, once scanned).
+async fn next_generation(
+    store: &SharedStore,
+    highest: &mut Option<u64>,
+) -> Result<u64, NoGeneration> {
     let taken = async {
         // The counter alone may have been lost while the fences stayed.
-        let highest = store.highest_fence().await?;
-        store.next_generation(token_generation(highest)).await
+        let fence = match *highest {
+            Some(fence) => fence,
+            None => *highest.insert(store.highest_fence().await?),
+        };
+        store.next_generation(token_generation(fence)).await
     };
     match taken.await {
         Ok(g) if g <= MAX_GENERATION => Ok(g),
         Ok(g) => {
             tracing::error!(
                 generation = g,
-                "the store's deckhand_generation counter is past the largest generation; cannot create the cluster"
+                "the generation needed above the store's deckhand_generation counter and its highest fence is past the largest one; cannot create the cluster"
             );
             Err(Stop)
         }

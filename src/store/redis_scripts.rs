@@ -188,6 +188,10 @@ return 1
 /// create clusters at once never share one.
 /// KEYS: the `deckhand_generation` counter. ARGV: the generation to exceed.
 pub(super) const RAISE_GENERATION: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current and not tonumber(current) then
+  return redis.error_reply(KEYS[1] .. ' holds ' .. current .. ', not a number: delete it (generations are chosen above every fence anyway)')
+end
 local g = redis.call('INCR', KEYS[1])
 local above = tonumber(ARGV[1])
 if g <= above then

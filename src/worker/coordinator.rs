@@ -196,7 +196,10 @@ impl Coordinator {
             *guard = Some(LeaderView {
                 leader: LeaderTerm::new(self.inner.node_id, term, timing, Instant::now()),
                 stats: LeaderQueueStats::default(),
-                commits: CommitTimes::new(s.lease),
+                // A healthy node reports an entry applied within a Raft
+                // heartbeat (to learn the commit) plus a worker heartbeat
+                // (to report it); freshness bounds the first.
+                commits: CommitTimes::new(s.lease + s.leader_freshness + s.heartbeat_interval),
             });
             tracing::info!(term, "leading: tracking worker liveness from now");
         }
@@ -245,6 +248,12 @@ impl Coordinator {
                 committed,
                 "heartbeat of a node behind the log refused"
             );
+            if node == self.inner.node_id {
+                // This leader's own state machine is stuck: its worker
+                // loses its lease, and the planner, which counts the leader
+                // as live, would never move its shards. Lead no longer.
+                self.step_down(&m).await;
+            }
             return Err(CoordError::Lagging {
                 node,
                 applied: req.applied_index,
@@ -581,6 +590,30 @@ impl Coordinator {
 }
 
 /// The ids of the cluster's current members (voters and learners).
+impl Coordinator {
+    /// Hands leadership to another voter: this leader cannot apply its own
+    /// log. Repeated at each of its own refused heartbeats until it follows.
+    async fn step_down(&self, m: &RaftMetrics) {
+        let me = self.inner.node_id;
+        let Some(target) = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .find(|v| *v != me)
+        else {
+            tracing::error!("this leader's state machine is stuck and no other voter can lead");
+            return;
+        };
+        tracing::error!(
+            target,
+            "this leader's state machine has not applied what it committed a lease ago: handing leadership off"
+        );
+        if let Err(e) = self.inner.raft.trigger().transfer_leader(target).await {
+            tracing::warn!(target, error = %e, "leadership hand-off failed");
+        }
+    }
+}
+
 fn member_ids(m: &RaftMetrics) -> BTreeSet<NodeId> {
     m.membership_config
         .membership()

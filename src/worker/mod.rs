@@ -28,10 +28,11 @@
 //!   rejected by the store once a newer owner has written.
 //! - A shard fenced at epoch `e` is never run again at epoch `e`.
 //! - The running set reported to the leader only loses a shard once that
-//!   shard's task has exited, and a task exits only once every call it sent
-//!   has come back (an ending task sends no new call and awaits the ones in
-//!   flight, each bounded by the store's response timeout), so the leader's
-//!   "stopped" is a fact.
+//!   shard's task has exited, and an ending task sends no new call and waits
+//!   up to 10 s for the ones in flight, so the leader's "stopped" means no
+//!   call of that task is pending here. A call dropped after that wait, or
+//!   one that timed out here and still runs in Redis, is not covered by
+//!   "stopped": the fence rejects it once the successor has written.
 //!
 //! # Deliberately not done
 //!

@@ -26,6 +26,10 @@ const STORE_RETRY: Duration = Duration::from_millis(200);
 /// How long a task waits for its shard's queue list before asking again
 /// (a new list wakes it at once).
 const QUEUE_LIST_WAIT: Duration = Duration::from_secs(1);
+/// How long an ending shard task waits for its calls in flight: above a
+/// call's worst case on a reachable Redis (a connect, 0.5 s, then EVALSHA
+/// and EVAL after NOSCRIPT, 3 s each).
+const ENDING_DRAIN: Duration = Duration::from_secs(10);
 
 struct Task {
     epoch: u64,
@@ -528,7 +532,35 @@ async fn run_shard(
         });
         let mut results =
             futures::stream::iter(calls).buffer_unordered(shared.settings.concurrency);
-        while let Some((queue, result)) = results.next().await {
+        // Once the task is ending, its calls in flight get this long to come
+        // back; past it they are dropped (the fence still covers one that
+        // reaches the store later).
+        let mut give_up: Option<tokio::time::Instant> = None;
+        loop {
+            let next = tokio::select! {
+                next = results.next() => next,
+                _ = ending.cancelled(), if give_up.is_none() => {
+                    give_up = Some(tokio::time::Instant::now() + ENDING_DRAIN);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)),
+                    if give_up.is_some() => {
+                    if shared.freeze.is_frozen() {
+                        // The test stand-in for SIGSTOP: a stopped process's
+                        // timers do not run either.
+                        give_up = Some(tokio::time::Instant::now() + ENDING_DRAIN);
+                        continue;
+                    }
+                    tracing::warn!(
+                        node = shared.node_id,
+                        shard,
+                        epoch,
+                        "calls still in flight {ENDING_DRAIN:?} after the shard task was stopped: dropped"
+                    );
+                    break;
+                }
+            };
+            let Some((queue, result)) = next else { break };
             match result {
                 QueueResult::Next(at) => queues.schedule.set(&queue, at),
                 QueueResult::Gone => {
