@@ -7,7 +7,6 @@
 //! leader changed meanwhile) is answered `UNAVAILABLE` naming the leader
 //! instead of being forwarded again.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::async_runtime::watch::WatchReceiver;
@@ -165,30 +164,6 @@ fn forwarded_within<T>(request: Request<T>, timeout: std::time::Duration) -> Req
     request
 }
 
-fn lease_state(
-    shard_number: u32,
-    shard: &crate::cluster::ShardState,
-    report: Option<&crate::worker::coordinator::Report>,
-) -> (String, u64) {
-    if shard.released_from.is_some() {
-        return ("released".into(), 0);
-    }
-    let Some(report) = report else {
-        return ("unknown".into(), 0);
-    };
-    if report.fenced.get(&shard_number) == Some(&shard.epoch) {
-        return ("fenced".into(), 0);
-    }
-    let left = report
-        .lease_remaining
-        .saturating_sub(report.received_at.elapsed());
-    if left.is_zero() {
-        ("expired".into(), 0)
-    } else {
-        ("valid".into(), left.as_millis() as u64)
-    }
-}
-
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(
@@ -200,15 +175,13 @@ impl Admin for AdminService {
         let applied = self.state_machine.latest();
         let mut resp = status::status(&metrics, &self.cluster_name, applied.cluster.shard_count);
         resp.shards_owned = applied.cluster.owned_by(self.node_id()).count() as u32;
-        resp.shards_running = self.worker.running().len() as u32;
-        resp.lease_remaining_ms = self
-            .worker
-            .lease_remaining()
-            .map_or(0, |d| d.as_millis() as u64);
-        resp.fenced_writes = self.worker.stats.fenced_writes.load(Ordering::Relaxed);
+        let worker = self.worker.status();
+        resp.shards_running = worker.shards_running as u32;
+        resp.lease_remaining_ms = worker.lease_remaining.map_or(0, |d| d.as_millis() as u64);
+        resp.fenced_writes = worker.fenced_writes;
         resp.drained = applied.cluster.drained.contains(&self.node_id());
-        resp.scheduling = self.worker.scheduling().describe();
-        resp.notifications = self.worker.settings.notifications.as_str().to_string();
+        resp.scheduling = worker.scheduling;
+        resp.notifications = worker.notifications.to_string();
         Ok(Response::new(resp))
     }
 
@@ -233,31 +206,19 @@ impl Admin for AdminService {
             return client.shards(forwarded(request)).await;
         }
         let state = self.state_machine.latest();
-        let reports = self.coordinator.reports();
-        let queues = self.coordinator.queue_counts();
-        let shards = state
-            .cluster
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let i = i as u32;
-                let report = s.owner.and_then(|o| reports.get(&o));
-                let (lease, lease_remaining_ms) = lease_state(i, s, report);
-                let passes = report
-                    .and_then(|r| r.running.get(&i))
-                    .filter(|(epoch, _)| *epoch == s.epoch)
-                    .map_or(0, |(_, passes)| *passes);
-                ShardInfo {
-                    shard: i,
-                    owner: s.owner,
-                    epoch: s.epoch,
-                    lease,
-                    lease_remaining_ms,
-                    queues: queues.get(&i).copied().unwrap_or(0) as u32,
-                    passes,
-                    released_from: s.released_from,
-                }
+        let shards = self
+            .coordinator
+            .shard_views()
+            .into_iter()
+            .map(|v| ShardInfo {
+                shard: v.shard,
+                owner: v.owner,
+                epoch: v.epoch,
+                lease: v.lease.name().to_string(),
+                lease_remaining_ms: v.lease.remaining().as_millis() as u64,
+                queues: v.queues as u32,
+                passes: v.passes,
+                released_from: v.released_from,
             })
             .collect();
         Ok(Response::new(ShardsResponse {

@@ -36,9 +36,13 @@
 
 mod commit_times;
 mod term;
+mod views;
 
 #[cfg(test)]
 mod scenario;
 
 pub use commit_times::CommitTimes;
-pub use term::{returned, same_shards, Heard, LeaderTerm, Reassignment, Report, RoundPlan, Timing};
+pub use term::{
+    returned, same_shards, Heard, LeaderTerm, Reassignment, Report, RoundPlan, ShardRun, Timing,
+};
+pub use views::{shard_views, OwnerLease, ShardView};

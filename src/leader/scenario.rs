@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{LeaderTerm, Report, Timing};
+use super::{LeaderTerm, Report, ShardRun, Timing};
 use crate::cluster::NodeId;
 use crate::cluster::{ClusterState, Command, Move};
 use crate::proto::worker::TaskCounters;
@@ -140,11 +140,19 @@ impl Scenario {
             "heartbeat" => {
                 let from = nodes(positional.first().ok_or("heartbeat from whom?")?)?;
                 for n in from {
-                    let running: BTreeMap<u32, (u64, u64)> = match args.get("running") {
+                    let running: BTreeMap<u32, ShardRun> = match args.get("running") {
                         None | Some(&"owned") => self
                             .state
                             .owned_by(n)
-                            .map(|(s, st)| (s, (st.epoch, 1)))
+                            .map(|(s, st)| {
+                                (
+                                    s,
+                                    ShardRun {
+                                        epoch: st.epoch,
+                                        passes: 1,
+                                    },
+                                )
+                            })
                             .collect(),
                         Some(&"none") => BTreeMap::new(),
                         Some(list) => list
@@ -158,7 +166,7 @@ impl Scenario {
                                     .get(shard as usize)
                                     .ok_or(format!("no shard {shard}"))?
                                     .epoch;
-                                Ok((shard, (epoch, 1)))
+                                Ok((shard, ShardRun { epoch, passes: 1 }))
                             })
                             .collect::<Result<_, String>>()?,
                     };

@@ -16,13 +16,20 @@ use crate::proto::worker::TaskCounters;
 pub struct Report {
     pub received_at: Instant,
     pub applied_index: u64,
-    /// shard -> (epoch, passes)
-    pub running: BTreeMap<u32, (u64, u64)>,
+    /// The shards it runs.
+    pub running: BTreeMap<u32, ShardRun>,
     pub lease_remaining: Duration,
     pub fenced_writes: u64,
     pub tasks: TaskCounters,
     /// shard -> epoch at which the store fenced the node there.
     pub fenced: BTreeMap<u32, u64>,
+}
+
+/// A shard a node reported running: at which epoch, and its passes so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardRun {
+    pub epoch: u64,
+    pub passes: u64,
 }
 
 /// A reassignment of a silent node's shards, kept for diagnostics and tests.
@@ -305,11 +312,11 @@ pub fn returned(departed_at: Option<(u64, u64)>, incarnation: u64, seq: u64) -> 
 }
 
 /// Whether two reports run the same shards at the same epochs (passes aside).
-pub fn same_shards(a: &BTreeMap<u32, (u64, u64)>, b: &BTreeMap<u32, (u64, u64)>) -> bool {
+pub fn same_shards(a: &BTreeMap<u32, ShardRun>, b: &BTreeMap<u32, ShardRun>) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b.iter())
-            .all(|((sa, (ea, _)), (sb, (eb, _)))| sa == sb && ea == eb)
+            .all(|((sa, ra), (sb, rb))| sa == sb && ra.epoch == rb.epoch)
 }
 
 #[cfg(test)]

@@ -315,14 +315,12 @@ impl Node {
         let Ok(channel) = self.channels.get(&addr) else {
             return;
         };
+        let (incarnation, last_seq) = self.worker.last_report();
         let mut request = tonic::Request::new(HandBackRequest {
             node_id: self.node_id,
             applied_index,
-            incarnation: self.worker.incarnation,
-            last_seq: self
-                .worker
-                .report_seq
-                .load(std::sync::atomic::Ordering::SeqCst),
+            incarnation,
+            last_seq,
         });
         request.set_timeout(HANDOFF_DEADLINE);
         match WorkerServiceClient::new(channel).hand_back(request).await {

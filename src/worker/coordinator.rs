@@ -38,7 +38,7 @@ use super::events::Scheduling;
 use super::queue_stats::LeaderQueueStats;
 use super::WorkerSettings;
 use crate::cluster::{Command, CommandResult};
-use crate::leader::{CommitTimes, LeaderTerm, Timing};
+use crate::leader::{CommitTimes, LeaderTerm, ShardRun, ShardView, Timing};
 use crate::locks::lock;
 use crate::proto::worker::{
     GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, StatsAck, StatsReport,
@@ -288,7 +288,13 @@ impl Coordinator {
             running: req
                 .running
                 .iter()
-                .map(|r| (r.shard, (r.epoch, r.passes)))
+                .map(|r| {
+                    let run = ShardRun {
+                        epoch: r.epoch,
+                        passes: r.passes,
+                    };
+                    (r.shard, run)
+                })
                 .collect(),
             lease_remaining: Duration::from_millis(req.lease_remaining_ms),
             fenced_writes: req.fenced_writes,
@@ -377,7 +383,7 @@ impl Coordinator {
                 .leader
                 .reports()
                 .get(&node)
-                .is_some_and(|r| r.running.get(&shard).is_some_and(|(e, _)| *e == epoch));
+                .is_some_and(|r| r.running.get(&shard).is_some_and(|run| run.epoch == epoch));
             owned && running
         }))
     }
@@ -427,6 +433,17 @@ impl Coordinator {
     }
 
     /// Last reports by node (leader only; empty otherwise).
+    /// Every shard as this leader sees it, for `ctl shards`.
+    pub fn shard_views(&self) -> Vec<ShardView> {
+        let state = self.inner.state_machine.latest();
+        crate::leader::shard_views(
+            &state.cluster,
+            &self.reports(),
+            &self.queue_counts(),
+            Instant::now(),
+        )
+    }
+
     pub fn reports(&self) -> BTreeMap<NodeId, Report> {
         lock(&self.inner.view)
             .as_ref()

@@ -212,6 +212,20 @@ impl Freeze {
     }
 }
 
+/// What `ctl status` shows of this node's worker: a read model, so the
+/// admin API reads no atomics or settings of the worker directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStatus {
+    pub shards_running: usize,
+    /// `None`: no lease.
+    pub lease_remaining: Option<Duration>,
+    pub fenced_writes: u64,
+    /// How queues are scheduled now (lock events or polling, and why).
+    pub scheduling: String,
+    /// The configured `tasks.notifications` mode.
+    pub notifications: &'static str,
+}
+
 /// A shard this node is running: its epoch and completed passes.
 #[derive(Debug, Clone)]
 pub struct RunningShard {
@@ -484,6 +498,23 @@ impl WorkerShared {
     }
 
     /// How shard tasks find new locks right now.
+    /// This worker's state for `ctl status`.
+    pub fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            shards_running: self.running().len(),
+            lease_remaining: self.lease_remaining(),
+            fenced_writes: self.stats.fenced_writes.load(Ordering::Relaxed),
+            scheduling: self.scheduling().describe(),
+            notifications: self.settings.notifications.as_str(),
+        }
+    }
+
+    /// The (incarnation, number) of the last report this process built:
+    /// a hand-back names it, so the leader can ignore reports in flight.
+    pub fn last_report(&self) -> (u64, u64) {
+        (self.incarnation, self.report_seq.load(Ordering::SeqCst))
+    }
+
     pub fn scheduling(&self) -> events::Scheduling {
         self.scheduling.borrow().clone()
     }
