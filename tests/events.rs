@@ -84,12 +84,7 @@ fn calls(cluster: &TestCluster) -> u64 {
     cluster
         .nodes
         .values()
-        .map(|n| {
-            n.worker
-                .stats
-                .calls
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
+        .map(|n| n.worker.counts().calls)
         .sum()
 }
 

@@ -102,12 +102,10 @@ async fn a_recreated_cluster_outranks_the_fences_of_earlier_ones() {
     let fence = store.fence_of("q").await.expect("fence");
     assert_eq!(token_generation(fence), second_generation);
     assert!(
-        second.nodes.values().all(|n| n
-            .worker
-            .stats
-            .fenced_writes
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0),
+        second
+            .nodes
+            .values()
+            .all(|n| n.worker.counts().fenced_writes == 0),
         "nothing of the second cluster was fenced"
     );
     drop(second.shutdown().await);

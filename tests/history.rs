@@ -127,12 +127,7 @@ async fn accepted_operations_follow_the_raft_log_under_faults() {
     let fenced: u64 = cluster
         .nodes
         .values()
-        .map(|n| {
-            n.worker
-                .stats
-                .fenced_writes
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
+        .map(|n| n.worker.counts().fenced_writes)
         .sum();
     eprintln!(
         "{} accepted operations, {fenced} fenced on live nodes",

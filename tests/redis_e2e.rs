@@ -221,14 +221,11 @@ async fn three_nodes_unlock_and_time_out_deckard_messages_on_redis() {
 }
 
 /// A worker counter summed over the running nodes.
-fn sum_stat(
-    cluster: &TestCluster,
-    counter: impl Fn(&deckhand::worker::WorkerStats) -> &std::sync::atomic::AtomicU64,
-) -> u64 {
+fn sum_stat(cluster: &TestCluster, counter: impl Fn(deckhand::worker::WorkerCounts) -> u64) -> u64 {
     cluster
         .nodes
         .values()
-        .map(|n| counter(&n.worker.stats).load(std::sync::atomic::Ordering::Relaxed))
+        .map(|n| counter(n.worker.counts()))
         .sum()
 }
 
@@ -288,21 +285,21 @@ async fn redis_restart_mid_load_loses_and_duplicates_nothing() {
 
     // Let traffic and housekeeping run, then restart Redis under them.
     wait_until("some housekeeping happened", || async {
-        let moved: u64 = sum_stat(&cluster, |s| &s.unlocked_ack);
+        let moved: u64 = sum_stat(&cluster, |c| c.unlocked_ack);
         (moved > 20).then_some(())
     })
     .await;
-    let errors_before: u64 = sum_stat(&cluster, |s| &s.store_errors);
+    let errors_before: u64 = sum_stat(&cluster, |c| c.store_errors);
     server.stop();
     wait_until("the nodes notice Redis is gone", || async {
-        let errors: u64 = sum_stat(&cluster, |s| &s.store_errors);
+        let errors: u64 = sum_stat(&cluster, |c| c.store_errors);
         (errors > errors_before).then_some(())
     })
     .await;
     server.restart().expect("redis-server restarts");
-    let resumed_from: u64 = sum_stat(&cluster, |s| &s.calls);
+    let resumed_from: u64 = sum_stat(&cluster, |c| c.calls);
     wait_until("housekeeping resumes after the restart", || async {
-        let calls: u64 = sum_stat(&cluster, |s| &s.calls);
+        let calls: u64 = sum_stat(&cluster, |c| c.calls);
         (calls > resumed_from + 100).then_some(())
     })
     .await;

@@ -187,14 +187,14 @@ async fn a_paused_follower_is_fenced_when_it_resumes() {
         Some(state)
     })
     .await;
-    assert_eq!(node.worker.stats.fenced_writes.load(Ordering::Relaxed), 0);
+    assert_eq!(node.worker.counts().fenced_writes, 0);
 
     // Resume: the in-flight operations carry the old epochs and are rejected.
     node.worker.freeze.thaw();
     wait_until(
         "the resumed node was fenced and dropped the moved shards",
         || async {
-            let fenced = node.worker.stats.fenced_writes.load(Ordering::Relaxed);
+            let fenced = node.worker.counts().fenced_writes;
             let running = node.worker.running();
             (fenced >= 1 && moved.iter().all(|s| !running.contains_key(s))).then_some(())
         },
@@ -405,7 +405,7 @@ async fn a_pause_shorter_than_the_lease_moves_nothing() {
             "shard {shard} moved"
         );
     }
-    assert_eq!(node.worker.stats.fenced_writes.load(Ordering::Relaxed), 0);
+    assert_eq!(node.worker.counts().fenced_writes, 0);
     cluster.shutdown().await;
 }
 
@@ -515,7 +515,7 @@ async fn a_returning_node_runs_nothing_from_its_stale_state() {
         node.worker.running()
     );
     assert_eq!(
-        node.worker.stats.fenced_writes.load(Ordering::Relaxed),
+        node.worker.counts().fenced_writes,
         0,
         "called queues from a stale state"
     );

@@ -37,6 +37,7 @@ use openraft::ChangeMembers;
 
 use crate::cluster::Command;
 use crate::raft::store::StateMachineStore;
+use crate::raft::MembershipView;
 use crate::raft::{NodeId, NodeInfo, Raft};
 use crate::worker::coordinator::{CoordError, Coordinator};
 
@@ -165,7 +166,7 @@ pub type Members = BTreeMap<NodeId, (NodeInfo, bool)>;
 impl Membership {
     fn members(&self) -> Members {
         let m = self.raft.metrics().borrow_watched().clone();
-        let membership = m.membership_config.membership();
+        let membership = m.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         membership
             .nodes()

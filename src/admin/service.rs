@@ -28,6 +28,7 @@ use crate::proto::admin::{
 };
 use crate::raft::network::Channels;
 use crate::raft::store::StateMachineStore;
+use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft};
 use crate::worker::coordinator::Coordinator;
 use crate::worker::service::coord_status;
@@ -112,9 +113,7 @@ impl AdminService {
             Some(leader) if leader == self.node_id() => Ok(Route::Here),
             Some(leader) => {
                 let addr = m
-                    .membership_config
-                    .membership()
-                    .get_node(&leader)
+                    .member(leader)
                     .map(|n| n.admin_addr.clone())
                     .ok_or_else(|| {
                         Status::unavailable(format!("leader {leader} has no known admin address"))

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use openraft::ServerState;
 
 use crate::proto::admin::{Member, StatusResponse};
+use crate::raft::MembershipView;
 use crate::raft::{NodeId, RaftMetrics};
 
 /// The role name used by the admin API and `ctl`.
@@ -20,7 +21,7 @@ pub fn role_name(state: ServerState) -> &'static str {
 
 /// Members of the latest membership this node knows, voters flagged.
 pub fn members(metrics: &RaftMetrics) -> Vec<Member> {
-    let membership = metrics.membership_config.membership();
+    let membership = metrics.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     membership
         .nodes()
@@ -37,7 +38,7 @@ pub fn members(metrics: &RaftMetrics) -> Vec<Member> {
 pub fn status(metrics: &RaftMetrics, cluster_name: &str, shard_count: u32) -> StatusResponse {
     let leader_admin_addr = metrics
         .current_leader
-        .and_then(|id| metrics.membership_config.membership().get_node(&id))
+        .and_then(|id| metrics.member(id))
         .map(|info| info.admin_addr.clone())
         .unwrap_or_default();
     StatusResponse {

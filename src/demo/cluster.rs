@@ -2,7 +2,6 @@
 //! run time, sled in a temporary directory, one shared embedded store.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,12 +139,10 @@ impl DemoCluster {
     }
 
     fn counters_of(node: &Node) -> Counters {
-        let s = &node.worker.stats;
+        let c = node.worker.counts();
         Counters {
-            moved: s.unlocked_ack.load(Ordering::Relaxed)
-                + s.unlocked_nack.load(Ordering::Relaxed)
-                + s.timed_out.load(Ordering::Relaxed),
-            fenced: s.fenced_writes.load(Ordering::Relaxed),
+            moved: c.unlocked_ack + c.unlocked_nack + c.timed_out,
+            fenced: c.fenced_writes,
         }
     }
 

@@ -54,6 +54,7 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::raft::network::{Channels, NetworkFactory};
 use crate::raft::service::RaftRpc;
 use crate::raft::store::{self, StateMachineStore};
+use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft, RaftMetrics};
 use crate::shutdown::{Shutdown, ShutdownListener};
 use crate::store::SharedStore;
@@ -304,12 +305,7 @@ impl Node {
         let Some(leader) = metrics.current_leader.filter(|l| *l != self.node_id) else {
             return;
         };
-        let Some(addr) = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.raft_addr.clone())
-        else {
+        let Some(addr) = metrics.member(leader).map(|n| n.raft_addr.clone()) else {
             return;
         };
         let Ok(channel) = self.channels.get(&addr) else {
@@ -405,7 +401,7 @@ impl Node {
 
 /// The voter (other than us) whose replicated log is furthest along.
 fn best_successor(metrics: &RaftMetrics) -> Option<NodeId> {
-    let voters = metrics.membership_config.membership().voter_ids();
+    let voters = metrics.membership().voter_ids();
     let replication = metrics.replication.as_ref();
     voters.filter(|id| *id != metrics.id).max_by_key(|id| {
         replication

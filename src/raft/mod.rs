@@ -70,6 +70,36 @@ openraft::declare_raft_types!(
         Node = NodeInfo,
 );
 
+/// The membership a metrics snapshot carries: the one place that knows
+/// where openraft keeps it, so callers ask for a member or the voters.
+pub trait MembershipView {
+    fn membership(&self) -> &openraft::Membership<NodeId, NodeInfo>;
+
+    /// The member `id`'s addresses, if it is a member (voter or learner).
+    fn member(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.membership().get_node(&id)
+    }
+
+    /// The voters' ids, ascending.
+    fn voters(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.membership().voter_ids().collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+impl MembershipView for RaftMetrics {
+    fn membership(&self) -> &openraft::Membership<NodeId, NodeInfo> {
+        self.membership_config.membership()
+    }
+}
+
+impl MembershipView for openraft::metrics::RaftServerMetrics<TypeConfig> {
+    fn membership(&self) -> &openraft::Membership<NodeId, NodeInfo> {
+        self.membership_config.membership()
+    }
+}
+
 /// A snapshot's bytes: the JSON of the applied state.
 pub type SnapshotData = Vec<u8>;
 

@@ -44,6 +44,7 @@ use crate::proto::worker::{
     GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, StatsAck, StatsReport,
 };
 use crate::raft::store::StateMachineStore;
+use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft, RaftMetrics};
 use crate::store::{QueueSizes, SharedStore};
 
@@ -141,7 +142,7 @@ impl Coordinator {
     fn not_leader(&self, m: &RaftMetrics) -> CoordError {
         let leader_admin = m
             .current_leader
-            .and_then(|id| m.membership_config.membership().get_node(&id))
+            .and_then(|id| m.member(id))
             .map(|n| n.admin_addr.clone());
         CoordError::NotLeader {
             leader: m.current_leader,
@@ -165,7 +166,7 @@ impl Coordinator {
         }
         let freshness = self.inner.settings.leader_freshness;
         let alone = {
-            let mut voters = m.membership_config.membership().voter_ids();
+            let mut voters = m.membership().voter_ids();
             voters.next() == Some(self.inner.node_id) && voters.next().is_none()
         };
         let fresh = alone
@@ -226,7 +227,7 @@ impl Coordinator {
         let m = self.metrics();
         let term = self.leading(&m)?;
         let node = req.node_id;
-        if m.membership_config.membership().get_node(&node).is_none() {
+        if m.member(node).is_none() {
             return Err(CoordError::UnknownNode(node));
         }
         let committed = m.local_committed.map_or(0, |c| c.index());
@@ -409,7 +410,7 @@ impl Coordinator {
         let m = self.metrics();
         let term = self.leading(&m)?;
         let node = req.node_id;
-        if m.membership_config.membership().get_node(&node).is_none() {
+        if m.member(node).is_none() {
             return Err(CoordError::UnknownNode(node));
         }
         let shard_count = self.inner.state_machine.latest().cluster.shard_count;
@@ -469,7 +470,7 @@ impl Coordinator {
     ) -> Result<u32, CoordError> {
         let m = self.metrics();
         let term = self.leading(&m)?;
-        if m.membership_config.membership().get_node(&node).is_none() {
+        if m.member(node).is_none() {
             return Err(CoordError::UnknownNode(node));
         }
         let owned = self
@@ -612,12 +613,7 @@ impl Coordinator {
     /// log. Repeated at each of its own refused heartbeats until it follows.
     async fn step_down(&self, m: &RaftMetrics) {
         let me = self.inner.node_id;
-        let Some(target) = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .find(|v| *v != me)
-        else {
+        let Some(target) = m.membership().voter_ids().find(|v| *v != me) else {
             tracing::error!("this leader's state machine is stuck and no other voter can lead");
             return;
         };
@@ -632,9 +628,5 @@ impl Coordinator {
 }
 
 fn member_ids(m: &RaftMetrics) -> BTreeSet<NodeId> {
-    m.membership_config
-        .membership()
-        .nodes()
-        .map(|(id, _)| *id)
-        .collect()
+    m.membership().nodes().map(|(id, _)| *id).collect()
 }

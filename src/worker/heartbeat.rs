@@ -22,6 +22,7 @@ use super::WorkerShared;
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
 use crate::proto::worker::{HeartbeatRequest, HeartbeatResponse, ShardReport, TaskCounters};
 use crate::raft::network::Channels;
+use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft, TypeConfig};
 use crate::shutdown::ShutdownListener;
 
@@ -77,7 +78,7 @@ pub fn build_report(shared: &WorkerShared) -> HeartbeatRequest {
         applied_index,
         running,
         lease_remaining_ms: shared.lease_remaining().map_or(0, |d| d.as_millis() as u64),
-        fenced_writes: shared.stats.fenced_writes.load(Ordering::Relaxed),
+        fenced_writes: shared.metrics.fenced_writes.get(),
         tasks: Some(task_counters(shared)),
         incarnation: shared.incarnation,
         seq: shared.report_seq.fetch_add(1, Ordering::SeqCst) + 1,
@@ -98,12 +99,13 @@ pub fn build_report(shared: &WorkerShared) -> HeartbeatRequest {
 /// This node's housekeeping counters.
 pub fn task_counters(shared: &WorkerShared) -> TaskCounters {
     let s = &shared.stats;
+    let counts = shared.counts();
     TaskCounters {
-        calls: s.calls.load(Ordering::Relaxed),
-        unlocked_ack: s.unlocked_ack.load(Ordering::Relaxed),
-        unlocked_nack: s.unlocked_nack.load(Ordering::Relaxed),
-        timed_out: s.timed_out.load(Ordering::Relaxed),
-        errors: s.store_errors.load(Ordering::Relaxed),
+        calls: counts.calls,
+        unlocked_ack: counts.unlocked_ack,
+        unlocked_nack: counts.unlocked_nack,
+        timed_out: counts.timed_out,
+        errors: counts.store_errors,
         last_run_ms: s.last_run_ms.load(Ordering::Relaxed),
         last_success_ms: s.last_success_ms.load(Ordering::Relaxed),
     }
@@ -145,11 +147,7 @@ impl HeartbeatLoop {
             let Some(leader) = m.current_leader else {
                 return;
             };
-            let addr = m
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.raft_addr.clone());
+            let addr = m.member(leader).map(|n| n.raft_addr.clone());
             (leader, addr)
         };
         let report = build_report(&self.shared);

@@ -117,15 +117,11 @@ impl WorkerSettings {
     }
 }
 
-/// Counters a node keeps about its own work.
+/// Counts a node keeps about its own work that Prometheus does not break
+/// down the same way (calls, fenced writes and store errors are counted
+/// in the Prometheus counters only: see [`WorkerShared::counts`]).
 #[derive(Debug, Default)]
 pub struct WorkerStats {
-    /// Store operations rejected because a newer owner had written.
-    pub fenced_writes: AtomicU64,
-    /// Store operations that failed for other reasons.
-    pub store_errors: AtomicU64,
-    /// Housekeeping calls that succeeded.
-    pub calls: AtomicU64,
     pub unlocked_ack: AtomicU64,
     pub unlocked_nack: AtomicU64,
     pub timed_out: AtomicU64,
@@ -210,6 +206,20 @@ impl Freeze {
             }
         }
     }
+}
+
+/// A node's housekeeping counts (see [`WorkerShared::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerCounts {
+    /// Housekeeping calls that succeeded.
+    pub calls: u64,
+    /// Store operations rejected because a newer owner had written.
+    pub fenced_writes: u64,
+    /// Store operations that failed for another reason.
+    pub store_errors: u64,
+    pub unlocked_ack: u64,
+    pub unlocked_nack: u64,
+    pub timed_out: u64,
 }
 
 /// What `ctl status` shows of this node's worker: a read model, so the
@@ -498,12 +508,26 @@ impl WorkerShared {
     }
 
     /// How shard tasks find new locks right now.
+    /// This node's housekeeping counts, each read from the one place it is
+    /// counted.
+    pub fn counts(&self) -> WorkerCounts {
+        let m = &self.metrics;
+        WorkerCounts {
+            calls: m.task_runs.with_label_values(&["ok"]).get(),
+            fenced_writes: m.fenced_writes.get(),
+            store_errors: m.store_errors.get(),
+            unlocked_ack: self.stats.unlocked_ack.load(Ordering::Relaxed),
+            unlocked_nack: self.stats.unlocked_nack.load(Ordering::Relaxed),
+            timed_out: self.stats.timed_out.load(Ordering::Relaxed),
+        }
+    }
+
     /// This worker's state for `ctl status`.
     pub fn status(&self) -> WorkerStatus {
         WorkerStatus {
             shards_running: self.running().len(),
             lease_remaining: self.lease_remaining(),
-            fenced_writes: self.stats.fenced_writes.load(Ordering::Relaxed),
+            fenced_writes: self.metrics.fenced_writes.get(),
             scheduling: self.scheduling().describe(),
             notifications: self.settings.notifications.as_str(),
         }

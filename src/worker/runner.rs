@@ -284,7 +284,6 @@ async fn housekeep_queue(
             shared
                 .metrics
                 .record_housekeep(queue, &out, started.elapsed().as_secs_f64() * 1000.0);
-            stats.calls.fetch_add(1, Ordering::Relaxed);
             stats
                 .last_success_ms
                 .store(now_ms.max(0) as u64, Ordering::Relaxed);
@@ -343,7 +342,6 @@ async fn housekeep_queue(
         Err(e) => {
             shared.metrics.task_runs.with_label_values(&["error"]).inc();
             shared.metrics.store_errors.inc();
-            stats.store_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(node = shared.node_id, queue, error = %e, "housekeeping failed; backing off");
             QueueResult::Next(Instant::now() + STORE_RETRY)
         }
@@ -569,7 +567,6 @@ async fn run_shard(
                 }
                 QueueResult::Skipped => queues.schedule.set(&queue, Instant::now()),
                 QueueResult::Fenced(e) => {
-                    shared.stats.fenced_writes.fetch_add(1, Ordering::Relaxed);
                     let fence = match &e {
                         StoreError::Fenced { fence, .. } => *fence,
                         _ => 0,
