@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{Mode, ShardInbox};
+use super::events::{Mode, Scheduling, ShardInbox};
 use super::schedule::{next_call, CallResult, QueueSchedule};
 use super::{RunningShard, TaskRunState, WorkerShared};
 use crate::cluster::shards::{fence_token, token_epoch};
@@ -459,51 +459,136 @@ async fn run_shard(
         epoch: fence_token(shared.generation(), epoch),
         node: shared.node_id,
     };
-    let mut task_state = shared.watch_task_state();
-    let mut scheduling = shared.watch_scheduling();
-    let mut lists = shared.watch_lists();
+    let mut watch = ShardWatch::new(&shared);
     let mut queues = ShardQueues {
         shard,
         schedule: QueueSchedule::new(shared.settings.call_spacing),
         list: None,
         adopted: HashSet::new(),
     };
-    let mut seen_run = *task_state.borrow();
-    let mut seen_generation = scheduling.borrow().generation;
-    // When the queue list was last asked for, while the shard has none.
-    let mut asked_for_list: Option<Instant> = None;
     let pass_limit = shared.settings.concurrency * PASS_CALLS_PER_SLOT;
     while !cancel.is_cancelled() {
-        lists.borrow_and_update();
         let now = Instant::now();
-        match shared.queues_of(shard) {
+        let (run, mode) = watch.refresh(&shared, &mut queues, &inbox, now);
+        // A bounded pass, so that announced queues are not held up behind a
+        // sweep of every queue of the shard.
+        let due = queues.schedule.pop_due(now, pass_limit);
+        let worked = !due.is_empty();
+        let pass = Pass {
+            shared: &shared,
+            shard,
+            epoch,
+            fence,
+            run,
+            mode,
+        };
+        if pass.run(&mut queues, due, &cancel).await == PassEnd::Ending {
+            // Moved away, stopped or fenced: what came back is recorded,
+            // the rest of the pass was skipped.
+            return;
+        }
+        if worked {
+            // A store that answers at once (the embedded one, or Redis under
+            // a long sweep) never makes this task wait: give the runtime's
+            // other tasks (Raft, heartbeats) their turn after every pass.
+            tokio::task::yield_now().await;
+        }
+        count_pass(&shared, &passes, &queues, worked);
+        watch.wait(&queues, &inbox, &cancel).await;
+    }
+}
+
+/// The first pass after the list arrived visits its queues (none, for a
+/// shard without queues); later ones count only rounds with calls. The
+/// first pass at an epoch tells the leader now, not at the next heartbeat
+/// (`ctl shards` shows the shard as worked).
+fn count_pass(shared: &WorkerShared, passes: &AtomicU64, queues: &ShardQueues, worked: bool) {
+    // "First pass": the list arrived and its initial backlog is done.
+    let first = passes.load(Ordering::Relaxed) == 0
+        && queues.list.is_some()
+        && queues
+            .schedule
+            .next_wake()
+            .is_none_or(|w| w > Instant::now());
+    if worked || first {
+        passes.fetch_add(1, Ordering::Relaxed);
+    }
+    if first {
+        shared.report_now.notify_one();
+    }
+}
+
+/// What a shard task watches between passes: the task settings (pause,
+/// trigger), the scheduling mode, and the queue lists.
+struct ShardWatch {
+    task_state: watch::Receiver<TaskRunState>,
+    scheduling: watch::Receiver<Scheduling>,
+    lists: watch::Receiver<u64>,
+    seen_run: TaskRunState,
+    seen_generation: u64,
+    /// When the queue list was last asked for, while the shard has none.
+    asked_for_list: Option<Instant>,
+}
+
+impl ShardWatch {
+    fn new(shared: &WorkerShared) -> Self {
+        let task_state = shared.watch_task_state();
+        let scheduling = shared.watch_scheduling();
+        let seen_run = *task_state.borrow();
+        let seen_generation = scheduling.borrow().generation;
+        Self {
+            task_state,
+            scheduling,
+            lists: shared.watch_lists(),
+            seen_run,
+            seen_generation,
+            asked_for_list: None,
+        }
+    }
+
+    /// Brings `queues` up to date before a pass: the latest list, every
+    /// queue due at once after a trigger, resume or (re)subscription, and
+    /// the queues lock events announced. Returns the task settings and the
+    /// scheduling mode the pass runs with.
+    fn refresh(
+        &mut self,
+        shared: &WorkerShared,
+        queues: &mut ShardQueues,
+        inbox: &ShardInbox,
+        now: Instant,
+    ) -> (TaskRunState, Mode) {
+        self.lists.borrow_and_update();
+        match shared.queues_of(queues.shard) {
             Some(list) => {
-                asked_for_list = None;
-                queues.apply_list(&shared, list, now);
+                self.asked_for_list = None;
+                queues.apply_list(shared, list, now);
             }
             None => {
                 // Newly owned (or the leader has no discovery yet): ask for
                 // the list now, and again every QUEUE_LIST_WAIT; announced
                 // queues are worked meanwhile.
-                if asked_for_list.is_none_or(|at| now >= at + QUEUE_LIST_WAIT) {
+                if self
+                    .asked_for_list
+                    .is_none_or(|at| now >= at + QUEUE_LIST_WAIT)
+                {
                     shared.sync_now.notify_one();
-                    asked_for_list = Some(now);
+                    self.asked_for_list = Some(now);
                 }
             }
         }
-        let run = *task_state.borrow_and_update();
-        let sched = scheduling.borrow_and_update().clone();
-        if run != seen_run || sched.generation != seen_generation {
+        let run = *self.task_state.borrow_and_update();
+        let sched = self.scheduling.borrow_and_update().clone();
+        if run != self.seen_run || sched.generation != self.seen_generation {
             // Triggered, resumed or paused, or (re)subscribed: call every
             // queue now (events may have been missed). Fallen back to
             // polling: every queue within poll_interval, as polling does.
-            let by = if run == seen_run && sched.mode == Mode::Polling {
+            let by = if run == self.seen_run && sched.mode == Mode::Polling {
                 now + shared.settings.poll_interval
             } else {
                 now
             };
-            seen_run = run;
-            seen_generation = sched.generation;
+            self.seen_run = run;
+            self.seen_generation = sched.generation;
             queues.schedule.call_all_by(by);
         }
         let (announced, overflow) = inbox.take();
@@ -511,25 +596,75 @@ async fn run_shard(
         if overflow {
             queues.schedule.call_all_by(now);
         }
-        // A bounded pass, so that announced queues are not held up behind a
-        // sweep of every queue of the shard.
-        let due = queues.schedule.pop_due(now, pass_limit);
-        let worked = !due.is_empty();
-        // Cancelled with the task, or by a fenced result: no call of this
-        // pass starts after that, and the ones already sent are awaited, so
-        // a task that has ended (and is reported stopped) has no call left
-        // in flight.
+        (run, sched.mode)
+    }
+
+    /// Sleeps until the next queue is due (or the list is to be asked for
+    /// again), or anything watched changes.
+    async fn wait(&mut self, queues: &ShardQueues, inbox: &ShardInbox, cancel: &CancellationToken) {
+        let wake = match self.asked_for_list {
+            Some(at) => Some(
+                queues
+                    .schedule
+                    .next_wake()
+                    .map_or(at + QUEUE_LIST_WAIT, |w| w.min(at + QUEUE_LIST_WAIT)),
+            ),
+            None => queues.schedule.next_wake(),
+        };
+        tokio::select! {
+            _ = sleep_until(wake) => {}
+            _ = inbox.wake.notified() => {}
+            _ = self.task_state.changed() => {}
+            _ = self.scheduling.changed() => {}
+            _ = self.lists.changed() => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+}
+
+/// How a pass ended.
+#[derive(Debug, PartialEq, Eq)]
+enum PassEnd {
+    Done,
+    /// The task is ending: cancelled, or fenced on one of its queues.
+    Ending,
+}
+
+/// One pass of a shard task over its due queues: what every call of the
+/// pass shares.
+struct Pass<'a> {
+    shared: &'a Arc<WorkerShared>,
+    shard: u32,
+    epoch: u64,
+    fence: Fence,
+    run: TaskRunState,
+    mode: Mode,
+}
+
+impl Pass<'_> {
+    /// Calls the `due` queues, `tasks.concurrency` at a time, and records
+    /// each result in `queues`. Cancelled with the task, or by a fenced
+    /// result, no call of the pass starts after that, and the ones already
+    /// in flight are awaited (up to [`ENDING_DRAIN`]), so a task that has
+    /// ended (and is reported stopped) has no call left in flight.
+    async fn run(
+        &self,
+        queues: &mut ShardQueues,
+        due: Vec<Arc<str>>,
+        cancel: &CancellationToken,
+    ) -> PassEnd {
         let ending = cancel.child_token();
         let calls = due.into_iter().map(|q| {
-            let shared = shared.clone();
             let ending = ending.clone();
             async move {
-                let result = housekeep_queue(&shared, &q, fence, run, sched.mode, &ending).await;
+                let result =
+                    housekeep_queue(self.shared, &q, self.fence, self.run, self.mode, &ending)
+                        .await;
                 (q, result)
             }
         });
         let mut results =
-            futures::stream::iter(calls).buffer_unordered(shared.settings.concurrency);
+            futures::stream::iter(calls).buffer_unordered(self.shared.settings.concurrency);
         // Once the task is ending, its calls in flight get this long to come
         // back; past it they are dropped (the fence still covers one that
         // reaches the store later).
@@ -543,88 +678,60 @@ async fn run_shard(
                 }
                 _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)),
                     if give_up.is_some() => {
-                    if shared.freeze.is_frozen() {
+                    if self.shared.freeze.is_frozen() {
                         // The test stand-in for SIGSTOP: a stopped process's
                         // timers do not run either.
                         give_up = Some(tokio::time::Instant::now() + ENDING_DRAIN);
                         continue;
                     }
                     tracing::warn!(
-                        node = shared.node_id,
-                        shard,
-                        epoch,
+                        node = self.shared.node_id,
+                        shard = self.shard,
+                        epoch = self.epoch,
                         "calls still in flight {ENDING_DRAIN:?} after the shard task was stopped: dropped"
                     );
                     break;
                 }
             };
             let Some((queue, result)) = next else { break };
-            match result {
-                QueueResult::Next(at) => queues.schedule.set(&queue, at),
-                QueueResult::Gone => {
-                    let later = Instant::now() + look_again(&shared, sched.mode);
-                    queues.gone(&queue, later);
-                }
-                QueueResult::Skipped => queues.schedule.set(&queue, Instant::now()),
-                QueueResult::Fenced(e) => {
-                    let fence = match &e {
-                        StoreError::Fenced { fence, .. } => *fence,
-                        _ => 0,
-                    };
-                    shared.record_fenced(shard, epoch, fence);
-                    if !ending.is_cancelled() {
-                        tracing::info!(node = shared.node_id, shard, epoch, error = %e, "fenced: a newer owner wrote; dropping shard");
-                    }
-                    ending.cancel();
-                    shared.changed.notify_one();
-                }
-            }
+            self.settle(queues, &queue, result, &ending);
         }
-        drop(results);
         if ending.is_cancelled() {
-            // Moved away, stopped or fenced: what came back is recorded,
-            // the rest of the pass was skipped.
-            return;
+            PassEnd::Ending
+        } else {
+            PassEnd::Done
         }
-        if worked {
-            // A store that answers at once (the embedded one, or Redis under
-            // a long sweep) never makes this task wait: give the runtime's
-            // other tasks (Raft, heartbeats) their turn after every pass.
-            tokio::task::yield_now().await;
-        }
-        // The first pass after the list arrived visits its queues (none, for
-        // a shard without queues); later ones count only rounds with calls.
-        // "First pass": the list arrived and its initial backlog is done.
-        let first = passes.load(Ordering::Relaxed) == 0
-            && queues.list.is_some()
-            && queues
-                .schedule
-                .next_wake()
-                .is_none_or(|w| w > Instant::now());
-        if worked || first {
-            passes.fetch_add(1, Ordering::Relaxed);
-        }
-        if first {
-            // First pass at this epoch: tell the leader now, not at the
-            // next heartbeat (`ctl shards` shows the shard as worked).
-            shared.report_now.notify_one();
-        }
-        let wake = match asked_for_list {
-            Some(at) => Some(
-                queues
-                    .schedule
-                    .next_wake()
-                    .map_or(at + QUEUE_LIST_WAIT, |w| w.min(at + QUEUE_LIST_WAIT)),
-            ),
-            None => queues.schedule.next_wake(),
-        };
-        tokio::select! {
-            _ = sleep_until(wake) => {}
-            _ = inbox.wake.notified() => {}
-            _ = task_state.changed() => {}
-            _ = scheduling.changed() => {}
-            _ = lists.changed() => {}
-            _ = cancel.cancelled() => {}
+    }
+
+    /// Records one call's result: when to call the queue again, or that it
+    /// is gone, or that the store fenced this task (which ends the pass).
+    fn settle(
+        &self,
+        queues: &mut ShardQueues,
+        queue: &Arc<str>,
+        result: QueueResult,
+        ending: &CancellationToken,
+    ) {
+        match result {
+            QueueResult::Next(at) => queues.schedule.set(queue, at),
+            QueueResult::Gone => {
+                let later = Instant::now() + look_again(self.shared, self.mode);
+                queues.gone(queue, later);
+            }
+            QueueResult::Skipped => queues.schedule.set(queue, Instant::now()),
+            QueueResult::Fenced(e) => {
+                let fence = match &e {
+                    StoreError::Fenced { fence, .. } => *fence,
+                    _ => 0,
+                };
+                let (shard, epoch) = (self.shard, self.epoch);
+                self.shared.record_fenced(shard, epoch, fence);
+                if !ending.is_cancelled() {
+                    tracing::info!(node = self.shared.node_id, shard, epoch, error = %e, "fenced: a newer owner wrote; dropping shard");
+                }
+                ending.cancel();
+                self.shared.changed.notify_one();
+            }
         }
     }
 }
