@@ -34,6 +34,7 @@ pub mod bootstrap;
 mod creation;
 pub mod identity;
 mod metrics_http;
+mod servers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,26 +44,19 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
 
-use crate::admin::service::AdminService;
 use crate::config::NodeConfig;
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
 use crate::proto::worker::HandBackRequest;
-use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::raft::network::{Channels, NetworkFactory};
-use crate::raft::service::RaftRpc;
 use crate::raft::store::{self, StateMachineStore};
 use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft, RaftMetrics};
-use crate::shutdown::{Shutdown, ShutdownListener};
+use crate::shutdown::Shutdown;
 use crate::store::SharedStore;
 use crate::worker::coordinator::Coordinator;
 use crate::worker::heartbeat::HeartbeatLoop;
-use crate::worker::service::WorkerRpc;
 use crate::worker::{runner, WorkerSettings, WorkerShared};
-use metrics_http::{serve_metrics, MetricsSource};
 
 /// How long a leader waits for its successor before shutting down anyway.
 const HANDOFF_DEADLINE: Duration = Duration::from_secs(3);
@@ -218,7 +212,7 @@ impl Node {
             channels,
         };
         let shutdown = Shutdown::new();
-        let mut tasks = serve(&config, &parts, security, listeners, &shutdown).await?;
+        let mut tasks = servers::serve(&config, &parts, security, listeners, &shutdown).await?;
         tasks.extend(spawn_loops(&config, &parts, &shutdown));
         tracing::info!(
             node_id = config.node_id,
@@ -410,20 +404,6 @@ fn best_successor(metrics: &RaftMetrics) -> Option<NodeId> {
     })
 }
 
-/// A server builder, with mutual TLS when the node has certificates.
-fn server_builder(tls: Option<&crate::tls::Tls>, key: &'static str) -> Result<Server, NodeError> {
-    let builder = Server::builder();
-    match tls {
-        Some(tls) => builder
-            .tls_config(tls.server.clone())
-            .map_err(|e| NodeError::Tls {
-                key,
-                message: format!("TLS setup failed: {e}"),
-            }),
-        None => Ok(builder),
-    }
-}
-
 /// The addresses the listeners are bound to (port 0 resolved).
 struct Addrs {
     raft: SocketAddr,
@@ -564,72 +544,6 @@ struct Parts {
 
 type Tasks = Vec<(&'static str, JoinHandle<()>)>;
 
-/// Step 5: the Raft and worker gRPC server, the admin server and the
-/// metrics endpoint, each stopped by `shutdown`.
-async fn serve(
-    config: &NodeConfig,
-    parts: &Parts,
-    security: Security,
-    listeners: Listeners,
-    shutdown: &Shutdown,
-) -> Result<Tasks, NodeError> {
-    let raft_service = RaftRpc::new(
-        parts.raft.clone(),
-        config.node_id,
-        config.cluster.name.clone(),
-        parts.state_machine.clone(),
-        security.senders.clone(),
-    )
-    .into_server();
-    let worker_service = WorkerRpc::new(parts.coordinator.clone(), security.senders).into_server();
-    let mut stop = shutdown.listener();
-    let incoming = TcpListenerStream::new(listeners.raft);
-    let raft_server = server_builder(security.tls.as_ref(), "raft_addr")?;
-    let raft_task = tokio::spawn(async move {
-        let result = raft_server
-            .layer(crate::admin::grpc_errors::DecodeErrorLayer)
-            .add_service(raft_service)
-            .add_service(worker_service)
-            .serve_with_incoming_shutdown(incoming, async move { stop.recv().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "raft server failed");
-        }
-    });
-    let admin_service = AdminService::new(
-        parts.raft.clone(),
-        parts.state_machine.clone(),
-        config.cluster.name.clone(),
-        parts.worker.clone(),
-        parts.coordinator.clone(),
-        parts.channels.clone(),
-    )
-    .with_auth(crate::admin::auth::Auth::new(security.admin_token));
-    let admin_server = server_builder(security.tls.as_ref(), "admin_addr")?;
-    let admin_task = spawn_admin_server(
-        admin_server,
-        admin_service,
-        listeners.admin,
-        shutdown.listener(),
-    )
-    .await;
-    let metrics_task = tokio::spawn(serve_metrics(
-        listeners.metrics,
-        MetricsSource {
-            raft: parts.raft.clone(),
-            state_machine: parts.state_machine.clone(),
-            worker: parts.worker.clone(),
-            coordinator: parts.coordinator.clone(),
-        },
-        shutdown.listener(),
-    ));
-    Ok(vec![
-        ("raft server", raft_task),
-        ("admin server", admin_task),
-        ("metrics server", metrics_task),
-    ])
-}
-
 /// Step 6: the background loops, each stopped by `shutdown`.
 fn spawn_loops(config: &NodeConfig, parts: &Parts, shutdown: &Shutdown) -> Tasks {
     let sync = crate::worker::sync::SyncLoop {
@@ -686,52 +600,6 @@ fn spawn_loops(config: &NodeConfig, parts: &Parts, shutdown: &Shutdown) -> Tasks
         ),
         ("role watcher", tokio::spawn(role.run(shutdown.listener()))),
     ]
-}
-
-async fn spawn_admin_server(
-    server: Server,
-    admin: AdminService,
-    listener: TcpListener,
-    mut stop: ShutdownListener,
-) -> JoinHandle<()> {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<crate::proto::admin::admin_server::AdminServer<AdminService>>()
-        .await;
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1();
-    let reflection_v1alpha = reflection().build_v1alpha();
-    let incoming = TcpListenerStream::new(listener);
-    tokio::spawn(async move {
-        let (reflection_v1, reflection_v1alpha) = match (reflection_v1, reflection_v1alpha) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "cannot build reflection service");
-                return;
-            }
-        };
-        let result = server
-            .layer(crate::admin::grpc_errors::DecodeErrorLayer)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(admin.into_server())
-            .serve_with_incoming_shutdown(incoming, async move {
-                stop.recv().await;
-                // Tell health checkers first, so load balancers stop sending.
-                health_reporter
-                    .set_not_serving::<crate::proto::admin::admin_server::AdminServer<AdminService>>()
-                    .await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    })
 }
 
 fn millis(d: Duration) -> u64 {

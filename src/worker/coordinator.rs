@@ -219,19 +219,19 @@ impl Coordinator {
         }
     }
 
-    /// A follower's (or this node's own) heartbeat.
-    pub async fn on_heartbeat(
+    /// Whether the heartbeat `req` may renew its sender's lease: a node
+    /// behind the log (by entries in a busy log, by time in a quiet one:
+    /// its state machine is stuck) may not, nor one that runs a shard the
+    /// table gave to another node (it was declared gone and came back).
+    async fn check_acknowledgeable(
         &self,
-        req: HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, CoordError> {
-        let m = self.metrics();
-        let term = self.leading(&m)?;
+        m: &RaftMetrics,
+        term: u64,
+        req: &HeartbeatRequest,
+        now: Instant,
+    ) -> Result<(), CoordError> {
         let node = req.node_id;
-        if m.member(node).is_none() {
-            return Err(CoordError::UnknownNode(node));
-        }
         let committed = m.local_committed.map_or(0, |c| c.index());
-        let now = Instant::now();
         // Behind by entries (a busy log) or by time (a quiet log): a node
         // whose state machine is stuck must lose its lease either way.
         let applied_long_ago = self.with_view(term, |view| {
@@ -253,7 +253,7 @@ impl Coordinator {
                 // This leader's own state machine is stuck: its worker
                 // loses its lease, and the planner, which counts the leader
                 // as live, would never move its shards. Lead no longer.
-                self.step_down(&m).await;
+                self.step_down(m).await;
             }
             return Err(CoordError::Lagging {
                 node,
@@ -283,6 +283,23 @@ impl Coordinator {
                 epoch: run.epoch,
             });
         }
+        Ok(())
+    }
+
+    /// A follower's (or this node's own) heartbeat.
+    pub async fn on_heartbeat(
+        &self,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, CoordError> {
+        let m = self.metrics();
+        let term = self.leading(&m)?;
+        let node = req.node_id;
+        if m.member(node).is_none() {
+            return Err(CoordError::UnknownNode(node));
+        }
+        let now = Instant::now();
+        self.check_acknowledgeable(&m, term, &req, now).await?;
+        let committed = m.local_committed.map_or(0, |c| c.index());
         let report = Report {
             received_at: now,
             applied_index: req.applied_index,
