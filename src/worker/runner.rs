@@ -19,7 +19,7 @@ use crate::cluster::TaskKind;
 use crate::locks::lock;
 use crate::raft::store::AppliedState;
 use crate::shutdown::ShutdownListener;
-use crate::store::{now_ms, EventKind, Fence, HousekeepRequest, StoreError};
+use crate::store::{now_ms, EventKind, Fence, HousekeepOutcome, HousekeepRequest, StoreError};
 
 /// How long a task waits before retrying after a store error.
 const STORE_RETRY: Duration = Duration::from_millis(200);
@@ -280,49 +280,7 @@ async fn housekeep_queue(
         .store(now_ms.max(0) as u64, Ordering::Relaxed);
     let started = Instant::now();
     match shared.store.housekeep(queue, req, fence).await {
-        Ok(out) => {
-            shared
-                .metrics
-                .record_housekeep(queue, &out, started.elapsed().as_secs_f64() * 1000.0);
-            stats
-                .last_success_ms
-                .store(now_ms.max(0) as u64, Ordering::Relaxed);
-            if out.gone {
-                lock(&shared.queue_stats).forget_queue(fence.shard, queue);
-                return QueueResult::Gone;
-            }
-            // Statistics are keyed by the shard's epoch (a log index), as
-            // the leader's shard table is; the fence carries the token.
-            let epoch = token_epoch(fence.epoch);
-            lock(&shared.queue_stats).record(fence.shard, epoch, queue, out.sizes);
-            stats
-                .unlocked_ack
-                .fetch_add(out.unlocked_ack, Ordering::Relaxed);
-            stats
-                .unlocked_nack
-                .fetch_add(out.unlocked_nack, Ordering::Relaxed);
-            stats.timed_out.fetch_add(out.timed_out, Ordering::Relaxed);
-            if out.moved() > 0 {
-                tracing::debug!(
-                    queue,
-                    acks = out.unlocked_ack,
-                    nacks = out.unlocked_nack,
-                    timeouts = out.timed_out,
-                    "housekept"
-                );
-            }
-            let result = CallResult {
-                now_ms,
-                next_due_ms: out.next_due_ms,
-                more_due: out.more_due(now_ms),
-            };
-            QueueResult::Next(next_call(
-                started,
-                result,
-                look_again(shared, mode),
-                shared.settings.call_spacing,
-            ))
-        }
+        Ok(out) => on_success(shared, queue, fence, out, now_ms, started, mode),
         Err(e @ StoreError::Fenced { .. }) => {
             shared
                 .metrics
@@ -346,6 +304,61 @@ async fn housekeep_queue(
             QueueResult::Next(Instant::now() + STORE_RETRY)
         }
     }
+}
+
+/// Books a successful call: metrics, the queue's figures for the leader,
+/// counts; returns when to call the queue again (or that it is gone).
+fn on_success(
+    shared: &WorkerShared,
+    queue: &str,
+    fence: Fence,
+    out: HousekeepOutcome,
+    now_ms: i64,
+    started: Instant,
+    mode: Mode,
+) -> QueueResult {
+    let stats = &shared.stats;
+    shared
+        .metrics
+        .record_housekeep(queue, &out, started.elapsed().as_secs_f64() * 1000.0);
+    stats
+        .last_success_ms
+        .store(now_ms.max(0) as u64, Ordering::Relaxed);
+    if out.gone {
+        lock(&shared.queue_stats).forget_queue(fence.shard, queue);
+        return QueueResult::Gone;
+    }
+    // Statistics are keyed by the shard's epoch (a log index), as
+    // the leader's shard table is; the fence carries the token.
+    let epoch = token_epoch(fence.epoch);
+    lock(&shared.queue_stats).record(fence.shard, epoch, queue, out.sizes);
+    stats
+        .unlocked_ack
+        .fetch_add(out.unlocked_ack, Ordering::Relaxed);
+    stats
+        .unlocked_nack
+        .fetch_add(out.unlocked_nack, Ordering::Relaxed);
+    stats.timed_out.fetch_add(out.timed_out, Ordering::Relaxed);
+    if out.moved() > 0 {
+        tracing::debug!(
+            queue,
+            acks = out.unlocked_ack,
+            nacks = out.unlocked_nack,
+            timeouts = out.timed_out,
+            "housekept"
+        );
+    }
+    let result = CallResult {
+        now_ms,
+        next_due_ms: out.next_due_ms,
+        more_due: out.more_due(now_ms),
+    };
+    QueueResult::Next(next_call(
+        started,
+        result,
+        look_again(shared, mode),
+        shared.settings.call_spacing,
+    ))
 }
 
 /// Calls per concurrency slot in one pass of a shard task (between two
