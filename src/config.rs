@@ -376,10 +376,7 @@ fn validate(config: &NodeConfig) -> Check {
     }
     config.raft.check()?;
     config.worker.check()?;
-    config
-        .tasks
-        .check()
-        .map_err(|(key, message)| (key.to_string(), message))?;
+    config.tasks.check()?;
     config.security.check()?;
     config.metrics.check()?;
     config.store.check()?;

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{invalid, Check};
+
 /// Whether owners learn of new locks from Redis keyspace notifications.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,36 +102,36 @@ fn default_concurrency() -> usize {
 pub const MAX_BATCH: usize = 4000;
 
 impl TaskTuning {
-    /// The section's own checks: `Err((key, message))`.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    /// The section's own checks.
+    pub(super) fn check(&self) -> Check {
         if self.batch == 0 || self.batch > MAX_BATCH {
-            return Err((
+            return invalid(
                 "tasks.batch",
                 format!("{} is outside 1..={MAX_BATCH}", self.batch),
-            ));
+            );
         }
         for (key, value) in [
             ("tasks.sweep_interval", self.sweep_interval),
             ("tasks.poll_interval", self.poll_interval),
         ] {
             if value.is_zero() || value > Duration::from_secs(3600) {
-                return Err((key, format!("{value:?} is outside (0, 1h]")));
+                return invalid(key, format!("{value:?} is outside (0, 1h]"));
             }
         }
         if self.call_spacing > self.poll_interval.min(self.sweep_interval) {
-            return Err((
+            return invalid(
                 "tasks.call_spacing",
                 format!(
                     "{:?} is longer than tasks.poll_interval or tasks.sweep_interval",
                     self.call_spacing
                 ),
-            ));
+            );
         }
         if self.concurrency == 0 || self.concurrency > 1024 {
-            return Err((
+            return invalid(
                 "tasks.concurrency",
                 format!("{} is outside 1..=1024", self.concurrency),
-            ));
+            );
         }
         Ok(())
     }

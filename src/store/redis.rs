@@ -159,6 +159,24 @@ impl RedisStore {
     }
 }
 
+/// One `SCAN` step over the keys matching `pattern`: the next cursor (0
+/// when the scan is complete) and this step's keys.
+async fn scan_page(
+    con: &mut ConnectionManager,
+    pattern: &str,
+    cursor: u64,
+) -> Result<(u64, Vec<String>), StoreError> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1000)
+        .query_async(con)
+        .await
+        .map_err(unavailable)
+}
+
 /// `now_ms` is the caller's clock; the script may have used an earlier
 /// "now" (Redis's clock, when the caller's runs ahead): its `next_due` is
 /// moved onto the caller's clock by the difference, so a caller ahead of
@@ -209,15 +227,7 @@ impl QueueStore for RedisStore {
             let pattern = discovery_pattern(&self.prefix);
             let mut cursor: u64 = 0;
             loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(unavailable)?;
+                let (next, keys) = scan_page(&mut con, &pattern, cursor).await?;
                 for key in &keys {
                     // Deckard's four sets say a queue exists; a fence or an
                     // orphan restore-score set alone does not.
@@ -286,15 +296,7 @@ impl QueueStore for RedisStore {
         let mut highest = 0u64;
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut con)
-                .await
-                .map_err(unavailable)?;
+            let (next, keys) = scan_page(&mut con, &pattern, cursor).await?;
             if !keys.is_empty() {
                 // A value that is not a number, or past 2^53 (the script's
                 // numbers are doubles), was not written by deckhand: it
