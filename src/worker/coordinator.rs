@@ -223,13 +223,14 @@ impl Coordinator {
     /// behind the log (by entries in a busy log, by time in a quiet one:
     /// its state machine is stuck) may not, nor one that runs a shard the
     /// table gave to another node (it was declared gone and came back).
+    /// `Ok` carries the commit index it checked against.
     async fn check_acknowledgeable(
         &self,
         m: &RaftMetrics,
         term: u64,
         req: &HeartbeatRequest,
         now: Instant,
-    ) -> Result<(), CoordError> {
+    ) -> Result<u64, CoordError> {
         let node = req.node_id;
         let committed = m.local_committed.map_or(0, |c| c.index());
         // Behind by entries (a busy log) or by time (a quiet log): a node
@@ -283,7 +284,7 @@ impl Coordinator {
                 epoch: run.epoch,
             });
         }
-        Ok(())
+        Ok(committed)
     }
 
     /// A follower's (or this node's own) heartbeat.
@@ -298,8 +299,7 @@ impl Coordinator {
             return Err(CoordError::UnknownNode(node));
         }
         let now = Instant::now();
-        self.check_acknowledgeable(&m, term, &req, now).await?;
-        let committed = m.local_committed.map_or(0, |c| c.index());
+        let committed = self.check_acknowledgeable(&m, term, &req, now).await?;
         let report = Report {
             received_at: now,
             applied_index: req.applied_index,

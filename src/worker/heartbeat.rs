@@ -18,7 +18,7 @@ use openraft::alias::WatchReceiverOf;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use super::coordinator::Coordinator;
-use super::WorkerShared;
+use super::{WorkerCounts, WorkerShared};
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
 use crate::proto::worker::{HeartbeatRequest, HeartbeatResponse, ShardReport, TaskCounters};
 use crate::raft::network::Channels;
@@ -63,6 +63,7 @@ pub(crate) fn worker_client(
 /// leader's "stopped after applying the release" test cannot be fooled by a
 /// task started from an older state after the index was read.
 pub fn build_report(shared: &WorkerShared) -> HeartbeatRequest {
+    let counts = shared.counts();
     let applied_index = shared.reconciled_index();
     let running = shared
         .running()
@@ -78,8 +79,8 @@ pub fn build_report(shared: &WorkerShared) -> HeartbeatRequest {
         applied_index,
         running,
         lease_remaining_ms: shared.lease_remaining().map_or(0, |d| d.as_millis() as u64),
-        fenced_writes: shared.metrics.fenced_writes.get(),
-        tasks: Some(task_counters(shared)),
+        fenced_writes: counts.fenced_writes,
+        tasks: Some(task_counters(shared, counts)),
         incarnation: shared.incarnation,
         seq: shared.report_seq.fetch_add(1, Ordering::SeqCst) + 1,
         // Every fence: the leader shows those at a shard's current epoch,
@@ -97,9 +98,8 @@ pub fn build_report(shared: &WorkerShared) -> HeartbeatRequest {
 }
 
 /// This node's housekeeping counters.
-pub fn task_counters(shared: &WorkerShared) -> TaskCounters {
+pub fn task_counters(shared: &WorkerShared, counts: WorkerCounts) -> TaskCounters {
     let s = &shared.stats;
-    let counts = shared.counts();
     TaskCounters {
         calls: counts.calls,
         unlocked_ack: counts.unlocked_ack,

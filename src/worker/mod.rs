@@ -527,7 +527,7 @@ impl WorkerShared {
         WorkerStatus {
             shards_running: self.running().len(),
             lease_remaining: self.lease_remaining(),
-            fenced_writes: self.metrics.fenced_writes.get(),
+            fenced_writes: self.counts().fenced_writes,
             scheduling: self.scheduling().describe(),
             notifications: self.settings.notifications.as_str(),
         }
