@@ -37,6 +37,19 @@ async fn unlocked(c: &dyn DeckardClient, queue: &str, id: &str, what: &str) {
     .await;
 }
 
+/// A new cluster on `store` (fresh data dirs), once it has unlocked
+/// message `id` of queue `q`.
+async fn cluster_that_unlocks(store: &Arc<RedisStore>, id: &str, what: &str) -> TestCluster {
+    let cluster = TestCluster::start_configured(3, Some(store.clone()), |c| {
+        c.tasks.sweep_interval = Duration::from_millis(500);
+        c.worker.discovery_interval = Duration::from_millis(300);
+    })
+    .await;
+    cluster.wait_for_leader().await;
+    unlocked(store.as_ref(), "q", id, what).await;
+    cluster
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_cluster_outranks_the_fences_of_earlier_ones() {
     let server = RedisServer::start_with_notifications().expect("redis-server");
@@ -62,19 +75,8 @@ async fn a_recreated_cluster_outranks_the_fences_of_earlier_ones() {
     store.housekeep("q", req, old).await.expect("old fence");
     assert_eq!(store.fence_of("q").await.expect("fence"), 40_000);
 
-    let first = TestCluster::start_configured(3, Some(store.clone()), |c| {
-        c.tasks.sweep_interval = Duration::from_millis(500);
-        c.worker.discovery_interval = Duration::from_millis(300);
-    })
-    .await;
-    first.wait_for_leader().await;
-    unlocked(
-        store.as_ref(),
-        "q",
-        "m1",
-        "the first cluster worked past the old fence",
-    )
-    .await;
+    let first =
+        cluster_that_unlocks(&store, "m1", "the first cluster worked past the old fence").await;
     let first_generation = first.leader_state().await.cluster.generation;
     assert!(first_generation >= 1);
     let fence = store.fence_of("q").await.expect("fence");
@@ -84,15 +86,8 @@ async fn a_recreated_cluster_outranks_the_fences_of_earlier_ones() {
     // All data dirs lost: a second cluster on the same Redis, whose epochs
     // start low again.
     expired_lock(store.as_ref(), "q", "m2").await;
-    let second = TestCluster::start_configured(3, Some(store.clone()), |c| {
-        c.tasks.sweep_interval = Duration::from_millis(500);
-        c.worker.discovery_interval = Duration::from_millis(300);
-    })
-    .await;
-    second.wait_for_leader().await;
-    unlocked(
-        store.as_ref(),
-        "q",
+    let second = cluster_that_unlocks(
+        &store,
         "m2",
         "the second cluster worked past the first's fences",
     )
@@ -123,15 +118,8 @@ async fn a_recreated_cluster_outranks_the_fences_of_earlier_ones() {
         .await
         .expect("DEL");
     expired_lock(store.as_ref(), "q", "m3").await;
-    let third = TestCluster::start_configured(3, Some(store.clone()), |c| {
-        c.tasks.sweep_interval = Duration::from_millis(500);
-        c.worker.discovery_interval = Duration::from_millis(300);
-    })
-    .await;
-    third.wait_for_leader().await;
-    unlocked(
-        store.as_ref(),
-        "q",
+    let third = cluster_that_unlocks(
+        &store,
         "m3",
         "the third cluster worked past the second's fences",
     )

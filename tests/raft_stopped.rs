@@ -7,7 +7,33 @@
 mod common;
 
 use common::{wait_until, TestCluster};
+use deckhand::cluster::{Command, TaskKind};
+use deckhand::proto::worker::HeartbeatRequest;
+use deckhand::raft::{NodeId, Raft};
 use openraft::async_runtime::watch::WatchReceiver;
+
+/// A bare report of `node` claiming it has applied the log to `applied_index`.
+fn report(node: NodeId, applied_index: u64) -> HeartbeatRequest {
+    HeartbeatRequest {
+        node_id: node,
+        applied_index,
+        incarnation: 1,
+        seq: 1,
+        ..Default::default()
+    }
+}
+
+/// Commits one more entry (a task trigger) through the leader `raft`:
+/// its log index.
+async fn write_one(raft: &Raft) -> Option<u64> {
+    let written = raft
+        .client_write(Command::TriggerTask {
+            task: TaskKind::Unlock,
+        })
+        .await
+        .ok()?;
+    Some(written.log_id().index())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_raft_core_stopped_gives_its_shards_up() {
@@ -57,8 +83,6 @@ async fn a_node_whose_raft_core_stopped_gives_its_shards_up() {
 /// the leader stops acknowledging it, so its lease runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_refuses_heartbeats_of_a_node_far_behind_the_log() {
-    use deckhand::cluster::{Command, TaskKind};
-    use deckhand::proto::worker::HeartbeatRequest;
     use deckhand::worker::coordinator::{CoordError, MAX_APPLY_LAG};
 
     let cluster = TestCluster::start(3).await;
@@ -70,11 +94,7 @@ async fn the_leader_refuses_heartbeats_of_a_node_far_behind_the_log() {
         .expect("a follower");
     let raft = &cluster.nodes[&leader].raft;
     for _ in 0..=MAX_APPLY_LAG {
-        raft.client_write(Command::TriggerTask {
-            task: TaskKind::Unlock,
-        })
-        .await
-        .expect("write");
+        write_one(raft).await.expect("write");
     }
     // The commit index as the leader's metrics show it (what the check
     // reads), read afresh at each attempt: the planner may commit too.
@@ -89,13 +109,7 @@ async fn the_leader_refuses_heartbeats_of_a_node_far_behind_the_log() {
     })
     .await;
     let coordinator = &cluster.nodes[&leader].coordinator;
-    let beat = |applied_index| HeartbeatRequest {
-        node_id: follower,
-        applied_index,
-        incarnation: 1,
-        seq: 1,
-        ..Default::default()
-    };
+    let beat = |applied_index| report(follower, applied_index);
     // (A leader without a fresh quorum acknowledgement for a moment refuses
     // everyone as not leading: ask again then.)
     let stale = wait_until("an answer from a fresh leader", || async {
@@ -126,8 +140,6 @@ async fn the_leader_refuses_heartbeats_of_a_node_far_behind_the_log() {
 /// committed a lease ago.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_refuses_a_node_that_has_not_applied_what_was_committed_a_lease_ago() {
-    use deckhand::cluster::{Command, TaskKind};
-    use deckhand::proto::worker::HeartbeatRequest;
     use deckhand::worker::coordinator::CoordError;
 
     let cluster = TestCluster::start(3).await;
@@ -135,23 +147,11 @@ async fn the_leader_refuses_a_node_that_has_not_applied_what_was_committed_a_lea
     let follower = cluster.followers_of(leader)[0];
     let raft = &cluster.nodes[&leader].raft;
     let coordinator = &cluster.nodes[&leader].coordinator;
-    let beat = |applied_index| HeartbeatRequest {
-        node_id: follower,
-        applied_index,
-        incarnation: 1,
-        seq: 1,
-        ..Default::default()
-    };
+    let beat = |applied_index| report(follower, applied_index);
     // One entry behind a fresh write is acknowledged (retried until the
     // leader answers as a fresh leader right after a write).
     let index = wait_until("one entry behind a fresh write is acknowledged", || async {
-        let written = raft
-            .client_write(Command::TriggerTask {
-                task: TaskKind::Unlock,
-            })
-            .await
-            .ok()?;
-        let index = written.log_id().index();
+        let index = write_one(raft).await?;
         coordinator.on_heartbeat(beat(index - 1)).await.ok()?;
         Some(index)
     })
@@ -180,31 +180,16 @@ async fn the_leader_refuses_a_node_that_has_not_applied_what_was_committed_a_lea
 /// would otherwise never move).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_cannot_apply_its_own_log_hands_leadership_off() {
-    use deckhand::cluster::{Command, TaskKind};
-    use deckhand::proto::worker::HeartbeatRequest;
     use deckhand::worker::coordinator::CoordError;
 
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let raft = &cluster.nodes[&leader].raft;
     let coordinator = &cluster.nodes[&leader].coordinator;
-    let written = raft
-        .client_write(Command::TriggerTask {
-            task: TaskKind::Unlock,
-        })
-        .await
-        .expect("write");
-    let index = written.log_id().index();
+    let index = write_one(raft).await.expect("write");
     // Its own report, one entry behind, for longer than the bound.
     wait_until("the leader refuses its own report", || async {
-        let own = HeartbeatRequest {
-            node_id: leader,
-            applied_index: index - 1,
-            incarnation: 1,
-            seq: 1,
-            ..Default::default()
-        };
-        match coordinator.on_heartbeat(own).await {
+        match coordinator.on_heartbeat(report(leader, index - 1)).await {
             Err(CoordError::Lagging { .. } | CoordError::NotLeader { .. }) => Some(()),
             _ => None,
         }
