@@ -418,82 +418,103 @@ async fn run_ctl(addr: String, json: bool, security: CtlSecurity, command: CtlCo
 }
 
 async fn run_load(args: LoadArgs) -> ExitCode {
-    let fail = |msg: String| {
-        eprintln!("deckhand load: {msg}");
-        ExitCode::FAILURE
-    };
+    let result = async {
+        let lock_ms_max = check_load_args(&args)?;
+        if args.baseline_housekeeper {
+            run_baseline(&args).await
+        } else if args.redis_limit > 0 {
+            run_redis_limit(&args).await
+        } else {
+            run_traffic_or_drain(&args, lock_ms_max).await
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("deckhand load: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Checks the arguments of `deckhand load`; returns the longest lock (ms).
+fn check_load_args(args: &LoadArgs) -> Result<i64, String> {
     if args.ack_lock_pct + args.nack_lock_pct + args.timeout_pct > 100 {
-        return fail("--ack-lock-pct + --nack-lock-pct + --timeout-pct must not exceed 100".into());
+        return Err("--ack-lock-pct + --nack-lock-pct + --timeout-pct must not exceed 100".into());
     }
     if args.queues == 0 || args.rate == 0 || args.concurrency == 0 {
-        return fail("--queues, --rate and --concurrency must be at least 1".into());
+        return Err("--queues, --rate and --concurrency must be at least 1".into());
     }
     if args.lock_ms <= 0 || args.timeout_ms <= 0 {
-        return fail("--lock-ms and --timeout-ms must be positive".into());
+        return Err("--lock-ms and --timeout-ms must be positive".into());
     }
     let lock_ms_max = args.lock_ms_max.unwrap_or(args.lock_ms);
     if lock_ms_max < args.lock_ms {
-        return fail("--lock-ms-max must be at least --lock-ms".into());
+        return Err("--lock-ms-max must be at least --lock-ms".into());
     }
     if args.new_queues_pct > 100 {
-        return fail("--new-queues-pct must be at most 100".into());
+        return Err("--new-queues-pct must be at most 100".into());
     }
-    if args.baseline_housekeeper {
-        let opts = deckhand::baseline::BaselineOptions {
-            url: args.store.clone(),
-            prefix: args.prefix.clone(),
-            tick: std::time::Duration::from_secs(1),
-            per_run: 1000,
-            duration: args.duration,
-            start_file: args.start_file.clone(),
-            stop_when_idle: args.stop_when_idle,
-        };
-        return match deckhand::baseline::run(&opts).await {
-            Ok(s) => match serde_json::to_string(&s) {
-                Ok(line) => {
-                    println!("{line}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(format!("cannot encode the result: {e}")),
-            },
-            Err(e) => fail(e.to_string()),
-        };
+    if args.check && args.expired_locks > 0 && !args.baseline_housekeeper && args.redis_limit == 0 {
+        return Err("--check applies to traffic runs, not to --expired-locks (drain mode)".into());
     }
-    if args.redis_limit > 0 {
-        let limit = deckhand::load::redis_limit(
-            &args.store,
-            &args.prefix,
-            args.redis_limit,
-            args.queues,
-            args.batch,
-            args.concurrency,
-        )
-        .await;
-        return match limit {
-            Ok(l) if args.json => match serde_json::to_string(&l) {
-                Ok(line) => {
-                    println!("{line}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(format!("cannot encode the result: {e}")),
-            },
-            Ok(l) => {
-                println!(
-                    "Redis alone: {} elements in {} calls, {} us of server time: {:.0} elements/s (wall clock: {:.0}/s)",
-                    l.elements, l.calls, l.server_usec, l.elements_per_s, l.wall_elements_per_s
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(format!("--store {}: {e}", args.store)),
-        };
-    }
-    if args.check && args.expired_locks > 0 {
-        return fail("--check applies to traffic runs, not to --expired-locks (drain mode)".into());
-    }
-    let store = match deckhand::store::open(&args.store, &args.prefix).await {
-        Ok(s) => s.as_client(),
-        Err(e) => return fail(format!("--store {}: {e}", args.store)),
+    Ok(lock_ms_max)
+}
+
+/// Prints `value` as one JSON line.
+fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
+    let line =
+        serde_json::to_string(value).map_err(|e| format!("cannot encode the result: {e}"))?;
+    println!("{line}");
+    Ok(())
+}
+
+/// `--baseline-housekeeper`: Deckard's own housekeeping loop, as a baseline.
+async fn run_baseline(args: &LoadArgs) -> Result<(), String> {
+    let opts = deckhand::baseline::BaselineOptions {
+        url: args.store.clone(),
+        prefix: args.prefix.clone(),
+        tick: std::time::Duration::from_secs(1),
+        per_run: 1000,
+        duration: args.duration,
+        start_file: args.start_file.clone(),
+        stop_when_idle: args.stop_when_idle,
     };
+    let summary = deckhand::baseline::run(&opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    print_json(&summary)
+}
+
+/// `--redis-limit`: what Redis alone sustains for the moves housekeeping makes.
+async fn run_redis_limit(args: &LoadArgs) -> Result<(), String> {
+    let limit = deckhand::load::redis_limit(
+        &args.store,
+        &args.prefix,
+        args.redis_limit,
+        args.queues,
+        args.batch,
+        args.concurrency,
+    )
+    .await
+    .map_err(|e| format!("--store {}: {e}", args.store))?;
+    if args.json {
+        return print_json(&limit);
+    }
+    println!(
+        "Redis alone: {} elements in {} calls, {} us of server time: {:.0} elements/s (wall clock: {:.0}/s)",
+        limit.elements, limit.calls, limit.server_usec, limit.elements_per_s, limit.wall_elements_per_s
+    );
+    Ok(())
+}
+
+/// Traffic (or, with `--expired-locks`, drain) against the store; prints the summary.
+async fn run_traffic_or_drain(args: &LoadArgs, lock_ms_max: i64) -> Result<(), String> {
+    let store = deckhand::store::open(&args.store, &args.prefix)
+        .await
+        .map_err(|e| format!("--store {}: {e}", args.store))?
+        .as_client();
     let opts = deckhand::load::LoadOptions {
         queues: args.queues,
         rate: args.rate,
@@ -517,21 +538,20 @@ async fn run_load(args: LoadArgs) -> ExitCode {
     };
     let summary = deckhand::load::run(store, opts).await;
     if args.json {
-        match serde_json::to_string(&summary) {
-            Ok(line) => println!("{line}"),
-            Err(e) => return fail(format!("cannot encode the summary: {e}")),
-        }
+        serde_json::to_string(&summary)
+            .map(|line| println!("{line}"))
+            .map_err(|e| format!("cannot encode the summary: {e}"))?;
     } else {
         println!("{}", deckhand::load::summary_text(&summary));
     }
     if summary.errors > 0 && summary.added == 0 && summary.drained == 0 {
-        return fail(format!(
+        return Err(format!(
             "every store operation failed ({} errors); is the store reachable?",
             summary.errors
         ));
     }
     if args.check && !summary.integrity_ok() {
-        return fail(format!(
+        return Err(format!(
             "the integrity check failed: {} missing, {} early, census {}",
             summary.missing,
             summary.early,
@@ -544,5 +564,5 @@ async fn run_load(args: LoadArgs) -> ExitCode {
                 ))
         ));
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
