@@ -31,9 +31,14 @@ use std::collections::BTreeMap;
 
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+
+mod state_gauges;
+mod tasks;
+pub use state_gauges::{NodeGauges, SchedulingMetrics};
+pub use tasks::TaskMetrics;
 
 use crate::store::layout::queue_label;
 use crate::store::{LockKind, QueueSizes};
@@ -55,37 +60,12 @@ const TASK_LATENCY_MS_BUCKETS: &[f64] = &[
 
 pub struct NodeMetrics {
     registry: Registry,
-    pub unlock_lateness: Histogram,
-    /// deckhand_task_runs_total{outcome="ok|error|fenced"}: housekeeping calls.
-    pub task_runs: IntCounterVec,
-    /// deckhand_task_elements_total{task="unlock|timeout"}.
-    pub task_elements: IntCounterVec,
-    pub deckard_unlock: IntCounterVec,
-    pub deckard_timeout: IntCounterVec,
-    pub deckard_task_latency: HistogramVec,
-    /// deckhand_task_duration_seconds: one housekeeping call, base units.
-    pub task_duration: Histogram,
-    pub fenced_writes: IntCounter,
-    pub store_errors: IntCounter,
-    pub is_leader: IntGauge,
-    pub deckard_leader: IntGauge,
-    pub raft_term: IntGauge,
-    pub raft_commit_index: IntGauge,
-    pub raft_applied_index: IntGauge,
-    pub shards_owned: IntGauge,
-    pub shards_running: IntGauge,
-    /// deckhand_shards_fenced: shards this node owns at an epoch the store
-    /// fenced it at, so it does not run them (a newer token wrote).
-    pub shards_fenced: IntGauge,
-    pub lease_remaining_seconds: prometheus::Gauge,
-    /// deckhand_scheduling_polling: 1 while lock events are unavailable and
-    /// every queue is polled (`tasks.notifications` fell back, or is off).
-    pub polling: IntGauge,
-    /// deckhand_keyspace_events_subscribed: 1 while this node holds a live
-    /// queue-event subscription.
-    pub queue_events_subscribed: IntGauge,
-    /// deckhand_keyspace_events_total: queue events received.
-    pub queue_events: IntCounter,
+    /// Housekeeping call outcomes, elements and durations.
+    pub tasks: TaskMetrics,
+    /// Node state gauges, set at scrape time.
+    pub node: NodeGauges,
+    /// How this node learns of new locks (events or polling).
+    pub scheduling: SchedulingMetrics,
     /// The queue label values seen so far (cardinality cap).
     labels: Mutex<HashSet<String>>,
     /// Most distinct `queue` label values (config `metrics.max_queue_labels`).
@@ -131,124 +111,10 @@ impl NodeMetrics {
     pub fn with_label_cap(label_cap: usize) -> Arc<Self> {
         assert!(label_cap > 0, "the queue label cap must allow one label");
         let registry = Registry::new();
-        let unlock_lateness = histogram(
-            &registry,
-            "deckhand_unlock_lateness_seconds",
-            "How late each unlocked element returned to its active pool, after its unlock time",
-            LATENESS_BUCKETS,
-        );
-        let deckard_task_latency = register(
-            &registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "deckard_housekeeper_task_latency",
-                    "Duration of one housekeeping call on one queue, in milliseconds (Deckard's metric)",
-                )
-                .buckets(TASK_LATENCY_MS_BUCKETS.to_vec()),
-                &["task"],
-            ),
-        );
-        let task_duration = histogram(
-            &registry,
-            "deckhand_task_duration_seconds",
-            "Duration of one successful housekeeping call on one queue",
-            LATENESS_BUCKETS,
-        );
-        let lease = register(
-            &registry,
-            prometheus::Gauge::new(
-                "deckhand_lease_remaining_seconds",
-                "Time left on this node's worker lease (0: no lease)",
-            ),
-        );
-        let fenced = counter(
-            &registry,
-            "deckhand_fenced_writes_total",
-            "Store operations rejected because a newer shard owner had written",
-        );
-        let store_errors = counter(
-            &registry,
-            "deckhand_store_errors_total",
-            "Housekeeping calls that failed for another reason than fencing (store down, bad data)",
-        );
         Arc::new(Self {
-            task_runs: counter_vec(
-                &registry,
-                "deckhand_task_runs_total",
-                "Housekeeping calls on one queue, by outcome",
-                &["outcome"],
-            ),
-            task_elements: counter_vec(
-                &registry,
-                "deckhand_task_elements_total",
-                "Elements moved back to active pools, by task",
-                &["task"],
-            ),
-            deckard_unlock: counter_vec(
-                &registry,
-                "deckard_message_unlock_total",
-                "Messages unlocked (Deckard's metric; queue = name before '::')",
-                &["queue", "lock_type"],
-            ),
-            deckard_timeout: counter_vec(
-                &registry,
-                "deckard_message_timeout_total",
-                "Messages returned after their ack deadline (Deckard's metric)",
-                &["queue"],
-            ),
-            polling: gauge(
-                &registry,
-                "deckhand_scheduling_polling",
-                "1 while this node polls every queue because lock events are unavailable or off",
-            ),
-            queue_events_subscribed: gauge(
-                &registry,
-                "deckhand_keyspace_events_subscribed",
-                "1 while this node holds a live queue-event (keyspace notification) subscription",
-            ),
-            queue_events: counter(
-                &registry,
-                "deckhand_keyspace_events_total",
-                "Queue events (keyspace notifications of locks and pulls) this node received",
-            ),
-            is_leader: gauge(
-                &registry,
-                "deckhand_node_is_leader",
-                "1 while this node is the Raft leader",
-            ),
-            deckard_leader: gauge(
-                &registry,
-                "deckard_housekeeper_leader",
-                "1 while this node leads (Deckard's metric)",
-            ),
-            raft_term: gauge(&registry, "deckhand_raft_term", "Current Raft term"),
-            raft_commit_index: gauge(
-                &registry,
-                "deckhand_raft_commit_index",
-                "Last committed Raft log index",
-            ),
-            raft_applied_index: gauge(
-                &registry,
-                "deckhand_raft_applied_index",
-                "Last applied Raft log index",
-            ),
-            shards_owned: gauge(&registry, "deckhand_shards_owned", "Shards this node owns"),
-            shards_running: gauge(
-                &registry,
-                "deckhand_shards_running",
-                "Shards this node is running",
-            ),
-            shards_fenced: gauge(
-                &registry,
-                "deckhand_shards_fenced",
-                "Shards this node owns but does not run: the store fenced it at their current epoch (a writer with a newer token, e.g. another cluster on the same store)",
-            ),
-            lease_remaining_seconds: lease,
-            unlock_lateness,
-            deckard_task_latency,
-            task_duration,
-            fenced_writes: fenced,
-            store_errors,
+            tasks: TaskMetrics::register(&registry),
+            node: NodeGauges::register(&registry),
+            scheduling: SchedulingMetrics::register(&registry),
             registry,
             labels: Mutex::new(HashSet::new()),
             label_cap,
@@ -276,42 +142,8 @@ impl NodeMetrics {
         out: &crate::store::HousekeepOutcome,
         elapsed_ms: f64,
     ) {
-        self.task_runs.with_label_values(&["ok"]).inc();
-        self.deckard_task_latency
-            .with_label_values(&["housekeep"])
-            .observe(elapsed_ms);
-        self.task_duration.observe(elapsed_ms / 1000.0);
-        let unlocked = out.unlocked_ack + out.unlocked_nack;
-        if unlocked + out.timed_out == 0 {
-            return;
-        }
-        let label = self.queue_label(queue);
-        for (kind, n) in [
-            (LockKind::Ack, out.unlocked_ack),
-            (LockKind::Nack, out.unlocked_nack),
-        ] {
-            if n > 0 {
-                self.deckard_unlock
-                    .with_label_values(&[&label, kind.label()])
-                    .inc_by(n);
-            }
-        }
-        if out.timed_out > 0 {
-            self.deckard_timeout
-                .with_label_values(&[&label])
-                .inc_by(out.timed_out);
-            self.task_elements
-                .with_label_values(&["timeout"])
-                .inc_by(out.timed_out);
-        }
-        if unlocked > 0 {
-            self.task_elements
-                .with_label_values(&["unlock"])
-                .inc_by(unlocked);
-        }
-        for ms in &out.unlock_lateness_ms {
-            self.unlock_lateness.observe((*ms).max(0) as f64 / 1000.0);
-        }
+        self.tasks
+            .record_success(out, elapsed_ms, || self.queue_label(queue));
     }
 
     /// The text exposition of every metric.

@@ -33,7 +33,8 @@ impl MetricsSource {
     /// coordinator for queue gauges (none unless a fresh leader), renders.
     async fn render(&self) -> String {
         let queue_rows = self.coordinator.queue_gauges().await;
-        let m = self.worker.metrics.as_ref();
+        let metrics = self.worker.metrics.as_ref();
+        let m = &metrics.node;
         let raft = self.raft.metrics().borrow_watched().clone();
         let leader = i64::from(raft.state == ServerState::Leader);
         m.is_leader.set(leader);
@@ -60,9 +61,9 @@ impl MetricsSource {
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
         let extra = queue_rows
-            .map(|rows| queue_gauge_families(&rows, m.label_cap()))
+            .map(|rows| queue_gauge_families(&rows, metrics.label_cap()))
             .unwrap_or_default();
-        m.render_with(extra)
+        metrics.render_with(extra)
     }
 }
 

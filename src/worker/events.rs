@@ -269,7 +269,7 @@ pub async fn run_subscriber(shared: Arc<WorkerShared>, mut stop: ShutdownListene
                     tokio::select! {
                         event = events.next() => match event {
                             Some(event) => {
-                                shared.metrics.queue_events.inc();
+                                shared.metrics.scheduling.queue_events.inc();
                                 route(&shared, &event.queue, event.kind);
                             }
                             None => break true,

@@ -347,7 +347,7 @@ impl WorkerShared {
         metrics: Arc<crate::metrics::NodeMetrics>,
     ) -> Arc<Self> {
         // Polling until the first check says otherwise (see `events`).
-        metrics.polling.set(1);
+        metrics.scheduling.polling.set(1);
         let scheduling = events::Scheduling::initial(settings.notifications);
         Arc::new(Self {
             node_id,
@@ -511,11 +511,11 @@ impl WorkerShared {
     /// This node's housekeeping counts, each read from the one place it is
     /// counted.
     pub fn counts(&self) -> WorkerCounts {
-        let m = &self.metrics;
+        let tasks = &self.metrics.tasks;
         WorkerCounts {
-            calls: m.task_runs.with_label_values(&["ok"]).get(),
-            fenced_writes: m.fenced_writes.get(),
-            store_errors: m.store_errors.get(),
+            calls: tasks.calls(),
+            fenced_writes: tasks.fenced_writes(),
+            store_errors: tasks.store_errors(),
             unlocked_ack: self.stats.unlocked_ack.load(Ordering::Relaxed),
             unlocked_nack: self.stats.unlocked_nack.load(Ordering::Relaxed),
             timed_out: self.stats.timed_out.load(Ordering::Relaxed),
@@ -562,9 +562,11 @@ impl WorkerShared {
             changed
         });
         self.metrics
+            .scheduling
             .polling
             .set(i64::from(mode == events::Mode::Polling));
         self.metrics
+            .scheduling
             .queue_events_subscribed
             .set(i64::from(subscribed));
     }

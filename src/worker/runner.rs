@@ -282,24 +282,18 @@ async fn housekeep_queue(
     match shared.store.housekeep(queue, req, fence).await {
         Ok(out) => on_success(shared, queue, fence, out, now_ms, started, mode),
         Err(e @ StoreError::Fenced { .. }) => {
-            shared
-                .metrics
-                .task_runs
-                .with_label_values(&["fenced"])
-                .inc();
-            shared.metrics.fenced_writes.inc();
+            shared.metrics.tasks.record_fenced();
             QueueResult::Fenced(e)
         }
         Err(e @ StoreError::InvalidQueue { .. }) => {
             // No call on this name can ever succeed: drop it like a gone queue
             // instead of retrying it for ever.
-            shared.metrics.task_runs.with_label_values(&["error"]).inc();
+            shared.metrics.tasks.record_invalid_queue();
             tracing::warn!(node = shared.node_id, queue, error = %e, "not a queue; dropped");
             QueueResult::Gone
         }
         Err(e) => {
-            shared.metrics.task_runs.with_label_values(&["error"]).inc();
-            shared.metrics.store_errors.inc();
+            shared.metrics.tasks.record_store_error();
             tracing::warn!(node = shared.node_id, queue, error = %e, "housekeeping failed; backing off");
             QueueResult::Next(Instant::now() + STORE_RETRY)
         }
