@@ -229,25 +229,12 @@ impl LeaderTerm {
         max_releases: usize,
         now: Instant,
     ) -> RoundPlan {
-        let heard = |n: NodeId| self.reports.contains_key(&n);
-        let live = |n: NodeId| self.is_live(n, now);
-        let eligible = planner::eligible(&Candidates {
-            leader: self.me,
-            members,
-            drained: &state.drained,
-            departed: &self.departed,
-            heard: &heard,
-            live: &live,
-        });
-        let mut involved: BTreeSet<NodeId> = members.clone();
-        for s in &state.shards {
-            involved.extend(s.owner);
-            involved.extend(s.released_from);
-        }
+        let eligible = self.eligible(state, members, now);
+        let involved = involved(state, members);
         let gone: BTreeSet<NodeId> = involved
             .iter()
             .copied()
-            .filter(|n| self.departed.contains(n) || !live(*n))
+            .filter(|n| self.departed.contains(n) || !self.is_live(*n, now))
             .collect();
         let reports = &self.reports;
         let stopped = |shard: u32, node: NodeId, s: &ShardState| {
@@ -262,6 +249,47 @@ impl LeaderTerm {
             stopped: &stopped,
             max_releases,
         });
+        let reassigned = self.reassignments(&moves, state, &gone, now);
+        self.forget_all_but(&involved);
+        let me = self.me;
+        let next_expiry = self
+            .liveness
+            .next_expiry(involved.iter().copied().filter(|n| *n != me), now);
+        RoundPlan {
+            moves,
+            reassigned,
+            next_expiry,
+        }
+    }
+
+    /// The nodes that may receive shards now (see [`planner::eligible`]).
+    fn eligible(
+        &self,
+        state: &ClusterState,
+        members: &BTreeSet<NodeId>,
+        now: Instant,
+    ) -> BTreeSet<NodeId> {
+        let heard = |n: NodeId| self.reports.contains_key(&n);
+        let live = |n: NodeId| self.is_live(n, now);
+        planner::eligible(&Candidates {
+            leader: self.me,
+            members,
+            drained: &state.drained,
+            departed: &self.departed,
+            heard: &heard,
+            live: &live,
+        })
+    }
+
+    /// What `moves` take from `gone` nodes (checked: only from nodes that
+    /// handed their shards back or were silent past lease + margin).
+    fn reassignments(
+        &self,
+        moves: &[Move],
+        state: &ClusterState,
+        gone: &BTreeSet<NodeId>,
+        now: Instant,
+    ) -> Vec<Reassignment> {
         let reassigned: Vec<Reassignment> = moves
             .iter()
             .filter_map(|mv| match mv {
@@ -284,23 +312,29 @@ impl LeaderTerm {
                 "reassigned a live node's shard: {r:?}"
             );
         }
-        // Nodes neither members nor named by the shard table (removed,
-        // replaced) can never matter again: forget them.
+        reassigned
+    }
+
+    /// Forgets nodes neither in `involved` nor this one: removed or
+    /// replaced nodes that can never matter again.
+    fn forget_all_but(&mut self, involved: &BTreeSet<NodeId>) {
         let me = self.me;
         let known = |n: NodeId| involved.contains(&n) || n == me;
         self.reports.retain(|n, _| known(*n));
         self.departed.retain(|n| known(*n));
         self.departed_at.retain(|n, _| known(*n));
         self.liveness.retain(known);
-        let next_expiry = self
-            .liveness
-            .next_expiry(involved.iter().copied().filter(|n| *n != me), now);
-        RoundPlan {
-            moves,
-            reassigned,
-            next_expiry,
-        }
     }
+}
+
+/// The members and every node the shard table names (owner or released from).
+fn involved(state: &ClusterState, members: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
+    let mut involved = members.clone();
+    for s in &state.shards {
+        involved.extend(s.owner);
+        involved.extend(s.released_from);
+    }
+    involved
 }
 
 /// Whether a report `(incarnation, seq)` from a node that handed its shards

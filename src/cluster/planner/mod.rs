@@ -42,91 +42,129 @@ pub struct PlanInput<'a> {
 
 /// The moves that bring the shard table closer to the rules above.
 pub fn plan(input: &PlanInput<'_>) -> Vec<Move> {
-    let eligible = input.eligible;
-    if eligible.is_empty() {
+    if input.eligible.is_empty() {
         return Vec::new();
     }
-    // Current load of every eligible node, and the shards that need an owner.
-    let mut load: BTreeMap<NodeId, Vec<u32>> = eligible.iter().map(|n| (*n, Vec::new())).collect();
-    let mut assignable = Vec::new();
-    let mut must_release = Vec::new();
-    let mut in_flight = 0usize;
-    for (i, shard) in input.shards.iter().enumerate() {
-        let i = i as u32;
-        match (shard.owner, shard.released_from) {
-            (Some(owner), _) if eligible.contains(&owner) => {
-                if let Some(owned) = load.get_mut(&owner) {
-                    owned.push(i);
-                }
-            }
-            (Some(owner), _) if input.gone.contains(&owner) => assignable.push(i),
-            (Some(_), _) => must_release.push(i),
-            (None, Some(prev)) => {
-                if input.gone.contains(&prev) || (input.stopped)(i, prev, shard) {
-                    assignable.push(i);
-                } else {
-                    in_flight += 1;
-                }
-            }
-            (None, None) => assignable.push(i),
-        }
-    }
+    let table = Table::of(input);
+    let targets = Targets::of(input.eligible, &table.load, input.shards.len());
+    let mut moves = releases(input, &table, &targets);
+    moves.extend(assignments(input, &table, &targets));
+    moves
+}
 
-    // Targets: floor or ceil of the average; the most loaded get the ceilings.
-    let total = input.shards.len();
-    let k = eligible.len();
-    let (base, extra) = (total / k, total % k);
-    let mut by_load: Vec<NodeId> = eligible.iter().copied().collect();
-    by_load.sort_by_key(|n| (std::cmp::Reverse(load[n].len()), *n));
-    let target: BTreeMap<NodeId, usize> = by_load
+/// Where every shard stands, seen from the eligible set.
+struct Table {
+    /// Shards each eligible node owns now.
+    load: BTreeMap<NodeId, Vec<u32>>,
+    /// Shards with no owner that may be assigned now (or a gone owner's).
+    assignable: Vec<u32>,
+    /// Shards held by live nodes that may not keep them.
+    must_release: Vec<u32>,
+    /// Shards released but not yet confirmed stopped by their last owner.
+    in_flight: usize,
+}
+
+impl Table {
+    fn of(input: &PlanInput<'_>) -> Self {
+        let mut table = Self {
+            load: input.eligible.iter().map(|n| (*n, Vec::new())).collect(),
+            assignable: Vec::new(),
+            must_release: Vec::new(),
+            in_flight: 0,
+        };
+        for (i, shard) in input.shards.iter().enumerate() {
+            let i = i as u32;
+            match (shard.owner, shard.released_from) {
+                (Some(owner), _) if input.eligible.contains(&owner) => {
+                    if let Some(owned) = table.load.get_mut(&owner) {
+                        owned.push(i);
+                    }
+                }
+                (Some(owner), _) if input.gone.contains(&owner) => table.assignable.push(i),
+                (Some(_), _) => table.must_release.push(i),
+                (None, Some(prev)) => {
+                    if input.gone.contains(&prev) || (input.stopped)(i, prev, shard) {
+                        table.assignable.push(i);
+                    } else {
+                        table.in_flight += 1;
+                    }
+                }
+                (None, None) => table.assignable.push(i),
+            }
+        }
+        table
+    }
+}
+
+/// How many shards each eligible node should own.
+struct Targets {
+    /// Eligible nodes, most loaded first (ties by id).
+    by_load: Vec<NodeId>,
+    /// Floor or ceiling of the average; the most loaded get the ceilings.
+    target: BTreeMap<NodeId, usize>,
+}
+
+impl Targets {
+    fn of(eligible: &BTreeSet<NodeId>, load: &BTreeMap<NodeId, Vec<u32>>, total: usize) -> Self {
+        let k = eligible.len();
+        let (base, extra) = (total / k, total % k);
+        let mut by_load: Vec<NodeId> = eligible.iter().copied().collect();
+        by_load.sort_by_key(|n| (std::cmp::Reverse(load[n].len()), *n));
+        let target = by_load
+            .iter()
+            .enumerate()
+            .map(|(rank, n)| (*n, base + usize::from(rank < extra)))
+            .collect();
+        Self { by_load, target }
+    }
+}
+
+/// Releases, at most `max_releases`: first the shards of live ineligible
+/// nodes, then overloaded nodes' highest-numbered surplus.
+fn releases(input: &PlanInput<'_>, table: &Table, targets: &Targets) -> Vec<Move> {
+    let release = |i: u32| Move::Release {
+        shard: i,
+        expected_epoch: input.shards[i as usize].epoch,
+    };
+    let mut moves: Vec<Move> = table
+        .must_release
         .iter()
-        .enumerate()
-        .map(|(rank, n)| (*n, base + usize::from(rank < extra)))
+        .take(input.max_releases)
+        .map(|&i| release(i))
         .collect();
-
-    let mut moves = Vec::new();
-    let mut releases_left = input.max_releases;
-
-    // Shards held by live, ineligible nodes: release (rate-limited).
-    for &i in &must_release {
-        if releases_left == 0 {
-            break;
-        }
-        moves.push(Move::Release {
-            shard: i,
-            expected_epoch: input.shards[i as usize].epoch,
-        });
-        releases_left -= 1;
-    }
-
-    // Overloaded eligible nodes give up their highest-numbered surplus.
-    // Shards already in flight will land on underloaded nodes, so count them.
-    // Release only what the underloaded nodes can take.
-    let deficit: usize = eligible
+    let mut releases_left = input.max_releases - moves.len();
+    // Shards already in flight will land on underloaded nodes, so count
+    // them. Release only what the underloaded nodes can take.
+    let (load, target) = (&table.load, &targets.target);
+    let deficit: usize = input
+        .eligible
         .iter()
         .map(|m| target[m].saturating_sub(load[m].len()))
         .sum();
-    let mut surplus_needed = in_flight + must_release.len() + assignable.len();
-    for n in &by_load {
+    let mut surplus_needed = table.in_flight + table.must_release.len() + table.assignable.len();
+    for n in &targets.by_load {
         let owned = &load[n];
         let over = owned.len().saturating_sub(target[n]);
         for &i in owned.iter().rev().take(over) {
             if releases_left == 0 || surplus_needed >= deficit {
                 break;
             }
-            moves.push(Move::Release {
-                shard: i,
-                expected_epoch: input.shards[i as usize].epoch,
-            });
+            moves.push(release(i));
             releases_left -= 1;
             surplus_needed += 1;
         }
     }
+    moves
+}
 
-    // Assign what can be assigned, each to the node furthest below target.
-    let mut incoming: BTreeMap<NodeId, usize> = eligible.iter().map(|n| (*n, 0)).collect();
-    for &i in &assignable {
-        let to = eligible
+/// Assigns every assignable shard, each to the node furthest below target.
+fn assignments(input: &PlanInput<'_>, table: &Table, targets: &Targets) -> Vec<Move> {
+    let (load, target) = (&table.load, &targets.target);
+    let mut incoming: BTreeMap<NodeId, usize> = input.eligible.iter().map(|n| (*n, 0)).collect();
+    let mut moves = Vec::new();
+    for &i in &table.assignable {
+        let to = input
+            .eligible
             .iter()
             .copied()
             .max_by_key(|n| {
