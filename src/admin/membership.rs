@@ -38,7 +38,7 @@ use openraft::ChangeMembers;
 use crate::cluster::Command;
 use crate::raft::store::StateMachineStore;
 use crate::raft::MembershipView;
-use crate::raft::{NodeId, NodeInfo, Raft};
+use crate::raft::{FatalError, NodeId, NodeInfo, Raft, WriteError};
 use crate::worker::coordinator::{CoordError, Coordinator};
 
 /// How long a new learner may take to catch up before `add-node` gives up.
@@ -98,7 +98,9 @@ pub enum MembershipError {
     #[error(transparent)]
     Coord(#[from] CoordError),
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[from] WriteError),
+    #[error("raft: {0}")]
+    RaftStopped(#[from] FatalError),
 }
 
 /// Why a removal is unsafe, or `Ok` — pure, for tests.
@@ -209,7 +211,7 @@ impl Membership {
         match tokio::time::timeout(CATCH_UP_TIMEOUT, self.raft.add_learner(node, info, true)).await
         {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(MembershipError::Raft(e.to_string())),
+            Ok(Err(e)) => return Err(MembershipError::Raft(e)),
             Err(_) => {
                 return Err(MembershipError::CatchUpTimeout {
                     node,
@@ -221,8 +223,7 @@ impl Membership {
         tracing::info!(node, "learner caught up; promoting to voter");
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false)
-            .await
-            .map_err(|e| MembershipError::Raft(e.to_string()))?;
+            .await?;
         tracing::info!(node, "node is a voter");
         Ok(self.members())
     }
@@ -268,10 +269,7 @@ impl Membership {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([node]))
         };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| MembershipError::Raft(e.to_string()))?;
+        self.raft.change_membership(change, false).await?;
         tracing::info!(node, "node removed; its id is retired");
         Ok(self.members())
     }
@@ -308,11 +306,7 @@ impl Membership {
         }
         self.coordinator.live_nodes().await?; // leads
         tracing::info!(to = node, "transferring leadership");
-        self.raft
-            .trigger()
-            .transfer_leader(node)
-            .await
-            .map_err(|e| MembershipError::Raft(e.to_string()))?;
+        self.raft.trigger().transfer_leader(node).await?;
         let mut metrics = self.raft.metrics();
         let waited = tokio::time::timeout(TRANSFER_TIMEOUT, async {
             loop {

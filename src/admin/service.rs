@@ -387,7 +387,7 @@ fn membership_status(e: MembershipError) -> Status {
         E::CatchUpTimeout { .. } | E::TransferTimeout { .. } => {
             Status::deadline_exceeded(e.to_string())
         }
-        E::Raft(_) => Status::unavailable(e.to_string()),
+        E::Raft(_) | E::RaftStopped(_) => Status::unavailable(e.to_string()),
     }
 }
 

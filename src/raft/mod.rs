@@ -104,6 +104,11 @@ impl MembershipView for openraft::metrics::RaftServerMetrics<TypeConfig> {
 pub type SnapshotData = Vec<u8>;
 
 pub type Raft = openraft::Raft<TypeConfig, store::StateMachineStore>;
+/// Why a write through Raft (a command, a membership change) failed.
+pub type WriteError =
+    openraft::errors::RaftError<TypeConfig, openraft::errors::ClientWriteError<TypeConfig>>;
+/// The Raft core stopped (a storage error, a panic, a shutdown).
+pub type FatalError = openraft::errors::Fatal<TypeConfig>;
 pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;

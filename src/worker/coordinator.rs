@@ -45,7 +45,7 @@ use crate::proto::worker::{
 };
 use crate::raft::store::StateMachineStore;
 use crate::raft::MembershipView;
-use crate::raft::{NodeId, Raft, RaftMetrics};
+use crate::raft::{NodeId, Raft, RaftMetrics, WriteError};
 use crate::store::{QueueSizes, SharedStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,9 @@ pub enum CoordError {
         epoch: u64,
     },
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[from] WriteError),
+    #[error("raft: not committed within {0:?} (has the leader lost its quorum?)")]
+    NotCommitted(std::time::Duration),
 }
 
 mod run_loop;
@@ -545,10 +547,8 @@ impl Coordinator {
     async fn write(&self, command: Command) -> Result<CommandResult, CoordError> {
         match tokio::time::timeout(WRITE_TIMEOUT, self.inner.raft.client_write(command)).await {
             Ok(Ok(resp)) => Ok(resp.response().clone()),
-            Ok(Err(e)) => Err(CoordError::Raft(e.to_string())),
-            Err(_) => Err(CoordError::Raft(format!(
-                "not committed within {WRITE_TIMEOUT:?}"
-            ))),
+            Ok(Err(e)) => Err(CoordError::Raft(e)),
+            Err(_) => Err(CoordError::NotCommitted(WRITE_TIMEOUT)),
         }
     }
 

@@ -32,7 +32,9 @@ pub fn coord_status(e: CoordError) -> Status {
         CoordError::LastWorker(_) | CoordError::Lagging { .. } | CoordError::StaleRun { .. } => {
             Status::failed_precondition(e.to_string())
         }
-        CoordError::NotInitialized | CoordError::Raft(_) => Status::unavailable(e.to_string()),
+        CoordError::NotInitialized | CoordError::Raft(_) | CoordError::NotCommitted(_) => {
+            Status::unavailable(e.to_string())
+        }
     }
 }
 
