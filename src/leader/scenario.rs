@@ -101,6 +101,156 @@ impl Scenario {
         index
     }
 
+    /// `init`: see the module doc.
+    fn init(&mut self, args: &Args, out: &mut String) -> Result<(), String> {
+        let shards: u32 = number(args, "shards", 8)?;
+        self.members = nodes(args.get("nodes").copied().unwrap_or("1,2,3"))?
+            .into_iter()
+            .collect();
+        let me = node(args.get("leader").copied().unwrap_or("1"))?;
+        for (key, field) in [
+            ("lease", &mut self.timing.lease),
+            ("margin", &mut self.timing.margin),
+            ("freshness", &mut self.timing.freshness),
+        ] {
+            if let Some(v) = args.get(key) {
+                *field = duration(v)?;
+            }
+        }
+        self.max_releases = number(args, "max-releases", 32)?;
+        self.commit(Command::InitCluster {
+            shard_count: shards,
+            generation: 1,
+        });
+        self.leader = Some(LeaderTerm::new(me, 1, self.timing, self.now));
+        writeln!(out, "n{me} leads term 1 at {}", self.at(self.now)).ok();
+        Ok(())
+    }
+
+    /// One `heartbeat` from node `n`.
+    fn heartbeat(&mut self, n: NodeId, args: &Args, out: &mut String) -> Result<(), String> {
+        let running = self.running(n, args.get("running").copied())?;
+        // An explicit seq replays an old report (one in flight).
+        let seq = match args.get("seq") {
+            Some(v) => v.parse().map_err(|_| format!("bad seq {v:?}"))?,
+            None => {
+                let seq = self.seqs.entry(n).or_default();
+                *seq += 1;
+                *seq
+            }
+        };
+        let report = Report {
+            received_at: self.now,
+            applied_index: number(args, "applied", self.state.last_index)?,
+            running,
+            lease_remaining: self.timing.lease,
+            fenced_writes: 0,
+            tasks: TaskCounters::default(),
+            fenced: BTreeMap::new(),
+        };
+        let inc = number(args, "inc", 1)?;
+        let heard = self.leader()?.heartbeat(n, report, inc, seq);
+        let mut notes = Vec::new();
+        if heard.back {
+            notes.push("back after its hand-back");
+        }
+        if heard.replan {
+            notes.push("plan now");
+        }
+        writeln!(out, "n{n} seq {seq}: {}", notes.join(", ")).ok();
+        Ok(())
+    }
+
+    /// The shards node `n` reports running: `owned` (default), `none` or a list.
+    fn running(&self, n: NodeId, running: Option<&str>) -> Result<BTreeMap<u32, ShardRun>, String> {
+        Ok(match running {
+            None | Some("owned") => self
+                .state
+                .owned_by(n)
+                .map(|(s, st)| {
+                    (
+                        s,
+                        ShardRun {
+                            epoch: st.epoch,
+                            passes: 1,
+                        },
+                    )
+                })
+                .collect(),
+            Some("none") => BTreeMap::new(),
+            Some(list) => list
+                .split(',')
+                .map(|s| {
+                    let shard: u32 = s.parse().map_err(|_| format!("bad shard {s:?}"))?;
+                    let epoch = self
+                        .state
+                        .shards
+                        .get(shard as usize)
+                        .ok_or(format!("no shard {shard}"))?
+                        .epoch;
+                    Ok((shard, ShardRun { epoch, passes: 1 }))
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
+
+    /// `plan`: one round, its moves printed with why, then committed.
+    fn plan(&mut self, out: &mut String) -> Result<(), String> {
+        let (now, members, max) = (self.now, self.members.clone(), self.max_releases);
+        let state = self.state.clone();
+        let plan = self.leader()?.plan(&state, &members, max, now);
+        for mv in &plan.moves {
+            match mv {
+                Move::Assign { shard, to, .. } => {
+                    let s = &state.shards[*shard as usize];
+                    let from = s.owner.or(s.released_from);
+                    let why = plan
+                        .reassigned
+                        .iter()
+                        .find(|r| r.shard == *shard)
+                        .map(|r| {
+                            if r.handed_back {
+                                format!(" (n{} handed back)", r.from)
+                            } else {
+                                format!(" (n{} silent {:?})", r.from, r.silent_for)
+                            }
+                        })
+                        .unwrap_or_else(|| {
+                            from.map(|f| format!(" (n{f} stopped it)"))
+                                .unwrap_or_default()
+                        });
+                    writeln!(out, "assign s{shard} -> n{to}{why}").ok();
+                }
+                Move::Release { shard, .. } => {
+                    let owner = state.shards[*shard as usize].owner;
+                    writeln!(out, "release s{shard} from n{}", owner.unwrap_or(0)).ok();
+                }
+            }
+        }
+        if plan.moves.is_empty() {
+            writeln!(out, "no moves").ok();
+        } else {
+            let index = self.commit(Command::Moves { moves: plan.moves });
+            writeln!(out, "committed at index {index}").ok();
+        }
+        if let Some(t) = plan.next_expiry {
+            writeln!(out, "next expiry {}", self.at(t)).ok();
+        }
+        Ok(())
+    }
+
+    /// `shards`: the ownership table.
+    fn shards(&self, out: &mut String) {
+        for (i, s) in self.state.shards.iter().enumerate() {
+            let owner = match (s.owner, s.released_from) {
+                (Some(o), _) => format!("n{o}"),
+                (None, Some(f)) => format!("released from n{f}"),
+                (None, None) => "unowned".to_string(),
+            };
+            writeln!(out, "s{i}: {owner} @{}", s.epoch).ok();
+        }
+    }
+
     fn run(&mut self, line: &str, out: &mut String) -> Result<(), String> {
         let mut words = line.split_whitespace();
         let Some(command) = words.next() else {
@@ -109,29 +259,7 @@ impl Scenario {
         let positional: Vec<&str> = words.clone().filter(|w| !w.contains('=')).collect();
         let args: Args = words.filter_map(|w| w.split_once('=')).collect();
         match command {
-            "init" => {
-                let shards: u32 = number(&args, "shards", 8)?;
-                self.members = nodes(args.get("nodes").copied().unwrap_or("1,2,3"))?
-                    .into_iter()
-                    .collect();
-                let me = node(args.get("leader").copied().unwrap_or("1"))?;
-                for (key, field) in [
-                    ("lease", &mut self.timing.lease),
-                    ("margin", &mut self.timing.margin),
-                    ("freshness", &mut self.timing.freshness),
-                ] {
-                    if let Some(v) = args.get(key) {
-                        *field = duration(v)?;
-                    }
-                }
-                self.max_releases = number(&args, "max-releases", 32)?;
-                self.commit(Command::InitCluster {
-                    shard_count: shards,
-                    generation: 1,
-                });
-                self.leader = Some(LeaderTerm::new(me, 1, self.timing, self.now));
-                writeln!(out, "n{me} leads term 1 at {}", self.at(self.now)).ok();
-            }
+            "init" => self.init(&args, out)?,
             "advance" => {
                 let by = duration(positional.first().ok_or("advance by how much?")?)?;
                 self.now += by;
@@ -140,64 +268,7 @@ impl Scenario {
             "heartbeat" => {
                 let from = nodes(positional.first().ok_or("heartbeat from whom?")?)?;
                 for n in from {
-                    let running: BTreeMap<u32, ShardRun> = match args.get("running") {
-                        None | Some(&"owned") => self
-                            .state
-                            .owned_by(n)
-                            .map(|(s, st)| {
-                                (
-                                    s,
-                                    ShardRun {
-                                        epoch: st.epoch,
-                                        passes: 1,
-                                    },
-                                )
-                            })
-                            .collect(),
-                        Some(&"none") => BTreeMap::new(),
-                        Some(list) => list
-                            .split(',')
-                            .map(|s| {
-                                let shard: u32 =
-                                    s.parse().map_err(|_| format!("bad shard {s:?}"))?;
-                                let epoch = self
-                                    .state
-                                    .shards
-                                    .get(shard as usize)
-                                    .ok_or(format!("no shard {shard}"))?
-                                    .epoch;
-                                Ok((shard, ShardRun { epoch, passes: 1 }))
-                            })
-                            .collect::<Result<_, String>>()?,
-                    };
-                    // An explicit seq replays an old report (one in flight).
-                    let seq = match args.get("seq") {
-                        Some(v) => v.parse().map_err(|_| format!("bad seq {v:?}"))?,
-                        None => {
-                            let seq = self.seqs.entry(n).or_default();
-                            *seq += 1;
-                            *seq
-                        }
-                    };
-                    let report = Report {
-                        received_at: self.now,
-                        applied_index: number(&args, "applied", self.state.last_index)?,
-                        running,
-                        lease_remaining: self.timing.lease,
-                        fenced_writes: 0,
-                        tasks: TaskCounters::default(),
-                        fenced: BTreeMap::new(),
-                    };
-                    let inc = number(&args, "inc", 1)?;
-                    let heard = self.leader()?.heartbeat(n, report, inc, seq);
-                    let mut notes = Vec::new();
-                    if heard.back {
-                        notes.push("back after its hand-back");
-                    }
-                    if heard.replan {
-                        notes.push("plan now");
-                    }
-                    writeln!(out, "n{n} seq {seq}: {}", notes.join(", ")).ok();
+                    self.heartbeat(n, &args, out)?;
                 }
             }
             "hand-back" => {
@@ -207,48 +278,7 @@ impl Scenario {
                 self.leader()?.hand_back(n, applied, (1, seq), now);
                 writeln!(out, "n{n} handed back after its report {seq}").ok();
             }
-            "plan" => {
-                let (now, members, max) = (self.now, self.members.clone(), self.max_releases);
-                let state = self.state.clone();
-                let plan = self.leader()?.plan(&state, &members, max, now);
-                for mv in &plan.moves {
-                    match mv {
-                        Move::Assign { shard, to, .. } => {
-                            let s = &state.shards[*shard as usize];
-                            let from = s.owner.or(s.released_from);
-                            let why = plan
-                                .reassigned
-                                .iter()
-                                .find(|r| r.shard == *shard)
-                                .map(|r| {
-                                    if r.handed_back {
-                                        format!(" (n{} handed back)", r.from)
-                                    } else {
-                                        format!(" (n{} silent {:?})", r.from, r.silent_for)
-                                    }
-                                })
-                                .unwrap_or_else(|| {
-                                    from.map(|f| format!(" (n{f} stopped it)"))
-                                        .unwrap_or_default()
-                                });
-                            writeln!(out, "assign s{shard} -> n{to}{why}").ok();
-                        }
-                        Move::Release { shard, .. } => {
-                            let owner = state.shards[*shard as usize].owner;
-                            writeln!(out, "release s{shard} from n{}", owner.unwrap_or(0)).ok();
-                        }
-                    }
-                }
-                if plan.moves.is_empty() {
-                    writeln!(out, "no moves").ok();
-                } else {
-                    let index = self.commit(Command::Moves { moves: plan.moves });
-                    writeln!(out, "committed at index {index}").ok();
-                }
-                if let Some(t) = plan.next_expiry {
-                    writeln!(out, "next expiry {}", self.at(t)).ok();
-                }
-            }
+            "plan" => self.plan(out)?,
             "drain" | "undrain" => {
                 let n = node(positional.first().ok_or("drain whom?")?)?;
                 let index = self.commit(Command::SetDrained {
@@ -268,16 +298,7 @@ impl Scenario {
                 self.leader = Some(LeaderTerm::new(me, term, self.timing, self.now));
                 writeln!(out, "n{me} leads term {term} at {}", self.at(self.now)).ok();
             }
-            "shards" => {
-                for (i, s) in self.state.shards.iter().enumerate() {
-                    let owner = match (s.owner, s.released_from) {
-                        (Some(o), _) => format!("n{o}"),
-                        (None, Some(f)) => format!("released from n{f}"),
-                        (None, None) => "unowned".to_string(),
-                    };
-                    writeln!(out, "s{i}: {owner} @{}", s.epoch).ok();
-                }
-            }
+            "shards" => self.shards(out),
             other => return Err(format!("unknown command {other:?}")),
         }
         Ok(())
