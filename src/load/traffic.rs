@@ -299,6 +299,13 @@ impl Shared {
     /// What the consumer saw, once the run is over.
     fn summary(&self, timeline: Vec<(f64, u64)>, census: Option<Census>) -> LoadSummary {
         let opts = &self.opts;
+        // One lock per statement: a guard taken inside the struct literal
+        // below would live to its end, and a second one would deadlock.
+        let (unlock_lateness_ms, unlock_lateness_quantiles_ms) = {
+            let h = lock(&self.unlock_late);
+            (Percentiles::of(&h), quantiles(&h))
+        };
+        let timeout_lateness_ms = Percentiles::of(&lock(&self.timeout_late));
         LoadSummary {
             mode: "traffic",
             queues: opts.queues,
@@ -313,9 +320,9 @@ impl Shared {
             missing: self.pending_count() as u64,
             early: self.early.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
-            unlock_lateness_ms: Percentiles::of(&lock(&self.unlock_late)),
-            timeout_lateness_ms: Percentiles::of(&lock(&self.timeout_late)),
-            unlock_lateness_quantiles_ms: quantiles(&lock(&self.unlock_late)),
+            unlock_lateness_ms,
+            timeout_lateness_ms,
+            unlock_lateness_quantiles_ms,
             timeline,
             census,
             ..Default::default()
