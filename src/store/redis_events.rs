@@ -133,34 +133,16 @@ impl RedisStore {
         let db = self.client().get_connection_info().redis_settings().db();
         let channel_prefix = format!("__keyspace@{db}__:");
         let prefix = self.prefix().to_string();
-        let base = format!("{channel_prefix}{}:queue:{{*}}", glob_escape(&prefix));
         let probe_key = format!("{prefix}:deckhand_probe:{:016x}", rand::random::<u64>());
         let probe_channel = format!("{channel_prefix}{probe_key}");
-
-        let connect = async {
-            let pubsub = self
-                .client()
-                .get_async_pubsub()
-                .await
-                .map_err(|e| unavailable("connecting for keyspace events", e))?;
-            let (mut sink, stream) = pubsub.split();
-            sink.psubscribe(&[
-                format!("{base}:lock_ack"),
-                format!("{base}:lock_nack"),
-                format!("{base}:tmp"),
-            ])
-            .await
-            .map_err(|e| unavailable("PSUBSCRIBE", e))?;
-            sink.subscribe(&probe_channel)
-                .await
-                .map_err(|e| unavailable("SUBSCRIBE", e))?;
-            Ok::<_, StoreError>((sink, stream))
-        };
-        let (sink, mut stream) = tokio::time::timeout(SUBSCRIBE_TIMEOUT, connect)
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable("subscribing to keyspace events timed out".into())
-            })??;
+        let (sink, mut stream) = tokio::time::timeout(
+            SUBSCRIBE_TIMEOUT,
+            self.connect_pubsub(&channel_prefix, &probe_channel),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::Unavailable("subscribing to keyspace events timed out".into())
+        })??;
 
         // Probe: our own ZADD must come back as a `zadd` event (a DEL's `del`
         // alone would mean Redis publishes keyspace events, but not for sorted sets).
@@ -184,14 +166,7 @@ impl RedisStore {
             .await
             .unwrap_or(Ok(false))?;
         if !arrived {
-            let current = match self.config_get("notify-keyspace-events").await {
-                Ok(value) => format!("it is {value:?}"),
-                Err(e) => format!("CONFIG GET was refused ({e})"),
-            };
-            return Err(StoreError::NoLockEvents(format!(
-                "Redis did not publish a keyspace event for a ZADD within {PROBE_TIMEOUT:?}: \
-                 {REQUIRED_SETTING}; {current}"
-            )));
+            return Err(self.no_lock_events().await);
         }
         tracing::debug!(db, prefix, "subscribed to queue events");
 
@@ -213,6 +188,45 @@ impl RedisStore {
             state,
             Subscription::next_event,
         ))))
+    }
+
+    /// A pub/sub connection subscribed to Deckard's lock and processing
+    /// sets under this prefix, and to the probe's channel.
+    async fn connect_pubsub(
+        &self,
+        channel_prefix: &str,
+        probe_channel: &str,
+    ) -> Result<(PubSubSink, PubSubStream), StoreError> {
+        let base = format!("{channel_prefix}{}:queue:{{*}}", glob_escape(self.prefix()));
+        let pubsub = self
+            .client()
+            .get_async_pubsub()
+            .await
+            .map_err(|e| unavailable("connecting for keyspace events", e))?;
+        let (mut sink, stream) = pubsub.split();
+        sink.psubscribe(&[
+            format!("{base}:lock_ack"),
+            format!("{base}:lock_nack"),
+            format!("{base}:tmp"),
+        ])
+        .await
+        .map_err(|e| unavailable("PSUBSCRIBE", e))?;
+        sink.subscribe(probe_channel)
+            .await
+            .map_err(|e| unavailable("SUBSCRIBE", e))?;
+        Ok((sink, stream))
+    }
+
+    /// The error for a probe that did not come back, with Redis's setting.
+    async fn no_lock_events(&self) -> StoreError {
+        let current = match self.config_get("notify-keyspace-events").await {
+            Ok(value) => format!("it is {value:?}"),
+            Err(e) => format!("CONFIG GET was refused ({e})"),
+        };
+        StoreError::NoLockEvents(format!(
+            "Redis did not publish a keyspace event for a ZADD within {PROBE_TIMEOUT:?}: \
+             {REQUIRED_SETTING}; {current}"
+        ))
     }
 }
 

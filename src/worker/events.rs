@@ -239,86 +239,123 @@ pub async fn run_subscriber(shared: Arc<WorkerShared>, mut stop: ShutdownListene
     let mut running = shared.watch_running_count();
     let mut backoff = Duration::from_millis(100);
     loop {
-        // Subscribe only while this node runs shards. Without shards, a node
-        // that fell back to polling still checks every RECHECK, so its mode
-        // (and the gauge) recovers once Redis publishes events again.
-        loop {
-            tokio::select! {
-                r = wait_running(&mut running, true) => { if r.is_err() { return } break; }
-                _ = tokio::time::sleep(RECHECK) => {
-                    if shared.scheduling().mode == Mode::Polling {
-                        recheck_standby(&shared, &store).await;
-                    }
-                }
-                _ = stop.recv() => return,
-            }
+        if wait_for_shards(&shared, &store, &mut running, &mut stop)
+            .await
+            .is_none()
+        {
+            return;
         }
         let attempt = tokio::select! {
             r = store.watch_events() => r,
             _ = stop.recv() => return,
         };
         let wait = match attempt {
-            Ok(mut events) => {
+            Ok(events) => {
                 backoff = Duration::from_millis(100);
-                shared.set_scheduling(Mode::Events, true, String::new());
-                tracing::info!(
-                    node = shared.node_id,
-                    "subscribed to lock events; sweeping every owned queue"
-                );
-                let lost = loop {
-                    tokio::select! {
-                        event = events.next() => match event {
-                            Some(event) => {
-                                shared.metrics.scheduling.queue_events.inc();
-                                route(&shared, &event.queue, event.kind);
-                            }
-                            None => break true,
-                        },
-                        r = wait_running(&mut running, false) => {
-                            if r.is_err() { return }
-                            break false;
-                        }
-                        _ = stop.recv() => return,
-                    }
+                let Some(lost) = follow(&shared, events, &mut running, &mut stop).await else {
+                    return;
                 };
-                drop(events);
                 if lost {
-                    tracing::warn!(
-                        node = shared.node_id,
-                        "lost the lock-event subscription; polling until it is back"
-                    );
-                    shared.set_scheduling(Mode::Polling, false, "resubscribing".into());
                     backoff
                 } else {
-                    tracing::debug!(
-                        node = shared.node_id,
-                        "no shards here: unsubscribed from lock events"
-                    );
-                    shared.set_scheduling(Mode::Events, false, String::new());
                     Duration::ZERO
                 }
             }
-            Err(e @ StoreError::NoLockEvents(_)) => {
-                if mode == NotificationMode::Require {
-                    tracing::error!(node = shared.node_id, error = %e, "tasks.notifications = \"require\" but lock events stopped: polling");
-                } else {
-                    tracing::warn!(node = shared.node_id, error = %e, "lock events unavailable: polling");
-                }
-                shared.set_scheduling(Mode::Polling, false, e.to_string());
-                RECHECK
-            }
-            Err(e) => {
-                tracing::warn!(node = shared.node_id, error = %e, "cannot subscribe to lock events: polling");
-                shared.set_scheduling(Mode::Polling, false, e.to_string());
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                backoff
-            }
+            Err(e) => subscription_failed(&shared, e, &mut backoff),
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.recv() => return,
         }
     }
+}
+
+/// Waits until this node runs shards (`None`: stop). Subscribe only while
+/// this node runs shards. Without shards, a node that fell back to polling
+/// still checks every [`RECHECK`], so its mode (and the gauge) recovers
+/// once Redis publishes events again.
+async fn wait_for_shards(
+    shared: &WorkerShared,
+    store: &SharedStore,
+    running: &mut tokio::sync::watch::Receiver<usize>,
+    stop: &mut ShutdownListener,
+) -> Option<()> {
+    loop {
+        tokio::select! {
+            r = wait_running(running, true) => return r.ok(),
+            _ = tokio::time::sleep(RECHECK) => {
+                if shared.scheduling().mode == Mode::Polling {
+                    recheck_standby(shared, store).await;
+                }
+            }
+            _ = stop.recv() => return None,
+        }
+    }
+}
+
+/// Routes every event of a live subscription until it is lost (`Some(true)`,
+/// the mode goes back to polling), this node runs no shard any more
+/// (`Some(false)`: unsubscribed on purpose), or stop (`None`).
+async fn follow(
+    shared: &WorkerShared,
+    mut events: crate::store::QueueEventStream,
+    running: &mut tokio::sync::watch::Receiver<usize>,
+    stop: &mut ShutdownListener,
+) -> Option<bool> {
+    shared.set_scheduling(Mode::Events, true, String::new());
+    tracing::info!(
+        node = shared.node_id,
+        "subscribed to lock events; sweeping every owned queue"
+    );
+    let lost = loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(event) => {
+                    shared.metrics.scheduling.queue_events.inc();
+                    route(shared, &event.queue, event.kind);
+                }
+                None => break true,
+            },
+            r = wait_running(running, false) => {
+                r.ok()?;
+                break false;
+            }
+            _ = stop.recv() => return None,
+        }
+    };
+    drop(events);
+    if lost {
+        tracing::warn!(
+            node = shared.node_id,
+            "lost the lock-event subscription; polling until it is back"
+        );
+        shared.set_scheduling(Mode::Polling, false, "resubscribing".into());
+    } else {
+        tracing::debug!(
+            node = shared.node_id,
+            "no shards here: unsubscribed from lock events"
+        );
+        shared.set_scheduling(Mode::Events, false, String::new());
+    }
+    Some(lost)
+}
+
+/// Polls after a failed subscription; returns how long to wait before the
+/// next attempt (doubling `backoff` on errors other than missing events).
+fn subscription_failed(shared: &WorkerShared, e: StoreError, backoff: &mut Duration) -> Duration {
+    if let StoreError::NoLockEvents(_) = e {
+        if shared.settings.notifications == NotificationMode::Require {
+            tracing::error!(node = shared.node_id, error = %e, "tasks.notifications = \"require\" but lock events stopped: polling");
+        } else {
+            tracing::warn!(node = shared.node_id, error = %e, "lock events unavailable: polling");
+        }
+        shared.set_scheduling(Mode::Polling, false, e.to_string());
+        return RECHECK;
+    }
+    tracing::warn!(node = shared.node_id, error = %e, "cannot subscribe to lock events: polling");
+    shared.set_scheduling(Mode::Polling, false, e.to_string());
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    *backoff
 }
 
 #[cfg(test)]
