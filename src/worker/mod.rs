@@ -48,6 +48,7 @@ pub mod queue_stats;
 pub mod runner;
 pub mod schedule;
 pub mod service;
+mod shard_queues;
 pub mod sync;
 
 use std::collections::BTreeMap;

@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{Mode, Scheduling, ShardInbox};
 use super::schedule::{next_call, CallResult, QueueSchedule};
+use super::shard_queues::ShardQueues;
 use super::{RunningShard, TaskRunState, WorkerShared};
 use crate::cluster::shards::{fence_token, token_epoch};
 use crate::cluster::TaskKind;
 use crate::locks::lock;
 use crate::raft::store::AppliedState;
 use crate::shutdown::ShutdownListener;
-use crate::store::{now_ms, EventKind, Fence, HousekeepOutcome, HousekeepRequest, StoreError};
+use crate::store::{now_ms, Fence, HousekeepOutcome, HousekeepRequest, StoreError};
 
 /// How long a task waits before retrying after a store error.
 const STORE_RETRY: Duration = Duration::from_millis(200);
@@ -127,24 +128,7 @@ fn reconcile(
         .collect();
     for shard in to_stop {
         if let Some(task) = tasks.remove(&shard) {
-            task.cancel.cancel();
-            if !task.handle.is_finished() {
-                tracing::info!(
-                    node = shared.node_id,
-                    shard,
-                    epoch = task.epoch,
-                    "stopping shard"
-                );
-                // Its end wakes this loop (`RunningGuard`).
-                let previous = stopping.insert(
-                    shard,
-                    Stopping {
-                        id: task.id,
-                        handle: task.handle,
-                    },
-                );
-                debug_assert!(previous.is_none(), "shard {shard} had two tasks at once");
-            }
+            stop_task(shared, shard, task, stopping);
         }
     }
     if !may_start {
@@ -160,35 +144,65 @@ fn reconcile(
         if shared.fenced_at(shard) == Some(epoch) {
             continue;
         }
-        tracing::info!(node = shared.node_id, shard, epoch, "running shard");
-        let cancel = CancellationToken::new();
-        let passes = Arc::new(AtomicU64::new(0));
-        let task = shared.next_task_id();
-        let inbox = shared.start_running(
-            shard,
-            RunningShard {
-                epoch,
-                task,
-                passes: passes.clone(),
-            },
-        );
-        let handle = tokio::spawn(run_shard(
-            shared.clone(),
-            shard,
+        tasks.insert(shard, start_task(shared, shard, epoch));
+    }
+}
+
+/// Cancels `task`; one still working is kept in `stopping` until it ends
+/// (its end wakes the reconcile loop, see `RunningGuard`).
+fn stop_task(
+    shared: &WorkerShared,
+    shard: u32,
+    task: Task,
+    stopping: &mut BTreeMap<u32, Stopping>,
+) {
+    task.cancel.cancel();
+    if task.handle.is_finished() {
+        return;
+    }
+    tracing::info!(
+        node = shared.node_id,
+        shard,
+        epoch = task.epoch,
+        "stopping shard"
+    );
+    let previous = stopping.insert(
+        shard,
+        Stopping {
+            id: task.id,
+            handle: task.handle,
+        },
+    );
+    debug_assert!(previous.is_none(), "shard {shard} had two tasks at once");
+}
+
+/// Puts `shard` in the running set at `epoch` and spawns its task.
+fn start_task(shared: &Arc<WorkerShared>, shard: u32, epoch: u64) -> Task {
+    tracing::info!(node = shared.node_id, shard, epoch, "running shard");
+    let cancel = CancellationToken::new();
+    let passes = Arc::new(AtomicU64::new(0));
+    let task = shared.next_task_id();
+    let inbox = shared.start_running(
+        shard,
+        RunningShard {
             epoch,
-            cancel.clone(),
-            passes,
-            inbox,
-        ));
-        tasks.insert(
-            shard,
-            Task {
-                epoch,
-                id: task,
-                cancel,
-                handle,
-            },
-        );
+            task,
+            passes: passes.clone(),
+        },
+    );
+    let handle = tokio::spawn(run_shard(
+        shared.clone(),
+        shard,
+        epoch,
+        cancel.clone(),
+        passes,
+        inbox,
+    ));
+    Task {
+        epoch,
+        id: task,
+        cancel,
+        handle,
     }
 }
 
@@ -358,90 +372,6 @@ fn on_success(
 /// Calls per concurrency slot in one pass of a shard task (between two
 /// looks at its inbox).
 const PASS_CALLS_PER_SLOT: usize = 32;
-
-/// Most queues a shard task adopts from lock events before the leader's
-/// discovery lists them (beyond that, discovery brings them).
-const MAX_ADOPTED: usize = 65_536;
-
-/// The queues one shard task works: the leader's list plus the queues it
-/// adopted from lock events, and their timers.
-struct ShardQueues {
-    shard: u32,
-    schedule: QueueSchedule,
-    /// The list last applied (lists are replaced, never changed in place,
-    /// so a new Arc means a new list).
-    list: Option<Arc<Vec<String>>>,
-    /// Announced by lock events, not (yet) in the leader's list.
-    adopted: HashSet<String>,
-}
-
-impl ShardQueues {
-    /// Applies a new list from the leader: new queues are called now,
-    /// queues that left it (and were not adopted) are forgotten, here and
-    /// in the statistics.
-    fn apply_list(&mut self, shared: &WorkerShared, list: Arc<Vec<String>>, now: Instant) {
-        if self.list.as_ref().is_some_and(|l| Arc::ptr_eq(l, &list)) {
-            return;
-        }
-        let current: HashSet<&str> = list.iter().map(String::as_str).collect();
-        self.adopted.retain(|q| !current.contains(q.as_str()));
-        // A queue that left the list (discovery missed it three times) is
-        // kept, as if adopted, until a call of its own says it is gone: an
-        // event may have brought it back after that discovery, and only a
-        // call that sees it gone lets its fence expire.
-        let mut left = Vec::new();
-        self.schedule.retain(|q| {
-            if !current.contains(q) && !self.adopted.contains(q) {
-                left.push(q.to_string());
-            }
-            true
-        });
-        for q in left {
-            if self.adopted.len() < MAX_ADOPTED {
-                self.adopted.insert(q);
-            } else {
-                self.schedule.remove(&q);
-            }
-        }
-        for q in list.iter() {
-            self.schedule.add(q, now);
-        }
-        let mut keep: Vec<String> = list.iter().cloned().collect();
-        keep.extend(self.adopted.iter().cloned());
-        lock(&shared.queue_stats).retain_queues(self.shard, &keep);
-        self.list = Some(list);
-    }
-
-    /// Schedules announced queues (see `events` for when), adopting
-    /// unknown ones.
-    fn announce(&mut self, queues: Vec<(String, EventKind)>, now: Instant, pull_delay: Duration) {
-        for (q, kind) in queues {
-            let by = match kind {
-                // Ahead of any backlog (a sweep places every queue at its
-                // instant, and due queues are taken in instant order).
-                EventKind::Lock => self.schedule.next_wake().map_or(now, |w| w.min(now)),
-                EventKind::Pull => now + pull_delay,
-            };
-            if self.schedule.contains(&q) {
-                self.schedule.call_by(&q, by);
-            } else if self.adopted.len() < MAX_ADOPTED {
-                tracing::debug!(shard = self.shard, queue = %q, "adopted a queue from an event");
-                self.schedule.add(&q, by);
-                self.adopted.insert(q);
-            }
-        }
-    }
-
-    /// A queue reported gone: an adopted one is forgotten; a listed one waits
-    /// at the sweep pace until the leader's list drops it.
-    fn gone(&mut self, queue: &str, later: Instant) {
-        if self.adopted.remove(queue) {
-            self.schedule.remove(queue);
-        } else {
-            self.schedule.set(queue, later);
-        }
-    }
-}
 
 /// One shard's work loop: calls each queue of the shard when its timer,
 /// a lock event or a sweep says so (see `schedule` and `events`), until
