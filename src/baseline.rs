@@ -125,19 +125,7 @@ pub async fn run(opts: &BaselineOptions) -> Result<BaselineSummary, StoreError> 
         summary.queues = queues.len();
         let moved_before = summary.moved;
         for q in &queues {
-            let k = QueueKeys::new(&prefix, q);
-            let result: Result<u64, _> = script
-                .key(&k.active)
-                .key(&k.processing)
-                .key(&k.lock_ack)
-                .key(&k.lock_ack_score)
-                .key(&k.lock_nack)
-                .key(&k.lock_nack_score)
-                .arg(now_ms())
-                .arg(opts.per_run)
-                .invoke_async(&mut con)
-                .await;
-            match result {
+            match unlock_once(&script, &mut con, &prefix, q, opts.per_run).await {
                 Ok(n) => summary.moved += n,
                 Err(e) => {
                     summary.errors += 1;
@@ -158,4 +146,27 @@ pub async fn run(opts: &BaselineOptions) -> Result<BaselineSummary, StoreError> 
         }
     }
     Ok(summary)
+}
+
+/// One call of Deckard's unlock script on queue `q`, as Deckard's
+/// housekeeper makes it: at most `per_run` elements per lock set.
+async fn unlock_once(
+    script: &Script,
+    con: &mut ConnectionManager,
+    prefix: &str,
+    q: &str,
+    per_run: usize,
+) -> redis::RedisResult<u64> {
+    let k = QueueKeys::new(prefix, q);
+    script
+        .key(&k.active)
+        .key(&k.processing)
+        .key(&k.lock_ack)
+        .key(&k.lock_ack_score)
+        .key(&k.lock_nack)
+        .key(&k.lock_nack_score)
+        .arg(now_ms())
+        .arg(per_run)
+        .invoke_async(con)
+        .await
 }

@@ -10,8 +10,10 @@ use openraft::ServerState;
 use tokio::sync::watch;
 
 use super::{DemoOptions, DemoState};
+use crate::cluster::{NodeId, ShardState};
 use crate::load::LiveLoad;
 use crate::locks::lock;
+use crate::node::Node;
 
 pub struct LiveView {
     stop: watch::Sender<bool>,
@@ -91,26 +93,7 @@ async fn screen(
         .map(|n| n.state_machine.latest().cluster.shards.clone())
         .unwrap_or_default();
     for id in cluster.configs.keys() {
-        let line = match cluster.nodes.get(id) {
-            None => format!("  node {id}  DOWN\n"),
-            Some(n) => {
-                let m = n.metrics();
-                let role = match m.state {
-                    ServerState::Leader => "leader",
-                    ServerState::Follower => "follower",
-                    ServerState::Candidate => "candidate",
-                    ServerState::Learner => "learner",
-                    ServerState::Shutdown => "shutdown",
-                };
-                let owned = shards.iter().filter(|s| s.owner == Some(*id)).count();
-                format!(
-                    "  node {id}  {role:<9} term {:<3} shards owned {owned:<3} running {}\n",
-                    m.current_term,
-                    n.worker.running().len()
-                )
-            }
-        };
-        out.push_str(&line);
+        out.push_str(&node_line(*id, cluster.nodes.get(id), &shards));
     }
     out.push_str(&format!(
         "elements moved/s {rate:>7.0}   total {}   fenced writes {}\n",
@@ -128,4 +111,25 @@ async fn screen(
         out.push_str(&format!("  {:>5.1}s  {} ({took})\n", e.at_s, e.what));
     }
     out
+}
+
+/// One node's line: its role, term, shards owned and running, or DOWN.
+fn node_line(id: NodeId, node: Option<&Node>, shards: &[ShardState]) -> String {
+    let Some(n) = node else {
+        return format!("  node {id}  DOWN\n");
+    };
+    let m = n.metrics();
+    let role = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    let owned = shards.iter().filter(|s| s.owner == Some(id)).count();
+    format!(
+        "  node {id}  {role:<9} term {:<3} shards owned {owned:<3} running {}\n",
+        m.current_term,
+        n.worker.running().len()
+    )
 }

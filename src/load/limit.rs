@@ -8,7 +8,9 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::store::redis::RedisStore;
 use crate::store::{now_ms, DeckardClient, LockKind, StoreError};
+use crate::store::{Fence, HousekeepRequest, QueueStore};
 
 /// What one Redis sustains for the housekeeping moves alone.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -32,11 +34,31 @@ pub async fn redis_limit(
     batch: usize,
     concurrency: usize,
 ) -> Result<RedisLimit, StoreError> {
-    use crate::store::redis::RedisStore;
-    use crate::store::{Fence, HousekeepRequest, QueueStore};
     let store = Arc::new(RedisStore::open(url, prefix).await?);
     let names: Vec<String> = (0..queues).map(|i| format!("limit::q{i}")).collect();
-    let per_queue = n.div_ceil(queues.max(1));
+    write_expired(&store, &names, n.div_ceil(queues.max(1)), concurrency).await?;
+    let before = store.evalsha_stats().await?;
+    let started = Instant::now();
+    let (calls, elements) = drain_directly(&store, &names, batch, concurrency).await;
+    let wall = started.elapsed().as_secs_f64();
+    let after = store.evalsha_stats().await?;
+    let server_usec = after.1.saturating_sub(before.1);
+    Ok(RedisLimit {
+        elements,
+        calls,
+        server_usec,
+        elements_per_s: elements as f64 / (server_usec as f64 / 1e6).max(1e-9),
+        wall_elements_per_s: elements as f64 / wall.max(1e-9),
+    })
+}
+
+/// Writes `per_queue` ack locks that expired a minute ago in every queue.
+async fn write_expired(
+    store: &Arc<RedisStore>,
+    names: &[String],
+    per_queue: usize,
+    concurrency: usize,
+) -> Result<(), StoreError> {
     let then = now_ms() - 60_000;
     futures::stream::iter(names.iter())
         .map(|q| {
@@ -57,9 +79,17 @@ pub async fn redis_limit(
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<Result<(), _>>()?;
-    let before = store.evalsha_stats().await?;
-    let started = Instant::now();
+        .collect()
+}
+
+/// Calls the housekeeping script on every queue until it moves nothing,
+/// `concurrency` queues at a time; returns the calls and elements moved.
+async fn drain_directly(
+    store: &Arc<RedisStore>,
+    names: &[String],
+    batch: usize,
+    concurrency: usize,
+) -> (u64, u64) {
     let fence = Fence {
         shard: 0,
         epoch: 1,
@@ -91,15 +121,5 @@ pub async fn redis_limit(
             }
         })
         .await;
-    let wall = started.elapsed().as_secs_f64();
-    let after = store.evalsha_stats().await?;
-    let elements = moved.load(Ordering::Relaxed);
-    let server_usec = after.1.saturating_sub(before.1);
-    Ok(RedisLimit {
-        elements,
-        calls: calls.load(Ordering::Relaxed),
-        server_usec,
-        elements_per_s: elements as f64 / (server_usec as f64 / 1e6).max(1e-9),
-        wall_elements_per_s: elements as f64 / wall.max(1e-9),
-    })
+    (calls.into_inner(), moved.into_inner())
 }

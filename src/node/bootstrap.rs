@@ -118,25 +118,8 @@ pub async fn run(
                 return;
             }
         }
-        let others: Vec<_> = members
-            .iter()
-            .filter(|(id, _)| **id != config.node_id)
-            .collect();
-        let outcomes = futures::future::join_all(
-            others
-                .iter()
-                .map(|(id, info)| probe(&channels, &cluster, **id, &info.raft_addr)),
-        )
-        .await;
-        let mut waiting_for = Vec::new();
-        let mut someone_initialized = false;
-        for ((id, _), outcome) in others.iter().zip(outcomes) {
-            match outcome {
-                ProbeOutcome::Pristine => {}
-                ProbeOutcome::Initialized => someone_initialized = true,
-                ProbeOutcome::NotReady(why) => waiting_for.push(format!("node {id} ({why})")),
-            }
-        }
+        let (someone_initialized, waiting_for) =
+            probe_others(&channels, &cluster, &members, config.node_id).await;
         if someone_initialized {
             tracing::info!(
                 "another initial member already has cluster state; waiting to be replicated to"
@@ -144,13 +127,7 @@ pub async fn run(
             return;
         }
         if waiting_for.is_empty() {
-            match raft.initialize(members.clone()).await {
-                Ok(()) => tracing::info!(members = members.len(), "initialized new cluster"),
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                    tracing::info!("cluster was initialized meanwhile");
-                }
-                Err(e) => tracing::error!(error = %e, "cluster initialization failed"),
-            }
+            initialize(&raft, members).await;
             return;
         }
         // Say what we wait for now and then, not on every probe.
@@ -162,5 +139,44 @@ pub async fn run(
             _ = tokio::time::sleep(PROBE_INTERVAL) => {}
             _ = shutdown.recv() => return,
         }
+    }
+}
+
+/// Probes every initial member but `me`: whether one has cluster state
+/// already, and which are not ready yet (with why).
+async fn probe_others(
+    channels: &Channels,
+    cluster: &str,
+    members: &BTreeMap<NodeId, NodeInfo>,
+    me: NodeId,
+) -> (bool, Vec<String>) {
+    let others: Vec<_> = members.iter().filter(|(id, _)| **id != me).collect();
+    let outcomes = futures::future::join_all(
+        others
+            .iter()
+            .map(|(id, info)| probe(channels, cluster, **id, &info.raft_addr)),
+    )
+    .await;
+    let mut waiting_for = Vec::new();
+    let mut someone_initialized = false;
+    for ((id, _), outcome) in others.iter().zip(outcomes) {
+        match outcome {
+            ProbeOutcome::Pristine => {}
+            ProbeOutcome::Initialized => someone_initialized = true,
+            ProbeOutcome::NotReady(why) => waiting_for.push(format!("node {id} ({why})")),
+        }
+    }
+    (someone_initialized, waiting_for)
+}
+
+/// Forms the cluster with `members` (every one probed pristine and ready).
+async fn initialize(raft: &Raft, members: BTreeMap<NodeId, NodeInfo>) {
+    let count = members.len();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(members = count, "initialized new cluster"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+            tracing::info!("cluster was initialized meanwhile");
+        }
+        Err(e) => tracing::error!(error = %e, "cluster initialization failed"),
     }
 }

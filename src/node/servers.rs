@@ -26,29 +26,16 @@ pub(super) async fn serve(
     listeners: Listeners,
     shutdown: &Shutdown,
 ) -> Result<Tasks, NodeError> {
-    let raft_service = RaftRpc::new(
-        parts.raft.clone(),
-        config.node_id,
-        config.cluster.name.clone(),
-        parts.state_machine.clone(),
-        security.senders.clone(),
-    )
-    .into_server();
-    let worker_service = WorkerRpc::new(parts.coordinator.clone(), security.senders).into_server();
-    let mut stop = shutdown.listener();
-    let incoming = TcpListenerStream::new(listeners.raft);
     let raft_server = server_builder(security.tls.as_ref(), "raft_addr")?;
-    let raft_task = tokio::spawn(async move {
-        let result = raft_server
-            .layer(crate::admin::grpc_errors::DecodeErrorLayer)
-            .add_service(raft_service)
-            .add_service(worker_service)
-            .serve_with_incoming_shutdown(incoming, async move { stop.recv().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "raft server failed");
-        }
-    });
+    let admin_server = server_builder(security.tls.as_ref(), "admin_addr")?;
+    let raft_task = spawn_raft_server(
+        raft_server,
+        config,
+        parts,
+        security.senders,
+        listeners.raft,
+        shutdown.listener(),
+    );
     let admin_service = AdminService::new(
         parts.raft.clone(),
         parts.state_machine.clone(),
@@ -58,7 +45,6 @@ pub(super) async fn serve(
         parts.channels.clone(),
     )
     .with_auth(crate::admin::auth::Auth::new(security.admin_token));
-    let admin_server = server_builder(security.tls.as_ref(), "admin_addr")?;
     let admin_task = spawn_admin_server(
         admin_server,
         admin_service,
@@ -81,6 +67,39 @@ pub(super) async fn serve(
         ("admin server", admin_task),
         ("metrics server", metrics_task),
     ])
+}
+
+/// The internal server: Raft RPCs and the workers' heartbeats, both
+/// checking that a sender is who its certificate says.
+fn spawn_raft_server(
+    server: Server,
+    config: &NodeConfig,
+    parts: &Parts,
+    senders: crate::tls::SenderCheck,
+    listener: TcpListener,
+    mut stop: ShutdownListener,
+) -> JoinHandle<()> {
+    let raft_service = RaftRpc::new(
+        parts.raft.clone(),
+        config.node_id,
+        config.cluster.name.clone(),
+        parts.state_machine.clone(),
+        senders.clone(),
+    )
+    .into_server();
+    let worker_service = WorkerRpc::new(parts.coordinator.clone(), senders).into_server();
+    let incoming = TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let result = server
+            .layer(crate::admin::grpc_errors::DecodeErrorLayer)
+            .add_service(raft_service)
+            .add_service(worker_service)
+            .serve_with_incoming_shutdown(incoming, async move { stop.recv().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "raft server failed");
+        }
+    })
 }
 
 /// A server builder, with mutual TLS when the node has certificates.

@@ -43,7 +43,7 @@ use crate::locks::lock;
 use crate::proto::worker::{
     GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, StatsAck, StatsReport,
 };
-use crate::raft::store::StateMachineStore;
+use crate::raft::store::{AppliedState, StateMachineStore};
 use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft, RaftMetrics, WriteError};
 use crate::store::{QueueSizes, SharedStore};
@@ -569,13 +569,7 @@ impl Coordinator {
         if state.cluster.shard_count == 0 {
             return Err(CoordError::NotInitialized);
         }
-        // Plan only from a state that includes everything committed before
-        // this term: i.e. once an entry of this term has been applied. A plan
-        // from an older state would only be skipped by the compare-and-set.
-        let caught_up = state.last_applied.is_some_and(|l| {
-            l.leader_id.term == term && l.index() >= m.local_committed.map_or(0, |c| c.index())
-        });
-        if !caught_up {
+        if !caught_up(&state, term, &m) {
             return Ok(Round {
                 moved: 0,
                 quiet_until: None,
@@ -595,19 +589,7 @@ impl Coordinator {
                 quiet_until: Some(expiry.unwrap_or(now + IDLE_PLAN)),
             });
         }
-        if !reassigned.is_empty() {
-            let from: BTreeSet<NodeId> = reassigned.iter().map(|r| r.from).collect();
-            tracing::info!(
-                ?from,
-                shards = reassigned.len(),
-                "reassigning shards of gone nodes"
-            );
-            let mut kept = lock(&self.inner.reassignments);
-            kept.extend(reassigned);
-            let excess = kept.len().saturating_sub(REASSIGNMENTS_KEPT);
-            kept.drain(..excess);
-            debug_assert!(kept.len() <= REASSIGNMENTS_KEPT);
-        }
+        self.keep_reassignments(reassigned);
         let count = moves.len();
         let moved = match self.write(Command::Moves { moves }).await? {
             CommandResult::Moved { applied, skipped } => {
@@ -624,8 +606,35 @@ impl Coordinator {
     }
 }
 
-/// The ids of the cluster's current members (voters and learners).
+/// Whether `state` includes everything committed before `term`: an entry
+/// of this term has been applied. Plan only from such a state; a plan from
+/// an older state would only be skipped by the compare-and-set.
+fn caught_up(state: &AppliedState, term: u64, m: &RaftMetrics) -> bool {
+    state.last_applied.is_some_and(|l| {
+        l.leader_id.term == term && l.index() >= m.local_committed.map_or(0, |c| c.index())
+    })
+}
+
 impl Coordinator {
+    /// Logs and keeps (the last `REASSIGNMENTS_KEPT`) what a round took
+    /// from gone nodes, for `ctl status`.
+    fn keep_reassignments(&self, reassigned: Vec<Reassignment>) {
+        if reassigned.is_empty() {
+            return;
+        }
+        let from: BTreeSet<NodeId> = reassigned.iter().map(|r| r.from).collect();
+        tracing::info!(
+            ?from,
+            shards = reassigned.len(),
+            "reassigning shards of gone nodes"
+        );
+        let mut kept = lock(&self.inner.reassignments);
+        kept.extend(reassigned);
+        let excess = kept.len().saturating_sub(REASSIGNMENTS_KEPT);
+        kept.drain(..excess);
+        debug_assert!(kept.len() <= REASSIGNMENTS_KEPT);
+    }
+
     /// Hands leadership to another voter: this leader cannot apply its own
     /// log. Repeated at each of its own refused heartbeats until it follows.
     async fn step_down(&self, m: &RaftMetrics) {

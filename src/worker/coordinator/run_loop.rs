@@ -7,7 +7,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
 
 use super::view::{DISCOVERY_AFTER_MOVES, DISCOVERY_RETRY, IDLE_PLAN, POLLING_DISCOVERY};
-use super::{CoordError, Coordinator};
+use super::{CoordError, Coordinator, Round};
 use crate::locks::lock;
 use crate::shutdown::ShutdownListener;
 use crate::worker::discovery::DiscoveryMemory;
@@ -105,51 +105,69 @@ impl Coordinator {
                 *lock(&self.inner.queues) = Default::default();
             }
             if leads && Instant::now() >= next_discovery {
-                // A failed discovery is retried soon, not a whole interval
-                // later. Without queue events (this node's check says Redis
-                // publishes none), discovery is the only way owners learn of
-                // new queues: run it at least every POLLING_DISCOVERY.
-                let polling = self.inner.scheduling.borrow().mode == Mode::Polling;
-                let interval = if polling {
-                    settings.discovery_interval.min(POLLING_DISCOVERY)
-                } else {
-                    settings.discovery_interval
-                };
-                let wait = if self.discover(&mut memory).await {
-                    interval
-                } else {
-                    interval.min(DISCOVERY_RETRY)
-                };
-                next_discovery = Instant::now() + wait;
+                next_discovery = self.discovery(&mut memory).await;
             }
             let outcome = self.plan_round().await;
             last_round = Instant::now();
-            let soon = last_round + settings.plan_interval;
-            due = match outcome {
-                Ok(round) => {
-                    if round.moved > 0 {
-                        // New owners start their shards now; a queue created
-                        // while nobody ran its shard announced itself to
-                        // nobody: find it soon rather than a whole interval later.
-                        next_discovery = next_discovery.min(last_round + DISCOVERY_AFTER_MOVES);
-                    }
-                    round.quiet_until.map_or(soon, |t| {
-                        t.clamp(
-                            last_round + Duration::from_millis(1),
-                            last_round + IDLE_PLAN,
-                        )
-                    })
+            due = self.next_round(outcome, leads, last_round, &mut next_discovery);
+        }
+    }
+
+    /// Runs one discovery; returns when the next one is due. A failed
+    /// discovery is retried soon, not a whole interval later. Without queue
+    /// events (this node's check says Redis publishes none), discovery is
+    /// the only way owners learn of new queues: run it at least every
+    /// `POLLING_DISCOVERY`.
+    async fn discovery(&self, memory: &mut DiscoveryMemory) -> Instant {
+        let interval = self.inner.settings.discovery_interval;
+        let polling = self.inner.scheduling.borrow().mode == Mode::Polling;
+        let interval = if polling {
+            interval.min(POLLING_DISCOVERY)
+        } else {
+            interval
+        };
+        let wait = if self.discover(memory).await {
+            interval
+        } else {
+            interval.min(DISCOVERY_RETRY)
+        };
+        Instant::now() + wait
+    }
+
+    /// When the next round is due after one that ended at `last_round`
+    /// with `outcome`; a round that moved shards brings discovery forward.
+    fn next_round(
+        &self,
+        outcome: Result<Round, CoordError>,
+        leads: bool,
+        last_round: Instant,
+        next_discovery: &mut Instant,
+    ) -> Instant {
+        let soon = last_round + self.inner.settings.plan_interval;
+        match outcome {
+            Ok(round) => {
+                if round.moved > 0 {
+                    // New owners start their shards now; a queue created
+                    // while nobody ran its shard announced itself to
+                    // nobody: find it soon rather than a whole interval later.
+                    *next_discovery = (*next_discovery).min(last_round + DISCOVERY_AFTER_MOVES);
                 }
-                // A follower: becoming leader is a role change, which wakes us.
-                Err(CoordError::NotLeader { .. }) if !leads => last_round + IDLE_PLAN,
-                // A leader without a fresh quorum acknowledgement, not
-                // initialized yet, or a failed write: try again soon.
-                Err(CoordError::NotLeader { .. }) | Err(CoordError::NotInitialized) => soon,
-                Err(e) => {
-                    tracing::debug!(node = self.inner.node_id, error = %e, "planning round failed");
-                    soon
-                }
-            };
+                round.quiet_until.map_or(soon, |t| {
+                    t.clamp(
+                        last_round + Duration::from_millis(1),
+                        last_round + IDLE_PLAN,
+                    )
+                })
+            }
+            // A follower: becoming leader is a role change, which wakes us.
+            Err(CoordError::NotLeader { .. }) if !leads => last_round + IDLE_PLAN,
+            // A leader without a fresh quorum acknowledgement, not
+            // initialized yet, or a failed write: try again soon.
+            Err(CoordError::NotLeader { .. }) | Err(CoordError::NotInitialized) => soon,
+            Err(e) => {
+                tracing::debug!(node = self.inner.node_id, error = %e, "planning round failed");
+                soon
+            }
         }
     }
 }
