@@ -207,7 +207,7 @@ impl Admin for AdminService {
         let state = self.state_machine.latest();
         let shards = self
             .coordinator
-            .shard_views()
+            .shard_views(&state.cluster)
             .into_iter()
             .map(|v| ShardInfo {
                 shard: v.shard,

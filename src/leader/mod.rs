@@ -6,8 +6,8 @@
 //! who is leaving (hand-backs), and decides which shards move (planning
 //! rounds). [`LeaderTerm`] holds that knowledge and makes those decisions
 //! with the clock passed in: `heartbeat`, `hand_back`, then
-//! `plan(&ClusterState, members, now) -> RoundPlan`. It performs no I/O. The
-//! async coordinator (`worker::coordinator`) is the shell around it: it
+//! `plan(&ClusterState, members, max_releases, now) -> RoundPlan`. It
+//! performs no I/O. The async coordinator (`worker::coordinator`) is the shell around it: it
 //! checks that this node leads, converts protobuf at the edge, asks
 //! `LeaderTerm` what to do and commits the moves through Raft.
 //!

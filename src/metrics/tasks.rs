@@ -3,6 +3,7 @@
 //! methods; the worker's counts (`ctl status`, heartbeats) read them back
 //! here, so no count is kept twice.
 
+use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Registry};
 
 use super::{counter, counter_vec, histogram, register, LATENESS_BUCKETS, TASK_LATENCY_MS_BUCKETS};
@@ -153,7 +154,17 @@ impl TaskMetrics {
 
     /// Successful calls so far.
     pub fn calls(&self) -> u64 {
-        self.task_runs.with_label_values(&["ok"]).get()
+        sum_where(&self.task_runs, "outcome", "ok")
+    }
+
+    /// Elements unlocked from `kind`'s lock set so far (every queue label).
+    pub fn unlocked(&self, kind: LockKind) -> u64 {
+        sum_where(&self.deckard_unlock, "lock_type", kind.label())
+    }
+
+    /// Elements returned after their ack deadline so far.
+    pub fn timed_out(&self) -> u64 {
+        sum_where(&self.task_elements, "task", "timeout")
     }
 
     /// Calls refused by fencing so far.
@@ -165,4 +176,20 @@ impl TaskMetrics {
     pub fn store_errors(&self) -> u64 {
         self.store_errors.get()
     }
+}
+
+/// The sum of `vec`'s series whose `label` is `value`, read from a
+/// collection so that reading never creates a series (`with_label_values`
+/// would, and `/metrics` would show a zero line that nothing recorded).
+fn sum_where(vec: &IntCounterVec, label: &str, value: &str) -> u64 {
+    vec.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == label && l.value() == value)
+        })
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }

@@ -55,12 +55,20 @@ impl RoleWatch {
                     "role changed"
                 );
                 if state == ServerState::Leader && !was_leader {
-                    // An attempt of an earlier term ends by itself once it
-                    // sees it no longer leads in that term.
-                    if let Some(old) = creating.take() {
-                        let _ = old.await;
-                    }
-                    creating = Some(tokio::spawn(self.record_shard_count(term, stop.clone())));
+                    // The new attempt starts once an earlier term's attempt
+                    // has ended (it does by itself once it sees it no longer
+                    // leads in that term), so two never run at once. It
+                    // waits in its own task: this watcher keeps following
+                    // the role meanwhile, and sees a quick step down and
+                    // re-election too.
+                    let previous = creating.take();
+                    let attempt = self.record_shard_count(term, stop.clone());
+                    creating = Some(tokio::spawn(async move {
+                        if let Some(old) = previous {
+                            let _ = old.await;
+                        }
+                        attempt.await;
+                    }));
                 }
                 last = Some((state, leader));
             }

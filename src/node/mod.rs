@@ -174,8 +174,10 @@ impl Node {
     /// (in-process clusters share one embedded store); `None` opens `store.url`.
     ///
     /// In named steps: storage, security, the worker's state, Raft, the
-    /// servers, the loops. A failing step returns before anything runs, with
-    /// an error naming the config key at fault.
+    /// servers, the loops. A failing step returns an error naming the config
+    /// key at fault. The steps before Raft start nothing; once Raft is
+    /// created its core runs, and a later failing step (a server's TLS
+    /// setup) returns with the node not serving, and the process exits.
     pub async fn start_with_store(
         config: NodeConfig,
         listeners: Listeners,

@@ -37,7 +37,7 @@ use super::discovery::QueueIndex;
 use super::events::Scheduling;
 use super::queue_stats::LeaderQueueStats;
 use super::WorkerSettings;
-use crate::cluster::{Command, CommandResult};
+use crate::cluster::{ClusterState, Command, CommandResult};
 use crate::leader::{CommitTimes, LeaderTerm, ShardRun, ShardView, Timing};
 use crate::locks::lock;
 use crate::proto::worker::{
@@ -452,18 +452,19 @@ impl Coordinator {
             .collect()
     }
 
-    /// Last reports by node (leader only; empty otherwise).
-    /// Every shard as this leader sees it, for `ctl shards`.
-    pub fn shard_views(&self) -> Vec<ShardView> {
-        let state = self.inner.state_machine.latest();
+    /// Every shard of `cluster` (the caller's snapshot of the applied
+    /// state, so what it shows beside the shards agrees with them) as this
+    /// leader sees it, for `ctl shards`.
+    pub fn shard_views(&self, cluster: &ClusterState) -> Vec<ShardView> {
         crate::leader::shard_views(
-            &state.cluster,
+            cluster,
             &self.reports(),
             &self.queue_counts(),
             Instant::now(),
         )
     }
 
+    /// Last reports by node (leader only; empty otherwise).
     pub fn reports(&self) -> BTreeMap<NodeId, Report> {
         lock(&self.inner.view)
             .as_ref()

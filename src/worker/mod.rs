@@ -63,7 +63,7 @@ use crate::cluster::lease::Lease;
 use crate::config::NodeConfig;
 use crate::locks::lock;
 use crate::raft::NodeId;
-use crate::store::SharedStore;
+use crate::store::{LockKind, SharedStore};
 
 /// Timing the worker and coordinator run with (from `[worker]` and `[raft]`).
 #[derive(Debug, Clone)]
@@ -118,14 +118,10 @@ impl WorkerSettings {
     }
 }
 
-/// Counts a node keeps about its own work that Prometheus does not break
-/// down the same way (calls, fenced writes and store errors are counted
-/// in the Prometheus counters only: see [`WorkerShared::counts`]).
+/// When this node last called a queue (its counts are in the Prometheus
+/// counters only: see [`WorkerShared::counts`]).
 #[derive(Debug, Default)]
 pub struct WorkerStats {
-    pub unlocked_ack: AtomicU64,
-    pub unlocked_nack: AtomicU64,
-    pub timed_out: AtomicU64,
     /// Wall-clock ms of the last call and of the last successful one (0: never).
     pub last_run_ms: AtomicU64,
     pub last_success_ms: AtomicU64,
@@ -508,18 +504,17 @@ impl WorkerShared {
         self.lists_version.subscribe()
     }
 
-    /// How shard tasks find new locks right now.
     /// This node's housekeeping counts, each read from the one place it is
-    /// counted.
+    /// counted: its Prometheus counter.
     pub fn counts(&self) -> WorkerCounts {
         let tasks = &self.metrics.tasks;
         WorkerCounts {
             calls: tasks.calls(),
             fenced_writes: tasks.fenced_writes(),
             store_errors: tasks.store_errors(),
-            unlocked_ack: self.stats.unlocked_ack.load(Ordering::Relaxed),
-            unlocked_nack: self.stats.unlocked_nack.load(Ordering::Relaxed),
-            timed_out: self.stats.timed_out.load(Ordering::Relaxed),
+            unlocked_ack: tasks.unlocked(LockKind::Ack),
+            unlocked_nack: tasks.unlocked(LockKind::Nack),
+            timed_out: tasks.timed_out(),
         }
     }
 

@@ -340,13 +340,6 @@ fn on_success(
     // the leader's shard table is; the fence carries the token.
     let epoch = token_epoch(fence.epoch);
     lock(&shared.queue_stats).record(fence.shard, epoch, queue, out.sizes);
-    stats
-        .unlocked_ack
-        .fetch_add(out.unlocked_ack, Ordering::Relaxed);
-    stats
-        .unlocked_nack
-        .fetch_add(out.unlocked_nack, Ordering::Relaxed);
-    stats.timed_out.fetch_add(out.timed_out, Ordering::Relaxed);
     if out.moved() > 0 {
         tracing::debug!(
             queue,
