@@ -9,8 +9,10 @@ for tool in sed grep nohup; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is required" >&2; exit 1; }
 done
 
-# The Redis tests start their own redis-server on a free port.
-if ! command -v redis-server >/dev/null; then
+# The Redis tests start their own redis-server on a free port; the Redis
+# Cluster tests form a cluster of them with redis-cli (package redis-tools,
+# which redis-server depends on).
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
   echo "test.sh: installing redis-server from Debian's packages" >&2
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq
@@ -19,6 +21,7 @@ if ! command -v redis-server >/dev/null; then
   $sudo systemctl stop redis-server 2>/dev/null || true
 fi
 redis-server --version
+redis-cli --version
 
 # scripts/prometheus-check.sh runs a real Prometheus; promtool checks metric names.
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then

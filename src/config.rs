@@ -166,6 +166,7 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         EnvKind::Integer,
     ),
     ("DECKHAND_STORE_URL", "store.url", EnvKind::String),
+    ("DECKHAND_STORE_CLUSTER", "store.cluster", EnvKind::Boolean),
     (
         "DECKHAND_STORE_KEY_PREFIX",
         "store.key_prefix",
@@ -209,6 +210,8 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
 enum EnvKind {
     Integer,
     String,
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, any case).
+    Boolean,
 }
 
 /// The environment variables [`load`] reads, for documentation and `--help`.
@@ -296,6 +299,18 @@ fn apply_env(
                     var: var.clone(),
                     message: format!("key `{key}` expects an integer, got {raw:?}"),
                 })?)
+            }
+            EnvKind::Boolean => {
+                toml::Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => {
+                        return Err(ConfigError::Env {
+                            var: var.clone(),
+                            message: format!("key `{key}` expects true or false, got {raw:?}"),
+                        })
+                    }
+                })
             }
         };
         let mut node = &mut *table;

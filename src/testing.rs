@@ -1,7 +1,9 @@
-//! Test support: a real `redis-server` on a free loopback port.
+//! Test support: a real `redis-server` on a free loopback port, and a real
+//! local Redis Cluster of them.
 //!
 //! Used by the contract tests, the end-to-end tests and the measurement
-//! tools. `scripts/test.sh` installs `redis-server` when it is missing.
+//! tools. `scripts/test.sh` installs `redis-server` (and `redis-cli`, from
+//! the same Debian package) when it is missing.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -26,6 +28,8 @@ pub enum RedisServerError {
     NotReady(u16),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("the Redis Cluster did not form: {0}")]
+    Cluster(String),
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -137,6 +141,14 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server at once (SIGKILL: no flush, like a crashed host).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts it again on the same port and data (after [`Self::stop`]).
     pub fn restart(&mut self) -> Result<(), RedisServerError> {
         self.stop();
@@ -151,5 +163,261 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A loopback port `p` such that `p` and its cluster bus port `p + 10000`
+/// are both free right now.
+fn free_cluster_port() -> std::io::Result<u16> {
+    for _ in 0..100 {
+        let port = free_port()?;
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other("no port p with p + 10000 free"))
+}
+
+/// A local Redis Cluster: three masters with a replica each, one
+/// `redis-server` per node in its own directory, formed by
+/// `redis-cli --cluster create`, publishing keyspace events for sorted
+/// sets. Killed when dropped.
+pub struct RedisCluster {
+    /// The six nodes; which are masters changes with failovers (ask
+    /// [`RedisCluster::masters`]).
+    pub nodes: Vec<RedisServer>,
+}
+
+/// `redis-server` arguments of a cluster node: a 2 s node timeout, so a
+/// killed master's replica takes over within seconds in tests.
+const CLUSTER_NODE_ARGS: &[&str] = &[
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "2000",
+    "--notify-keyspace-events",
+    "Kz",
+];
+
+impl RedisCluster {
+    /// Starts six nodes, forms the cluster, and waits until every node says
+    /// `cluster_state:ok` and every replica's link to its master is up.
+    pub fn start() -> Result<Self, RedisServerError> {
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let mut last = RedisServerError::NotReady(0);
+            let mut started = None;
+            for _ in 0..5 {
+                let mut server = RedisServer {
+                    child: None,
+                    port: free_cluster_port()?,
+                    dir: tempfile::tempdir()?,
+                    extra: CLUSTER_NODE_ARGS.iter().map(|a| a.to_string()).collect(),
+                };
+                match server.spawn() {
+                    Ok(()) => {
+                        started = Some(server);
+                        break;
+                    }
+                    Err(e @ RedisServerError::Spawn(_)) => return Err(e),
+                    Err(e) => last = e,
+                }
+            }
+            nodes.push(started.ok_or(last)?);
+        }
+        let cluster = Self { nodes };
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(RedisServerError::Spawn)?;
+        if !out.status.success() {
+            return Err(RedisServerError::Cluster(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )));
+        }
+        cluster.wait_healthy(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// Deckard's cluster URL for it (the first three nodes as seeds).
+    pub fn url(&self) -> String {
+        format!(
+            "redis://127.0.0.1:{}?addr=127.0.0.1:{}&addr=127.0.0.1:{}",
+            self.nodes[0].port, self.nodes[1].port, self.nodes[2].port
+        )
+    }
+
+    /// Runs `redis-cli -p port args...` and returns its output.
+    pub fn cli(port: u16, args: &[&str]) -> Result<String, RedisServerError> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(RedisServerError::Spawn)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The ports of the nodes that are masters now, by `ROLE`.
+    pub fn masters(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .filter(|n| {
+                Self::cli(n.port, &["ROLE"]).is_ok_and(|out| out.lines().next() == Some("master"))
+            })
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// The running replicas' ports, by `ROLE`.
+    pub fn replicas(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .filter(|n| {
+                Self::cli(n.port, &["ROLE"]).is_ok_and(|out| out.lines().next() == Some("slave"))
+            })
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// This node's id and how many slots it serves, from `CLUSTER NODES`.
+    pub fn id_and_slots(port: u16) -> Result<(String, usize), RedisServerError> {
+        let nodes = Self::cli(port, &["CLUSTER", "NODES"])?;
+        let line = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .ok_or_else(|| RedisServerError::Cluster(format!("{port}: no myself line")))?;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let slots = fields
+            .iter()
+            .skip(8)
+            .filter(|f| !f.starts_with('['))
+            .map(|range| match range.split_once('-') {
+                Some((a, b)) => {
+                    b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0)
+                }
+                None => 1,
+            })
+            .sum();
+        Ok((fields[0].to_string(), slots))
+    }
+
+    /// Crashes a master with SIGKILL, after pausing its writes until its
+    /// replica has everything (`CLIENT PAUSE`, `WAIT`), so the crash loses
+    /// no acknowledged write (a loss Redis's asynchronous replication
+    /// allows, and no housekeeper can prevent); then waits until its
+    /// replica has taken over. Returns the killed port.
+    pub fn crash_a_master(&mut self) -> Result<u16, RedisServerError> {
+        let port = *self
+            .masters()
+            .first()
+            .ok_or_else(|| RedisServerError::Cluster("no master".into()))?;
+        Self::cli(port, &["CLIENT", "PAUSE", "5000", "WRITE"])?;
+        Self::cli(port, &["WAIT", "1", "2000"])?;
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
+            node.kill();
+        }
+        self.wait_healthy(Duration::from_secs(30))?;
+        Ok(port)
+    }
+
+    /// `CLUSTER FAILOVER` on a replica: a graceful, coordinated switch of
+    /// roles. Waits until the replica is a master and the cluster is whole.
+    /// Returns the promoted port.
+    pub fn fail_over_to_a_replica(&mut self) -> Result<u16, RedisServerError> {
+        let port = *self
+            .replicas()
+            .first()
+            .ok_or_else(|| RedisServerError::Cluster("no replica".into()))?;
+        let out = Self::cli(port, &["CLUSTER", "FAILOVER"])?;
+        if !out.contains("OK") {
+            return Err(RedisServerError::Cluster(format!(
+                "CLUSTER FAILOVER: {out}"
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.masters().contains(&port) {
+            if Instant::now() >= deadline {
+                return Err(RedisServerError::Cluster(format!(
+                    "{port} never became master"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_healthy(Duration::from_secs(30))?;
+        Ok(port)
+    }
+
+    /// Moves half of one master's slots, with their keys, to another master
+    /// (`redis-cli --cluster reshard`). Returns the number of slots moved.
+    pub fn reshard_half_of_a_master(&mut self) -> Result<usize, RedisServerError> {
+        let masters = self.masters();
+        let (Some(&from), Some(&to)) = (masters.first(), masters.get(1)) else {
+            return Err(RedisServerError::Cluster("fewer than two masters".into()));
+        };
+        let (from_id, slots) = Self::id_and_slots(from)?;
+        let (to_id, _) = Self::id_and_slots(to)?;
+        let moving = (slots / 2).max(1);
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", &moving.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(RedisServerError::Spawn)?;
+        if !out.status.success() {
+            return Err(RedisServerError::Cluster(format!(
+                "redis-cli --cluster reshard failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )));
+        }
+        self.wait_healthy(Duration::from_secs(30))?;
+        Ok(moving)
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and sees
+    /// three masters, and every running replica's master link is up.
+    pub fn wait_healthy(&self, within: Duration) -> Result<(), RedisServerError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let problem = self.health_problem();
+            match problem {
+                None => return Ok(()),
+                Some(p) if Instant::now() >= deadline => return Err(RedisServerError::Cluster(p)),
+                Some(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn health_problem(&self) -> Option<String> {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let info = match Self::cli(node.port, &["CLUSTER", "INFO"]) {
+                Ok(info) => info,
+                Err(e) => return Some(e.to_string()),
+            };
+            if !info.contains("cluster_state:ok") {
+                return Some(format!("node {} is not cluster_state:ok", node.port));
+            }
+            let role = Self::cli(node.port, &["INFO", "replication"]).unwrap_or_default();
+            if role.contains("role:slave") && !role.contains("master_link_status:up") {
+                return Some(format!("replica {} has no link to its master", node.port));
+            }
+        }
+        let masters = self.masters().len();
+        (masters != 3).then(|| format!("{masters} masters, expected 3"))
     }
 }

@@ -89,8 +89,12 @@ impl SecurityConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `redis://host:port/db` or `memory://`.
+    /// `redis://host:port/db` or `memory://`; with `cluster`, Deckard's
+    /// cluster form `redis://node-1:6379?addr=node-2:6379&addr=...`.
     pub url: String,
+    /// The URL names a Redis Cluster (Deckard's `DECKARD_REDIS_CLUSTER_MODE`).
+    #[serde(default)]
+    pub cluster: bool,
     /// Deckard's key prefix, trimmed of spaces and `:`.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -131,8 +135,15 @@ impl StoreConfig {
     pub(super) fn check(&self) -> Check {
         match crate::store::parse_memory_url(&self.url) {
             Some(Err(message)) => return invalid("store.url", message),
+            Some(Ok(_)) if self.cluster => {
+                return invalid("store.cluster", "a memory:// store is not a Redis Cluster")
+            }
             Some(Ok(_)) => {}
-            None if self.url.starts_with("redis://") => {}
+            None if self.url.starts_with("redis://") || self.url.starts_with("rediss://") => {
+                if let Err(message) = crate::store::redis_url::parse(&self.url, self.cluster) {
+                    return invalid("store.url", message);
+                }
+            }
             None => {
                 return invalid(
                     "store.url",

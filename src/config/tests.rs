@@ -173,6 +173,34 @@ fn store_scheme_is_checked() {
 }
 
 #[test]
+fn a_deckard_cluster_url_needs_the_cluster_switch() {
+    let url = "redis://n1:7000?addr=n2:7001&addr=n3:7002";
+    let text = GOOD.replace("memory://", url);
+    let line = error_line(&text);
+    assert!(
+        line.contains("store.url") && line.contains("store.cluster"),
+        "{line}"
+    );
+    let env = vec![("DECKHAND_STORE_CLUSTER".to_string(), "true".to_string())];
+    let c = parse(Path::new("node.toml"), &text, env).expect("valid with the switch");
+    assert!(c.store.cluster);
+    assert_eq!(c.store.url, url);
+    let env = vec![("DECKHAND_STORE_CLUSTER".to_string(), "maybe".to_string())];
+    let e = parse(Path::new("node.toml"), &text, env).expect_err("not a boolean");
+    let line = e.to_string();
+    assert!(
+        line.contains("DECKHAND_STORE_CLUSTER") && line.contains("true or false"),
+        "{line}"
+    );
+    let text = GOOD.replace(
+        "url = \"memory://\"",
+        "url = \"redis://n1:7000/2\"\ncluster = true",
+    );
+    let line = error_line(&text);
+    assert!(line.contains("no database number"), "{line}");
+}
+
+#[test]
 fn address_without_port_is_rejected() {
     let text = GOOD.replace(
         "admin_addr = \"127.0.0.1:7202\"\nmetrics",

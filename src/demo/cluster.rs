@@ -92,6 +92,7 @@ impl DemoCluster {
                     store: StoreConfig {
                         url: "memory://".into(),
                         key_prefix: "deckard_v1".into(),
+                        cluster: false,
                     },
                     log: LogConfig::default(),
                     metrics: MetricsConfig::default(),

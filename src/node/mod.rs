@@ -449,9 +449,13 @@ impl Storage {
         )?;
         let queues = match shared {
             Some(s) => s,
-            None => crate::store::open(&config.store.url, &config.store.key_prefix)
-                .await?
-                .as_queue_store(),
+            None => crate::store::open_with(
+                &config.store.url,
+                &config.store.key_prefix,
+                config.store.cluster,
+            )
+            .await?
+            .as_queue_store(),
         };
         let (log, state_machine) = store::open(&config.data_dir.join("raft"))?;
         Ok(Self {

@@ -41,6 +41,32 @@
 //! it does what the current owner would do; what is lost in that corner is
 //! only the "one writer per queue" property, for one call.
 //!
+//! # On a Redis Cluster: a fence raise lost to a failover
+//!
+//! Replication is asynchronous: a master that fails right after a call
+//! raised a queue's fence may not have passed the raise to the replica that
+//! takes over, which then holds the previous value. deckhand does not `WAIT`
+//! for replicas after a raise; the argument, with what it costs:
+//!
+//! - the raise that can be lost is the one of the newest owner's first calls
+//!   on the queue, and only within the master's replication lag (normally
+//!   well under a millisecond) before the failure;
+//! - the only writer it could let through is the previous owner, and only
+//!   for a call that passed its lease check before a pause longer than the
+//!   lease plus the leader's margin: the same corner fencing exists for (a
+//!   live previous owner is moved off in two phases and has stopped);
+//! - the newest owner's next call on the queue (at the latest a sweep
+//!   interval later, sooner on a lock event) raises the fence again, so the
+//!   window closes by itself;
+//! - and the call it lets through is the one described above: it moves only
+//!   what was due by its caller's clock (older than the present, as it was
+//!   paused), atomically, with Deckard's scores: work done twice, never a
+//!   message lost, duplicated or returned early.
+//!
+//! `WAIT 1` after each raise would close the window where every master has a
+//! replica, for one extra round trip on each queue's first call of an epoch;
+//! it is the hardening to add if this corner ever matters.
+//!
 //! # Implementations
 //!
 //! - [`memory::MemoryStore`]: embedded, for the demo and fast tests.
@@ -52,8 +78,11 @@
 pub mod layout;
 pub mod memory;
 pub mod redis;
+pub mod redis_conn;
 pub mod redis_events;
+mod redis_scan;
 mod redis_scripts;
+pub mod redis_url;
 
 use std::sync::Arc;
 
@@ -342,6 +371,16 @@ pub fn parse_memory_url(url: &str) -> Option<Result<usize, String>> {
 /// A Redis store that cannot be reached yet still opens: it connects (and
 /// reconnects) on use, and operations fail until Redis answers.
 pub async fn open(url: &str, prefix: &str) -> Result<Arc<dyn FullStoreDyn>, StoreError> {
+    open_with(url, prefix, false).await
+}
+
+/// [`open`], where `cluster` says the URL names a Redis Cluster (config
+/// `store.cluster`).
+pub async fn open_with(
+    url: &str,
+    prefix: &str,
+    cluster: bool,
+) -> Result<Arc<dyn FullStoreDyn>, StoreError> {
     if let Some(parsed) = parse_memory_url(url) {
         let queues = parsed.map_err(StoreError::Unavailable)?;
         let store = memory::MemoryStore::new();
@@ -350,8 +389,10 @@ pub async fn open(url: &str, prefix: &str) -> Result<Arc<dyn FullStoreDyn>, Stor
         }
         return Ok(Arc::new(store));
     }
-    if url.starts_with("redis://") {
-        return Ok(Arc::new(redis::RedisStore::open(url, prefix).await?));
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(Arc::new(
+            redis::RedisStore::open_with(url, prefix, cluster).await?,
+        ));
     }
     Err(StoreError::Unavailable(format!(
         "{url}: unknown store scheme"

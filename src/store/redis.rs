@@ -10,12 +10,22 @@
 //! Redis that is down at start or goes away makes operations fail with
 //! [`StoreError::Unavailable`] (the caller backs off) rather than stopping
 //! the node; they succeed again as soon as Redis is back.
+//!
+//! The same store runs on a Redis Cluster (`store.cluster`, Deckard's
+//! cluster URL: see [`super::redis_url`]): per-queue scripts go to the
+//! master of the queue's slot, scans walk every master (see
+//! [`super::redis_conn`] and [`super::redis_scan`]).
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{Client, RedisError, Script};
 use tokio::sync::Mutex;
+
+use super::redis_conn::{Node, RedisConn, RETRIES, RETRY_MAX_WAIT_MS, RETRY_MIN_WAIT_MS};
+use super::redis_scan::{scan_nodes, KeyScan};
+use super::redis_url::{self, RedisTarget};
 
 use super::layout::{
     discovery_pattern, fence_pattern, normalize_prefix, queue_of_set_key, QueueKeys, SCORE_MIN,
@@ -31,13 +41,23 @@ use super::redis_scripts::{ADD, HOUSEKEEP, PULL, RAISE_GENERATION, RELEASE};
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one command may take before it fails.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the first connection to a cluster may take: it reaches a seed,
+/// reads the slot map and connects to every master.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the store connects to.
+enum Target {
+    Single(Client),
+    /// Boxed: the cluster client is twice a single one's size.
+    Cluster(Box<ClusterClient>),
+}
 
 pub struct RedisStore {
-    client: Client,
+    target: Target,
     prefix: String,
-    /// Made on first use and kept; the manager reconnects by itself. A tokio
-    /// mutex because connecting awaits.
-    connection: Mutex<Option<ConnectionManager>>,
+    /// Made on first use and kept; both connection kinds reconnect by
+    /// themselves. A tokio mutex because connecting awaits.
+    connection: Mutex<Option<RedisConn>>,
     housekeep: Script,
     add: Script,
     pull: Script,
@@ -65,12 +85,32 @@ fn op_error(queue: &str, e: RedisError) -> StoreError {
 }
 
 impl RedisStore {
-    /// Parses `url` (a bad URL is an error now); connects on first use.
+    /// A single Redis at `url` (a bad URL is an error now); connects on first use.
     pub async fn open(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client =
-            Client::open(url).map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
+        Self::open_with(url, prefix, false).await
+    }
+
+    /// A single Redis, or with `cluster` a Redis Cluster given in Deckard's
+    /// cluster URL form (see [`redis_url`]); connects on first use.
+    pub async fn open_with(url: &str, prefix: &str, cluster: bool) -> Result<Self, StoreError> {
+        let bad = |e: String| StoreError::Unavailable(format!("{url}: {e}"));
+        let target = match redis_url::parse(url, cluster).map_err(StoreError::Unavailable)? {
+            RedisTarget::Single(url) => {
+                Target::Single(Client::open(url.as_str()).map_err(|e| bad(e.to_string()))?)
+            }
+            RedisTarget::Cluster(nodes) => Target::Cluster(Box::new(
+                ClusterClientBuilder::new(nodes)
+                    .retries(RETRIES)
+                    .min_retry_wait(RETRY_MIN_WAIT_MS)
+                    .max_retry_wait(RETRY_MAX_WAIT_MS)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            )),
+        };
         Ok(Self {
-            client,
+            target,
             prefix: normalize_prefix(prefix),
             connection: Mutex::new(None),
             housekeep: Script::new(HOUSEKEEP),
@@ -81,44 +121,70 @@ impl RedisStore {
         })
     }
 
-    pub(super) async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    pub(super) async fn connection(&self) -> Result<RedisConn, StoreError> {
         let mut slot = self.connection.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let connect = ConnectionManager::new_with_config(self.client.clone(), config);
-        let manager = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect)
-            .await
-            .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
-            .map_err(unavailable)?;
-        *slot = Some(manager.clone());
-        Ok(manager)
+        let con = match &self.target {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(200));
+                let connect = ConnectionManager::new_with_config(client.clone(), config);
+                let manager = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect)
+                    .await
+                    .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
+                    .map_err(unavailable)?;
+                RedisConn::Single(manager)
+            }
+            Target::Cluster(client) => {
+                let connect = client.get_async_connection();
+                let cluster = tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| {
+                        StoreError::Unavailable("connecting to the Redis Cluster timed out".into())
+                    })?
+                    .map_err(unavailable)?;
+                RedisConn::Cluster(cluster)
+            }
+        };
+        *slot = Some(con.clone());
+        Ok(con)
     }
 
-    /// `(calls, usec)` of EVALSHA from `INFO commandstats` (measurements).
+    /// `(calls, usec)` of EVALSHA from `INFO commandstats`, summed over
+    /// every master (measurements).
     pub async fn evalsha_stats(&self) -> Result<(u64, u64), StoreError> {
+        let per_node = self.evalsha_stats_per_node().await?;
+        Ok(per_node
+            .iter()
+            .fold((0, 0), |(c, u), (_, calls, usec)| (c + calls, u + usec)))
+    }
+
+    /// `(node, calls, usec)` of EVALSHA on each master (one row, named
+    /// `single`, on a single Redis): how the load spreads over a cluster.
+    pub async fn evalsha_stats_per_node(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
         let mut con = self.connection().await?;
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut con)
-            .await
-            .map_err(unavailable)?;
-        let line = info
-            .lines()
-            .find(|l| l.starts_with("cmdstat_evalsha:"))
-            .unwrap_or("cmdstat_evalsha:calls=0,usec=0");
-        let field = |name: &str| {
-            line.split([':', ','])
-                .find_map(|kv| kv.strip_prefix(name))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("calls="), field("usec=")))
+        let (nodes, _) = scan_nodes(&mut con).await?;
+        let mut rows = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let reply = con
+                .on_node(redis::cmd("INFO").arg("commandstats").clone(), &node)
+                .await
+                .map_err(unavailable)?;
+            let info: String = redis::from_redis_value(reply)
+                .map_err(|e| StoreError::Unavailable(format!("INFO commandstats: {e}")))?;
+            let (calls, usec) = evalsha_line(&info);
+            let name = match node {
+                Node::Single => "single".to_string(),
+                Node::Master(m) => m.to_string(),
+            };
+            rows.push((name, calls, usec));
+        }
+        Ok(rows)
     }
 
     /// Runs a pipeline on `queue`'s keys, mapping errors for that queue.
@@ -133,23 +199,31 @@ impl RedisStore {
             .map_err(|e| op_error(queue, e))
     }
 
-    pub(super) fn client(&self) -> &Client {
-        &self.client
+    /// The single server's client; `None` on a cluster.
+    pub(super) fn single_client(&self) -> Option<&Client> {
+        match &self.target {
+            Target::Single(client) => Some(client),
+            Target::Cluster(_) => None,
+        }
     }
 
     pub(super) fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// One Redis setting, by `CONFIG GET` (refused on many managed services).
+    /// One Redis setting, by `CONFIG GET` (refused on many managed
+    /// services); on a cluster, one master's.
     pub async fn config_get(&self, name: &str) -> Result<String, StoreError> {
         let mut con = self.connection().await?;
-        let pairs: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg(name)
-            .query_async(&mut con)
+        let reply = con
+            .on_node(
+                redis::cmd("CONFIG").arg("GET").arg(name).clone(),
+                &Node::Single,
+            )
             .await
             .map_err(unavailable)?;
+        let pairs: Vec<String> = redis::from_redis_value(reply)
+            .map_err(|e| StoreError::Unavailable(format!("CONFIG GET {name}: {e}")))?;
         Ok(pairs.get(1).cloned().unwrap_or_default())
     }
 
@@ -159,22 +233,19 @@ impl RedisStore {
     }
 }
 
-/// One `SCAN` step over the keys matching `pattern`: the next cursor (0
-/// when the scan is complete) and this step's keys.
-async fn scan_page(
-    con: &mut ConnectionManager,
-    pattern: &str,
-    cursor: u64,
-) -> Result<(u64, Vec<String>), StoreError> {
-    redis::cmd("SCAN")
-        .arg(cursor)
-        .arg("MATCH")
-        .arg(pattern)
-        .arg("COUNT")
-        .arg(1000)
-        .query_async(con)
-        .await
-        .map_err(unavailable)
+/// `(calls, usec)` from the `cmdstat_evalsha` line of `INFO commandstats`.
+fn evalsha_line(info: &str) -> (u64, u64) {
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap_or("cmdstat_evalsha:calls=0,usec=0");
+    let field = |name: &str| {
+        line.split([':', ','])
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("calls="), field("usec="))
 }
 
 /// `now_ms` is the caller's clock; the script may have used an earlier
@@ -223,24 +294,18 @@ impl QueueStore for RedisStore {
     async fn discover_queues(&self) -> Result<Vec<String>, StoreError> {
         let mut con = self.connection().await?;
         let mut queues = std::collections::BTreeSet::new();
-        {
-            let pattern = discovery_pattern(&self.prefix);
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys) = scan_page(&mut con, &pattern, cursor).await?;
-                for key in &keys {
-                    // Deckard's four sets say a queue exists; a fence or an
-                    // orphan restore-score set alone does not.
-                    if let Some(q) = queue_of_set_key(&self.prefix, key) {
-                        if validate_queue_name(q).is_ok() {
-                            queues.insert(q.to_string());
-                        }
+        let mut scan = KeyScan::start(&mut con, &discovery_pattern(&self.prefix))
+            .await?
+            .best_effort();
+        while let Some(keys) = scan.next_page(&mut con).await? {
+            for key in &keys {
+                // Deckard's four sets say a queue exists; a fence or an
+                // orphan restore-score set alone does not.
+                if let Some(q) = queue_of_set_key(&self.prefix, key) {
+                    if validate_queue_name(q).is_ok() {
+                        queues.insert(q.to_string());
                     }
                 }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
         }
         Ok(queues.into_iter().collect())
@@ -292,32 +357,28 @@ impl QueueStore for RedisStore {
 
     async fn highest_fence(&self) -> Result<u64, StoreError> {
         let mut con = self.connection().await?;
-        let pattern = fence_pattern(&self.prefix);
         let mut highest = 0u64;
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys) = scan_page(&mut con, &pattern, cursor).await?;
-            if !keys.is_empty() {
-                // A value that is not a number, or past 2^53 (the script's
-                // numbers are doubles), was not written by deckhand: it
-                // ranks nothing.
-                let values: Vec<Option<String>> = redis::cmd("MGET")
-                    .arg(&keys)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(unavailable)?;
-                let found = values
-                    .iter()
-                    .flatten()
-                    .filter_map(|v| v.parse::<u64>().ok())
-                    .filter(|v| *v <= 1 << 53);
-                highest = highest.max(found.max().unwrap_or(0));
+        let mut scan = KeyScan::start(&mut con, &fence_pattern(&self.prefix)).await?;
+        while let Some(keys) = scan.next_page(&mut con).await? {
+            if keys.is_empty() {
+                continue;
             }
-            if next == 0 {
-                return Ok(highest);
-            }
-            cursor = next;
+            // A value that is not a number, or past 2^53 (the script's
+            // numbers are doubles), was not written by deckhand: it ranks
+            // nothing. (On a cluster the crate splits the MGET by slot.)
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            let found = values
+                .iter()
+                .flatten()
+                .filter_map(|v| v.parse::<u64>().ok())
+                .filter(|v| *v <= 1 << 53);
+            highest = highest.max(found.max().unwrap_or(0));
         }
+        Ok(highest)
     }
 
     async fn fence_of(&self, queue: &str) -> Result<u64, StoreError> {
@@ -456,6 +517,33 @@ impl DeckardClient for RedisStore {
 mod tests {
     use super::*;
     use crate::testing::RedisServer;
+
+    /// The same contract on a real three-master Redis Cluster: scripts go
+    /// to each queue's master, discovery and the fence scan walk every
+    /// master, and the load is spread (every master ran scripts).
+    #[tokio::test]
+    async fn redis_cluster_store_meets_the_contract() {
+        let cluster = crate::testing::RedisCluster::start().expect("redis cluster");
+        let store = RedisStore::open_with(&cluster.url(), "deckard_v1", true)
+            .await
+            .expect("open");
+        crate::store::contract::run(&store, &store).await;
+        // Queues hash to every master, and discovery finds each one.
+        let queues: Vec<String> = (0..60).map(|i| format!("spread::q{i}")).collect();
+        for q in &queues {
+            store.add(q, &[("m".to_string(), 1.0)]).await.expect("add");
+        }
+        let found = store.discover_queues().await.expect("discover");
+        for q in &queues {
+            assert!(found.contains(q), "{q} not discovered on the cluster");
+        }
+        let per_node = store.evalsha_stats_per_node().await.expect("stats");
+        assert_eq!(per_node.len(), 3, "{per_node:?}");
+        assert!(
+            per_node.iter().all(|(_, calls, _)| *calls > 0),
+            "every master ran scripts: {per_node:?}"
+        );
+    }
 
     #[tokio::test]
     async fn redis_store_meets_the_contract() {

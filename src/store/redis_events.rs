@@ -52,11 +52,12 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
 use redis::Msg;
 
 use super::layout::queue_of_key;
 use super::redis::RedisStore;
+use super::redis_conn::RedisConn;
 use super::{EventKind, QueueEvent, QueueEventStream, StoreError};
 
 /// How long the probe's own event may take to come back.
@@ -130,14 +131,21 @@ impl RedisStore {
     }
 
     async fn subscribe_with(&self, timing: ProbeTiming) -> Result<QueueEventStream, StoreError> {
-        let db = self.client().get_connection_info().redis_settings().db();
+        let Some(client) = self.single_client() else {
+            return Err(StoreError::NoLockEvents(
+                "lock events are not followed on a Redis Cluster yet (keyspace events are \
+                 published per master): every queue is polled"
+                    .into(),
+            ));
+        };
+        let db = client.get_connection_info().redis_settings().db();
         let channel_prefix = format!("__keyspace@{db}__:");
         let prefix = self.prefix().to_string();
         let probe_key = format!("{prefix}:deckhand_probe:{:016x}", rand::random::<u64>());
         let probe_channel = format!("{channel_prefix}{probe_key}");
         let (sink, mut stream) = tokio::time::timeout(
             SUBSCRIBE_TIMEOUT,
-            self.connect_pubsub(&channel_prefix, &probe_channel),
+            self.connect_pubsub(client, &channel_prefix, &probe_channel),
         )
         .await
         .map_err(|_| {
@@ -194,12 +202,12 @@ impl RedisStore {
     /// sets under this prefix, and to the probe's channel.
     async fn connect_pubsub(
         &self,
+        client: &redis::Client,
         channel_prefix: &str,
         probe_channel: &str,
     ) -> Result<(PubSubSink, PubSubStream), StoreError> {
         let base = format!("{channel_prefix}{}:queue:{{*}}", glob_escape(self.prefix()));
-        let pubsub = self
-            .client()
+        let pubsub = client
             .get_async_pubsub()
             .await
             .map_err(|e| unavailable("connecting for keyspace events", e))?;
@@ -232,7 +240,7 @@ impl RedisStore {
 
 /// ZADD (a new member each time, so the ZADD always changes the key) then
 /// DEL of the probe key (outside Deckard's layout).
-async fn write_probe(con: &mut ConnectionManager, probe_key: &str) -> Result<(), StoreError> {
+async fn write_probe(con: &mut RedisConn, probe_key: &str) -> Result<(), StoreError> {
     let mut pipe = redis::pipe();
     pipe.cmd("ZADD")
         .arg(probe_key)
@@ -258,7 +266,7 @@ struct Subscription {
     channel_prefix: String,
     prefix: String,
     /// A command connection, for the probe's writes.
-    con: ConnectionManager,
+    con: RedisConn,
     probe_key: String,
     probe_channel: String,
     timing: ProbeTiming,

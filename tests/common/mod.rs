@@ -117,6 +117,7 @@ impl TestCluster {
                     store: StoreConfig {
                         url: "memory://".into(),
                         key_prefix: "deckard_v1".into(),
+                        cluster: false,
                     },
                     log: LogConfig::default(),
                     // Queue gauges return one second after a failover.

@@ -1,0 +1,174 @@
+//! Redis addresses as Deckard's operators write them.
+//!
+//! A single Redis is a plain `redis://[user:password@]host:port[/db]` URL,
+//! passed to the `redis` crate unchanged (it also reads `?protocol=`).
+//!
+//! A Redis Cluster is Deckard's own form (`DECKARD_CACHE_URI` with
+//! `DECKARD_REDIS_CLUSTER_MODE=true`, parsed by go-redis's
+//! `ParseClusterURL`): the URL's host is the first seed node and every
+//! `addr=host:port` query parameter adds one more, all sharing the URL's
+//! scheme and credentials, e.g.
+//! `redis://node-1:6379?addr=node-2:6379&addr=node-3:6379`. A cluster has
+//! no database number, so a path other than `/` or `/0` is refused, as is
+//! any other query parameter (go-redis refuses unknown ones too), so a typo
+//! is an error at start, not a silently ignored setting.
+//!
+//! `rediss://` (TLS) is recognised and refused with an error that says this
+//! build has no Redis TLS support; see `docs/deckard-compat.md`.
+//!
+//! Pure: no I/O, so every rule is unit-tested below.
+
+/// Where the Redis store connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server: the URL as written.
+    Single(String),
+    /// A Redis Cluster: one `redis://` URL per seed node, the first one the
+    /// URL's own host.
+    Cluster(Vec<String>),
+}
+
+/// Parses a store URL; `cluster` is the `store.cluster` switch.
+pub fn parse(url: &str, cluster: bool) -> Result<RedisTarget, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} is not a URL (expected redis://host:port)"))?;
+    match scheme {
+        "redis" => {}
+        "rediss" => {
+            return Err(format!(
+                "{url:?}: rediss:// (TLS to Redis) is not supported by this build; \
+                 use redis:// on a trusted network"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "{url:?}: unknown scheme {other:?}; expected redis://"
+            ))
+        }
+    }
+    let (authority_and_path, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let mut seeds = Vec::new();
+    let mut others = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("addr", addr)) => seeds.push(checked_addr(url, addr)?),
+            _ => others.push(pair),
+        }
+    }
+    if !cluster {
+        if !seeds.is_empty() {
+            return Err(format!(
+                "{url:?} lists cluster nodes (addr=) but store.cluster is false; \
+                 set store.cluster = true (DECKHAND_STORE_CLUSTER=true) as Deckard's \
+                 DECKARD_REDIS_CLUSTER_MODE=true"
+            ));
+        }
+        return Ok(RedisTarget::Single(url.to_string()));
+    }
+    if let Some(first) = others.first() {
+        return Err(format!(
+            "{url:?}: unknown cluster URL parameter {first:?} (a cluster URL takes only addr=host:port)"
+        ));
+    }
+    let (authority, path) = match authority_and_path.split_once('/') {
+        Some((a, p)) => (a, p),
+        None => (authority_and_path, ""),
+    };
+    if !(path.is_empty() || path == "0") {
+        return Err(format!(
+            "{url:?}: a Redis Cluster has no database number (only db 0); drop /{path}"
+        ));
+    }
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let first = checked_addr(url, host)?;
+    let node = |addr: &str| match userinfo {
+        Some(u) => format!("redis://{u}@{addr}"),
+        None => format!("redis://{addr}"),
+    };
+    let mut nodes = vec![node(&first)];
+    for seed in &seeds {
+        let seed = node(seed);
+        if !nodes.contains(&seed) {
+            nodes.push(seed);
+        }
+    }
+    Ok(RedisTarget::Cluster(nodes))
+}
+
+/// `host:port` with a non-empty host and a port in range (IPv6 in brackets).
+fn checked_addr(url: &str, addr: &str) -> Result<String, String> {
+    let bad = || format!("{url:?}: {addr:?} is not host:port");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.contains(['/', '@', '?', '&']) {
+        return Err(bad());
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(bad)?;
+    Ok(addr.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_url_is_passed_as_written() {
+        assert_eq!(
+            parse("redis://127.0.0.1:6379/2", false),
+            Ok(RedisTarget::Single("redis://127.0.0.1:6379/2".into()))
+        );
+        assert_eq!(
+            parse("redis://h:1/0?protocol=resp3", false),
+            Ok(RedisTarget::Single("redis://h:1/0?protocol=resp3".into()))
+        );
+    }
+
+    #[test]
+    fn deckards_cluster_form_gives_every_seed_with_the_credentials() {
+        assert_eq!(
+            parse(
+                "redis://node-1:6379?addr=node-2:6379&addr=node-3:6379",
+                true
+            ),
+            Ok(RedisTarget::Cluster(vec![
+                "redis://node-1:6379".into(),
+                "redis://node-2:6379".into(),
+                "redis://node-3:6379".into(),
+            ]))
+        );
+        assert_eq!(
+            parse("redis://u:p@a:1/?addr=b:2&addr=a:1", true),
+            Ok(RedisTarget::Cluster(vec![
+                "redis://u:p@a:1".into(),
+                "redis://u:p@b:2".into(),
+            ]))
+        );
+        assert_eq!(
+            parse("redis://[::1]:7000/0", true),
+            Ok(RedisTarget::Cluster(vec!["redis://[::1]:7000".into()]))
+        );
+    }
+
+    #[test]
+    fn bad_urls_name_what_is_wrong() {
+        let err = |url: &str, cluster: bool| parse(url, cluster).unwrap_err();
+        assert!(err("redis://a:1?addr=b:2", false).contains("store.cluster"));
+        assert!(err("redis://a:1/3", true).contains("no database number"));
+        assert!(err("redis://a:1?addr=b", true).contains("\"b\" is not host:port"));
+        assert!(err("redis://a:1?addr=b:0", true).contains("is not host:port"));
+        assert!(err("redis://a:1?dial_timeout=3s", true).contains("dial_timeout"));
+        assert!(err("redis://a", true).contains("is not host:port"));
+        assert!(err("rediss://a:1", true).contains("TLS"));
+        assert!(err("http://a:1", false).contains("unknown scheme"));
+        assert!(err("a:1", false).contains("not a URL"));
+    }
+}
