@@ -1,0 +1,213 @@
+//! End to end on a real local Redis Cluster (three masters, a replica each):
+//! a 3-node deckhand cluster housekeeps Deckard's keys spread over every
+//! master.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{wait_until, TestCluster};
+use deckhand::load::{self, LoadOptions};
+use deckhand::store::redis::RedisStore;
+use deckhand::store::{now_ms, DeckardClient, LockKind, QueueStore};
+use deckhand::testing::{RedisCluster, RedisServerError};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_housekeep_queues_on_every_master_of_a_redis_cluster() {
+    let redis = RedisCluster::start().expect("redis cluster");
+    let store = Arc::new(
+        RedisStore::open_with(&redis.url(), "deckard_v1", true)
+            .await
+            .expect("open"),
+    );
+    let client: &dyn DeckardClient = store.as_ref();
+
+    // 90 queues (their slots fall on all three masters); in each an ack
+    // lock with a restore score, a nack lock and a deadline that passes.
+    let queues: Vec<String> = (0..90).map(|i| format!("orders::q{i}")).collect();
+    let now = now_ms();
+    for q in &queues {
+        let items: Vec<(String, f64)> = ["a", "b", "c"]
+            .iter()
+            .map(|id| (id.to_string(), 10.0))
+            .collect();
+        client.add(q, &items).await.expect("add");
+        client.pull(q, 2, now, 60_000).await.expect("pull a b");
+        client
+            .pull(q, 1, now, 1_000)
+            .await
+            .expect("pull c: 1 s deadline");
+        client
+            .release(q, LockKind::Ack, "a", now, 1_000, Some(77.0))
+            .await
+            .expect("ack a");
+        client
+            .release(q, LockKind::Nack, "b", now, 800, None)
+            .await
+            .expect("nack b");
+    }
+
+    let cluster = TestCluster::start_on(3, Some(store.clone())).await;
+    cluster.wait_for_leader().await;
+
+    wait_until(
+        "every lock and deadline on every master was handled",
+        || async {
+            for q in &queues {
+                let snap = client.snapshot(q).await.ok()?;
+                if snap.active.len() != 3 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    for q in &queues {
+        let snap = client.snapshot(q).await.expect("snapshot");
+        assert!(
+            snap.processing.is_empty() && snap.lock_ack.is_empty() && snap.lock_nack.is_empty(),
+            "{q}: every message in exactly one set: {snap:?}"
+        );
+        let score = |id: &str| snap.active.iter().find(|(i, _)| i == id).map(|(_, s)| *s);
+        assert_eq!(score("a"), Some(77.0), "{q}: the ack restore score");
+        assert_eq!(score("b"), Some(0.0), "{q}: a nack goes first");
+        assert_eq!(score("c"), Some(0.0), "{q}: a timeout goes first");
+    }
+
+    // Every master ran housekeeping scripts, and lock events are not
+    // followed on a cluster yet: every node says it polls.
+    let per_node = store.evalsha_stats_per_node().await.expect("stats");
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(
+        per_node.iter().all(|(_, calls, _)| *calls > 0),
+        "{per_node:?}"
+    );
+    for node in cluster.nodes.values() {
+        let status = node.worker.status();
+        assert!(
+            status.scheduling.starts_with("polling"),
+            "node {}: {}",
+            node.worker.node_id,
+            status.scheduling
+        );
+    }
+    assert!(store.watch_events().await.is_err());
+    cluster.shutdown().await;
+}
+
+/// Deckard-like traffic for the fault tests: locks from 100 ms to 1.5 s,
+/// deadlines, finished messages, every message checked at the end.
+fn traffic() -> LoadOptions {
+    LoadOptions {
+        queues: 60,
+        rate: 150,
+        duration: Duration::from_secs(8),
+        lock_ms: 100,
+        lock_ms_max: 1500,
+        timeout_ms: 800,
+        new_queues_pct: 0,
+        ack_lock_pct: 50,
+        nack_lock_pct: 20,
+        timeout_pct: 10,
+        concurrency: 8,
+        seed: 13,
+        grace: Duration::from_secs(30),
+        progress: false,
+        expired_locks: 0,
+        admin: None,
+        warmup: Duration::ZERO,
+        signal_file: None,
+        check: true,
+    }
+}
+
+/// A 3-node deckhand cluster on a Redis Cluster under traffic; once it has
+/// returned locks, `fault` is applied to the Redis Cluster. The traffic's
+/// check must then find every message in exactly one of Deckard's sets,
+/// none back early, none missing (every lock came back); the worst unlock
+/// lateness, through the fault, is printed (measured, not asserted).
+async fn through(what: &str, fault: fn(&mut RedisCluster) -> Result<String, RedisServerError>) {
+    let mut redis = RedisCluster::start().expect("redis cluster");
+    let store = Arc::new(
+        RedisStore::open_with(&redis.url(), "deckard_v1", true)
+            .await
+            .expect("open"),
+    );
+    let cluster = TestCluster::start_on(3, Some(store.clone())).await;
+    cluster.wait_for_balanced_ownership().await;
+    let client: Arc<dyn DeckardClient> = store.clone();
+    let run = tokio::spawn(load::run(client, traffic()));
+    wait_until("locks come back before the fault", || async {
+        let moved: u64 = cluster
+            .nodes
+            .values()
+            .map(|n| n.worker.counts().unlocked_ack + n.worker.counts().unlocked_nack)
+            .sum();
+        (moved >= 20).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let (redis_back, done) = tokio::task::spawn_blocking(move || {
+        let done = fault(&mut redis);
+        (redis, done)
+    })
+    .await
+    .expect("fault thread");
+    redis = redis_back;
+    let done = done.expect("the fault was applied and the Redis Cluster is whole again");
+    let fault_took = started.elapsed();
+    let summary = run.await.expect("traffic");
+    assert!(
+        summary.ack_locks + summary.nack_locks > 0,
+        "{}",
+        load::summary_text(&summary)
+    );
+    assert!(
+        summary.integrity_ok(),
+        "{what}: {}",
+        load::summary_text(&summary)
+    );
+    eprintln!(
+        "{what} ({done}, {:.1} s until the Redis Cluster was whole): unlock lateness \
+         p50 {} ms, p99 {} ms, max {} ms; {} store errors seen by the traffic",
+        fault_took.as_secs_f64(),
+        summary.unlock_lateness_ms.p50,
+        summary.unlock_lateness_ms.p99,
+        summary.unlock_lateness_ms.max,
+        summary.errors,
+    );
+    cluster.shutdown().await;
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_survives_a_reshard_of_busy_slots() {
+    through("reshard", |redis| {
+        redis
+            .reshard_half_of_a_master()
+            .map(|slots| format!("{slots} slots moved with their keys"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_survives_a_master_crash_and_its_replicas_promotion() {
+    through("master crash", |redis| {
+        redis
+            .crash_a_master()
+            .map(|port| format!("master {port} killed, its replica promoted"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_survives_cluster_failover_on_a_replica() {
+    through("CLUSTER FAILOVER", |redis| {
+        redis
+            .fail_over_to_a_replica()
+            .map(|port| format!("replica {port} took over"))
+    })
+    .await;
+}
