@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use deckhand::admin::client::{Ctl, CtlError, CtlOptions, TaskAction, DEFAULT_ADDR};
 use deckhand::config::{self, NodeConfig};
 use deckhand::node::Node;
+use deckhand::store::redis_url::redacted;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -79,6 +80,10 @@ struct LoadArgs {
     /// Deckard's key prefix.
     #[arg(long, default_value = "deckard_v1")]
     prefix: String,
+    /// --store names a Redis Cluster, in Deckard's form
+    /// redis://n1:6379?addr=n2:6379&addr=... (traffic and drain runs).
+    #[arg(long, env = "DECKHAND_STORE_CLUSTER")]
+    cluster: bool,
     /// Number of queues (named load::q0, load::q1, ...).
     #[arg(long, default_value_t = 100)]
     queues: usize,
@@ -456,6 +461,13 @@ fn check_load_args(args: &LoadArgs) -> Result<i64, String> {
     if args.new_queues_pct > 100 {
         return Err("--new-queues-pct must be at most 100".into());
     }
+    if args.cluster && (args.baseline_housekeeper || args.redis_limit > 0) {
+        return Err(
+            "--cluster applies to traffic and drain runs; --baseline-housekeeper and \
+             --redis-limit run on a single Redis"
+                .into(),
+        );
+    }
     if args.check && args.expired_locks > 0 && !args.baseline_housekeeper && args.redis_limit == 0 {
         return Err("--check applies to traffic runs, not to --expired-locks (drain mode)".into());
     }
@@ -498,7 +510,7 @@ async fn run_redis_limit(args: &LoadArgs) -> Result<(), String> {
         args.concurrency,
     )
     .await
-    .map_err(|e| format!("--store {}: {e}", args.store))?;
+    .map_err(|e| format!("--store {}: {e}", redacted(&args.store)))?;
     if args.json {
         return print_json(&limit);
     }
@@ -511,9 +523,9 @@ async fn run_redis_limit(args: &LoadArgs) -> Result<(), String> {
 
 /// Traffic (or, with `--expired-locks`, drain) against the store; prints the summary.
 async fn run_traffic_or_drain(args: &LoadArgs, lock_ms_max: i64) -> Result<(), String> {
-    let store = deckhand::store::open(&args.store, &args.prefix)
+    let store = deckhand::store::open_with(&args.store, &args.prefix, args.cluster)
         .await
-        .map_err(|e| format!("--store {}: {e}", args.store))?
+        .map_err(|e| format!("--store {}: {e}", redacted(&args.store)))?
         .as_client();
     let opts = deckhand::load::LoadOptions {
         queues: args.queues,

@@ -259,10 +259,11 @@ impl RedisCluster {
         )
     }
 
-    /// Runs `redis-cli -p port args...` and returns its output.
+    /// Runs `redis-cli -p port args...` (killed after 10 s: a node that
+    /// stopped answering must not hang a test) and returns its output.
     pub fn cli(port: u16, args: &[&str]) -> Result<String, RedisServerError> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
+        let out = Command::new("timeout")
+            .args(["10", "redis-cli", "-p", &port.to_string()])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -307,32 +308,66 @@ impl RedisCluster {
             .skip(8)
             .filter(|f| !f.starts_with('['))
             .map(|range| match range.split_once('-') {
-                Some((a, b)) => {
-                    b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0)
-                }
+                Some((a, b)) => match (a.parse::<usize>(), b.parse::<usize>()) {
+                    (Ok(a), Ok(b)) => (b + 1).saturating_sub(a),
+                    _ => 0,
+                },
                 None => 1,
             })
             .sum();
         Ok((fields[0].to_string(), slots))
     }
 
-    /// Crashes a master with SIGKILL, after pausing its writes until its
-    /// replica has everything (`CLIENT PAUSE`, `WAIT`), so the crash loses
-    /// no acknowledged write (a loss Redis's asynchronous replication
-    /// allows, and no housekeeper can prevent); then waits until its
-    /// replica has taken over. Returns the killed port.
+    /// Crashes a master with SIGKILL, after pausing its writes
+    /// (`CLIENT PAUSE ... WRITE`) until its replica's replication offset has
+    /// reached the master's, so the crash loses no acknowledged write (a
+    /// loss Redis's asynchronous replication allows, and no housekeeper can
+    /// prevent); then waits until its replica has taken over. Returns the
+    /// killed port.
     pub fn crash_a_master(&mut self) -> Result<u16, RedisServerError> {
         let port = *self
             .masters()
             .first()
             .ok_or_else(|| RedisServerError::Cluster("no master".into()))?;
-        Self::cli(port, &["CLIENT", "PAUSE", "5000", "WRITE"])?;
-        Self::cli(port, &["WAIT", "1", "2000"])?;
+        let paused = Self::cli(port, &["CLIENT", "PAUSE", "10000", "WRITE"])?;
+        if !paused.contains("OK") {
+            return Err(RedisServerError::Cluster(format!("CLIENT PAUSE: {paused}")));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !Self::replica_caught_up(port)? {
+            if Instant::now() >= deadline {
+                return Err(RedisServerError::Cluster(format!(
+                    "the replica of {port} did not catch up within 5 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
             node.kill();
         }
         self.wait_healthy(Duration::from_secs(30))?;
         Ok(port)
+    }
+
+    /// Whether the master on `port` has a replica whose acknowledged
+    /// offset equals the master's own (`INFO replication`).
+    fn replica_caught_up(port: u16) -> Result<bool, RedisServerError> {
+        let info = Self::cli(port, &["INFO", "replication"])?;
+        let field = |line: &str, key: &str| -> Option<u64> {
+            line.split([',', ':'])
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let master = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let replica = info
+            .lines()
+            .filter(|l| l.starts_with("slave"))
+            .filter_map(|l| field(l, "offset="))
+            .max();
+        Ok(matches!((master, replica), (Some(m), Some(r)) if r >= m))
     }
 
     /// `CLUSTER FAILOVER` on a replica: a graceful, coordinated switch of

@@ -13,8 +13,16 @@ use deckhand::store::redis::RedisStore;
 use deckhand::store::{now_ms, DeckardClient, LockKind, QueueStore};
 use deckhand::testing::{RedisCluster, RedisServerError};
 
+/// One Redis Cluster test at a time: each runs six redis-servers, three
+/// nodes and traffic, and two at once on this 2-core machine would starve
+/// the cluster's own failure detector (2 s node timeout).
+/// (A tokio mutex: it is held across awaits, works across the tests'
+/// runtimes, and a failed test does not poison it.)
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_housekeep_queues_on_every_master_of_a_redis_cluster() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let redis = RedisCluster::start().expect("redis cluster");
     let store = Arc::new(
         RedisStore::open_with(&redis.url(), "deckard_v1", true)
@@ -103,7 +111,7 @@ fn traffic() -> LoadOptions {
     LoadOptions {
         queues: 60,
         rate: 150,
-        duration: Duration::from_secs(8),
+        duration: Duration::from_secs(12),
         lock_ms: 100,
         lock_ms_max: 1500,
         timeout_ms: 800,
@@ -129,6 +137,7 @@ fn traffic() -> LoadOptions {
 /// none back early, none missing (every lock came back); the worst unlock
 /// lateness, through the fault, is printed (measured, not asserted).
 async fn through(what: &str, fault: fn(&mut RedisCluster) -> Result<String, RedisServerError>) {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut redis = RedisCluster::start().expect("redis cluster");
     let store = Arc::new(
         RedisStore::open_with(&redis.url(), "deckard_v1", true)

@@ -43,29 +43,38 @@
 //!
 //! # On a Redis Cluster: a fence raise lost to a failover
 //!
-//! Replication is asynchronous: a master that fails right after a call
-//! raised a queue's fence may not have passed the raise to the replica that
-//! takes over, which then holds the previous value. deckhand does not `WAIT`
-//! for replicas after a raise; the argument, with what it costs:
+//! Replication is asynchronous: a master that fails may not have passed its
+//! latest writes to the replica that takes over, and a master cut off on
+//! the minority side of a partition keeps accepting writes until
+//! `cluster-node-timeout`, all of them lost when its replica is promoted.
+//! A raise of a queue's fence can be among them; the promoted replica then
+//! holds an older fence (0 if the queue's first raise was lost). deckhand
+//! does not `WAIT` for replicas. What that allows, and why it is accepted:
 //!
-//! - the raise that can be lost is the one of the newest owner's first calls
-//!   on the queue, and only within the master's replication lag (normally
-//!   well under a millisecond) before the failure;
-//! - the only writer it could let through is the previous owner, and only
-//!   for a call that passed its lease check before a pause longer than the
-//!   lease plus the leader's margin: the same corner fencing exists for (a
-//!   live previous owner is moved off in two phases and has stopped);
-//! - the newest owner's next call on the queue (at the latest a sweep
-//!   interval later, sooner on a lock event) raises the fence again, so the
-//!   window closes by itself;
-//! - and the call it lets through is the one described above: it moves only
-//!   what was due by its caller's clock (older than the present, as it was
-//!   paused), atomically, with Deckard's scores: work done twice, never a
-//!   message lost, duplicated or returned early.
+//! - **who gets through**: a call whose epoch is at or above the fence the
+//!   replica holds, i.e. from the owners the lost raises had fenced out.
+//!   Such a call has passed its owner's lease check, so it is either in
+//!   flight from before its shard moved (the redis crate retries and resends
+//!   calls through redirections and reconnections for up to its 3 s
+//!   response timeout, longer than lease + margin, and does so precisely
+//!   during failovers) or from a process paused past its lease;
+//! - **how long**: until the newest owner's next call on the queue raises
+//!   the fence again (a poll interval on a cluster, where lock events are
+//!   not followed yet);
+//! - **what it can do**: it runs the same atomic script as any call. That
+//!   script moves only elements already due, by the earlier of the caller's
+//!   clock and Redis's own (`TIME`), each in one step with Deckard's
+//!   scores. So two owners may both work a queue for that window, each move
+//!   still happens once: never a message lost, duplicated or returned
+//!   early. What is lost is the "one writer per queue" property.
 //!
-//! `WAIT 1` after each raise would close the window where every master has a
-//! replica, for one extra round trip on each queue's first call of an epoch;
-//! it is the hardening to add if this corner ever matters.
+//! Closing the window would take, for each raise, a `WAIT 1 <ms>` sent on
+//! the same connection right after the script (in one pipeline, so it goes
+//! to the queue's master; a bare `WAIT` on the cluster connection goes to
+//! every master and counts nothing of this write), on each queue's first
+//! call of an epoch (and with more than one replica per master, a count
+//! that covers the replica a failover would promote). It is the hardening
+//! to add if this corner ever matters.
 //!
 //! # Implementations
 //!
@@ -395,7 +404,8 @@ pub async fn open_with(
         ));
     }
     Err(StoreError::Unavailable(format!(
-        "{url}: unknown store scheme"
+        "{}: unknown store scheme",
+        redis_url::redacted(url)
     )))
 }
 

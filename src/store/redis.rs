@@ -45,6 +45,20 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// reads the slot map and connects to every master.
 const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The store's connection, once made, and when making it last failed.
+#[derive(Default)]
+struct ConnSlot {
+    con: Option<RedisConn>,
+    /// A caller finding this within [`RECONNECT_PAUSE`] fails at once
+    /// instead of queueing for its own attempt: with Redis down at start,
+    /// every shard task would otherwise wait for each earlier task's
+    /// connect timeout in turn.
+    failed_at: Option<std::time::Instant>,
+}
+
+/// How long after a failed connection attempt callers fail without trying.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
 /// What the store connects to.
 enum Target {
     Single(Client),
@@ -57,7 +71,7 @@ pub struct RedisStore {
     prefix: String,
     /// Made on first use and kept; both connection kinds reconnect by
     /// themselves. A tokio mutex because connecting awaits.
-    connection: Mutex<Option<RedisConn>>,
+    connection: Mutex<ConnSlot>,
     housekeep: Script,
     add: Script,
     pull: Script,
@@ -93,7 +107,7 @@ impl RedisStore {
     /// A single Redis, or with `cluster` a Redis Cluster given in Deckard's
     /// cluster URL form (see [`redis_url`]); connects on first use.
     pub async fn open_with(url: &str, prefix: &str, cluster: bool) -> Result<Self, StoreError> {
-        let bad = |e: String| StoreError::Unavailable(format!("{url}: {e}"));
+        let bad = |e: String| StoreError::Unavailable(format!("{}: {e}", redis_url::redacted(url)));
         let target = match redis_url::parse(url, cluster).map_err(StoreError::Unavailable)? {
             RedisTarget::Single(url) => {
                 Target::Single(Client::open(url.as_str()).map_err(|e| bad(e.to_string()))?)
@@ -112,7 +126,7 @@ impl RedisStore {
         Ok(Self {
             target,
             prefix: normalize_prefix(prefix),
-            connection: Mutex::new(None),
+            connection: Mutex::new(ConnSlot::default()),
             housekeep: Script::new(HOUSEKEEP),
             add: Script::new(ADD),
             pull: Script::new(PULL),
@@ -123,9 +137,25 @@ impl RedisStore {
 
     pub(super) async fn connection(&self) -> Result<RedisConn, StoreError> {
         let mut slot = self.connection.lock().await;
-        if let Some(c) = slot.as_ref() {
+        if let Some(c) = slot.con.as_ref() {
             return Ok(c.clone());
         }
+        if let Some(at) = slot.failed_at.filter(|at| at.elapsed() < RECONNECT_PAUSE) {
+            return Err(StoreError::Unavailable(format!(
+                "Redis unreachable: the last connection attempt failed {} ms ago",
+                at.elapsed().as_millis()
+            )));
+        }
+        let made = self.connect().await;
+        match &made {
+            Ok(con) => slot.con = Some(con.clone()),
+            Err(_) => slot.failed_at = Some(std::time::Instant::now()),
+        }
+        made
+    }
+
+    /// One connection attempt, bounded by the connect timeouts.
+    async fn connect(&self) -> Result<RedisConn, StoreError> {
         let con = match &self.target {
             Target::Single(client) => {
                 let config = ConnectionManagerConfig::new()
@@ -151,7 +181,6 @@ impl RedisStore {
                 RedisConn::Cluster(cluster)
             }
         };
-        *slot = Some(con.clone());
         Ok(con)
     }
 

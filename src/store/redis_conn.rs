@@ -12,19 +12,22 @@
 //! node) is handled by `Script::invoke_async`, which loads the script and
 //! retries.
 //!
-//! What is not per key is done master by master: [`RedisStore::masters`]
-//! lists them from `CLUSTER SLOTS`, and a key scan walks each one by
-//! address (`SCAN` on the cluster connection would reach one random node).
+//! What is not per key is done master by master: `redis_scan` lists them
+//! from `CLUSTER SLOTS`, and a key scan walks each one by address (`SCAN`
+//! on the cluster connection would reach one random node).
 //!
 //! # Retries
 //!
 //! The crate retries `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` and `LOADING`
 //! after a wait that starts at 1.28 s by default: a failover would stall
-//! every call that long. [`RETRY_MIN_WAIT_MS`] to [`RETRY_MAX_WAIT_MS`] and
-//! [`RETRIES`] bound a call's retries to about a second; past that the call
-//! fails, and the shard task retries the queue after its own short back-off
-//! (`STORE_RETRY`), so no call waits for a whole failover and the rest of
-//! the shard keeps going.
+//! every call that long. With [`RETRY_MIN_WAIT_MS`], [`RETRY_MAX_WAIT_MS`]
+//! and [`RETRIES`], retry *n* waits a uniform time in 10 ms to
+//! min(10·2ⁿ, 320) ms: at most 934 ms for all six, about 0.5 s on average.
+//! (`MOVED`, `ASK` and reconnections are retried at once.) The whole call is
+//! also bounded by the response timeout (3 s), retries included. Past that
+//! the call fails, and the shard task retries the queue after its own
+//! short back-off (`STORE_RETRY`), so no call waits for a whole failover and
+//! the rest of the shard keeps going.
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
@@ -36,7 +39,7 @@ pub const RETRIES: u32 = 6;
 /// Shortest wait before a retry, instead of the crate's 1,280 ms.
 pub const RETRY_MIN_WAIT_MS: u64 = 10;
 /// Longest wait before a retry (with the crate's doubling from 10 ms, six
-/// retries wait at most about 1 s in all).
+/// retries wait at most 934 ms in all).
 pub const RETRY_MAX_WAIT_MS: u64 = 320;
 
 /// A connection to a single Redis (reconnecting manager) or to a cluster
@@ -136,8 +139,17 @@ pub fn parse_cluster_slots(reply: &Value) -> Result<Vec<(u16, u16, Master)>, Str
         let host = match master.first() {
             Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
             Some(Value::SimpleString(s)) => s.clone(),
-            _ => return Err(bad("a master has no host")),
+            _ => String::new(),
         };
+        // An empty, NULL or `?` endpoint (`cluster-preferred-endpoint-type`
+        // `unknown-endpoint`, or `hostname` without hostnames) names no
+        // address this store could reach a master by: say which setting.
+        if host.is_empty() || host == "?" {
+            return Err(bad(
+                "a master announces no endpoint; set cluster-preferred-endpoint-type ip \
+                 (the default) or give every node a hostname",
+            ));
+        }
         let port = match master.get(1) {
             Some(Value::Int(p)) => u16::try_from(*p).map_err(|_| bad("a port is out of range"))?,
             _ => return Err(bad("a master has no port")),
@@ -190,5 +202,14 @@ mod tests {
             Value::Array(vec![bulk("h"), Value::Int(70000)]),
         ])]);
         assert!(parse_cluster_slots(&bad_port).unwrap_err().contains("port"));
+        for host in [bulk(""), bulk("?"), Value::Nil] {
+            let no_endpoint = Value::Array(vec![Value::Array(vec![
+                Value::Int(0),
+                Value::Int(1),
+                Value::Array(vec![host, Value::Int(7000)]),
+            ])]);
+            let e = parse_cluster_slots(&no_endpoint).unwrap_err();
+            assert!(e.contains("cluster-preferred-endpoint-type"), "{e}");
+        }
     }
 }

@@ -10,6 +10,14 @@
 //! [`MAX_RESTARTS`] times. A key may then be seen twice; both callers
 //! (queue discovery, the highest fence) are idempotent per key.
 //!
+//! The slot map changes only when a slot's migration ends: while one is
+//! under way its keys move between two masters without it, so a scan may
+//! miss a key that moved from a master not yet scanned to one already
+//! scanned. Queue discovery tolerates that (see below); the fence scan runs
+//! once, when a new cluster is created, and could then rank a generation
+//! below a key in transit: keep a reshard and a new deckhand cluster's
+//! creation apart.
+//!
 //! Past the bound (a reshard still moving slots), a scan that must be
 //! complete (the highest fence, before a new generation) fails, and the
 //! caller tries again later; a best-effort scan (queue discovery, which

@@ -28,22 +28,40 @@ pub enum RedisTarget {
     Cluster(Vec<String>),
 }
 
-/// Parses a store URL; `cluster` is the `store.cluster` switch.
+/// `url` with its credentials (what lies between `://` and the last `@`)
+/// replaced by `***`, for error messages and logs.
+pub fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rfind('@') {
+            Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Parses a store URL; `cluster` is the `store.cluster` switch. Errors show
+/// the URL without its credentials.
 pub fn parse(url: &str, cluster: bool) -> Result<RedisTarget, String> {
+    let shown = redacted(url);
+    parse_shown(url, &shown, cluster)
+}
+
+fn parse_shown(url: &str, shown: &str, cluster: bool) -> Result<RedisTarget, String> {
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| format!("{url:?} is not a URL (expected redis://host:port)"))?;
+        .ok_or_else(|| format!("{shown:?} is not a URL (expected redis://host:port)"))?;
     match scheme {
         "redis" => {}
         "rediss" => {
             return Err(format!(
-                "{url:?}: rediss:// (TLS to Redis) is not supported by this build; \
+                "{shown:?}: rediss:// (TLS to Redis) is not supported by this build; \
                  use redis:// on a trusted network"
             ))
         }
         other => {
             return Err(format!(
-                "{url:?}: unknown scheme {other:?}; expected redis://"
+                "{shown:?}: unknown scheme {other:?}; expected redis://"
             ))
         }
     }
@@ -55,14 +73,14 @@ pub fn parse(url: &str, cluster: bool) -> Result<RedisTarget, String> {
     let mut others = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("addr", addr)) => seeds.push(checked_addr(url, addr)?),
+            Some(("addr", addr)) => seeds.push(checked_addr(shown, addr)?),
             _ => others.push(pair),
         }
     }
     if !cluster {
         if !seeds.is_empty() {
             return Err(format!(
-                "{url:?} lists cluster nodes (addr=) but store.cluster is false; \
+                "{shown:?} lists cluster nodes (addr=) but store.cluster is false; \
                  set store.cluster = true (DECKHAND_STORE_CLUSTER=true) as Deckard's \
                  DECKARD_REDIS_CLUSTER_MODE=true"
             ));
@@ -71,7 +89,7 @@ pub fn parse(url: &str, cluster: bool) -> Result<RedisTarget, String> {
     }
     if let Some(first) = others.first() {
         return Err(format!(
-            "{url:?}: unknown cluster URL parameter {first:?} (a cluster URL takes only addr=host:port)"
+            "{shown:?}: unknown cluster URL parameter {first:?} (a cluster URL takes only addr=host:port)"
         ));
     }
     let (authority, path) = match authority_and_path.split_once('/') {
@@ -80,14 +98,14 @@ pub fn parse(url: &str, cluster: bool) -> Result<RedisTarget, String> {
     };
     if !(path.is_empty() || path == "0") {
         return Err(format!(
-            "{url:?}: a Redis Cluster has no database number (only db 0); drop /{path}"
+            "{shown:?}: a Redis Cluster has no database number (only db 0); drop /{path}"
         ));
     }
     let (userinfo, host) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
         None => (None, authority),
     };
-    let first = checked_addr(url, host)?;
+    let first = checked_addr(shown, host)?;
     let node = |addr: &str| match userinfo {
         Some(u) => format!("redis://{u}@{addr}"),
         None => format!("redis://{addr}"),
@@ -103,10 +121,15 @@ pub fn parse(url: &str, cluster: bool) -> Result<RedisTarget, String> {
 }
 
 /// `host:port` with a non-empty host and a port in range (IPv6 in brackets).
-fn checked_addr(url: &str, addr: &str) -> Result<String, String> {
-    let bad = || format!("{url:?}: {addr:?} is not host:port");
+fn checked_addr(shown: &str, addr: &str) -> Result<String, String> {
+    let bad = || format!("{shown:?}: {addr:?} is not host:port");
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty() || host.contains(['/', '@', '?', '&']) {
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.is_empty()
+        || host.contains(['/', '@', '?', '&'])
+        || host.contains(char::is_whitespace)
+        || (host.contains(':') && !bracketed)
+    {
         return Err(bad());
     }
     port.parse::<u16>()
@@ -170,5 +193,16 @@ mod tests {
         assert!(err("rediss://a:1", true).contains("TLS"));
         assert!(err("http://a:1", false).contains("unknown scheme"));
         assert!(err("a:1", false).contains("not a URL"));
+        assert!(err("redis://a:1?addr=::1:2", true).contains("is not host:port"));
+        assert!(err("redis://a:1?addr= b:2", true).contains("is not host:port"));
+    }
+
+    #[test]
+    fn errors_never_show_the_password() {
+        let e = parse("redis://user:s3cret@a:1/4", true).unwrap_err();
+        assert!(!e.contains("s3cret") && e.contains("***@a:1"), "{e}");
+        let e = parse("redis://:p@ss@a:1?addr=b", true).unwrap_err();
+        assert!(!e.contains("p@ss"), "{e}");
+        assert_eq!(redacted("redis://a:1/0"), "redis://a:1/0");
     }
 }
