@@ -49,15 +49,12 @@ const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Default)]
 struct ConnSlot {
     con: Option<RedisConn>,
-    /// A caller finding this within [`RECONNECT_PAUSE`] fails at once
-    /// instead of queueing for its own attempt: with Redis down at start,
-    /// every shard task would otherwise wait for each earlier task's
-    /// connect timeout in turn.
+    /// A caller that waited for the slot while an attempt failed fails at
+    /// once instead of making its own: with Redis down at start, every
+    /// shard task would otherwise wait for each earlier task's connect
+    /// timeout in turn. A caller that arrives later tries again.
     failed_at: Option<std::time::Instant>,
 }
-
-/// How long after a failed connection attempt callers fail without trying.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
 /// What the store connects to.
 enum Target {
@@ -136,15 +133,16 @@ impl RedisStore {
     }
 
     pub(super) async fn connection(&self) -> Result<RedisConn, StoreError> {
+        let asked = std::time::Instant::now();
         let mut slot = self.connection.lock().await;
         if let Some(c) = slot.con.as_ref() {
             return Ok(c.clone());
         }
-        if let Some(at) = slot.failed_at.filter(|at| at.elapsed() < RECONNECT_PAUSE) {
-            return Err(StoreError::Unavailable(format!(
-                "Redis unreachable: the last connection attempt failed {} ms ago",
-                at.elapsed().as_millis()
-            )));
+        if slot.failed_at.is_some_and(|at| at >= asked) {
+            return Err(StoreError::Unavailable(
+                "Redis unreachable: a connection attempt failed while this call waited for it"
+                    .into(),
+            ));
         }
         let made = self.connect().await;
         match &made {
