@@ -11,24 +11,16 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http_get, samples, wait_until, wait_until_within, TestCluster};
-use deckhand::config::{NodeConfig, NotificationMode};
+use common::deckard::{
+    back_in_active, pull_and_lock, resubscribed, slow_sweep, worked_and_subscribed,
+};
+use common::{http_get, samples, wait_until, TestCluster};
+use deckhand::config::NotificationMode;
 use deckhand::proto::admin::admin_client::AdminClient;
 use deckhand::proto::admin::StatusRequest;
 use deckhand::store::redis::RedisStore;
-use deckhand::store::{now_ms, DeckardClient, LockKind, QueueStore};
+use deckhand::store::{now_ms, DeckardClient, QueueStore};
 use deckhand::testing::RedisServer;
-
-/// What the event path must beat: far below the sweep and discovery.
-const EVENT_DEADLINE: Duration = Duration::from_secs(8);
-const SWEEP: Duration = Duration::from_secs(30);
-
-fn slow_sweep(config: &mut NodeConfig) {
-    config.tasks.sweep_interval = SWEEP;
-    // Were the nodes to fall back to polling, that would be as slow.
-    config.tasks.poll_interval = SWEEP;
-    config.worker.discovery_interval = Duration::from_secs(60);
-}
 
 async fn redis_store(server: &RedisServer) -> Arc<RedisStore> {
     Arc::new(
@@ -36,26 +28,6 @@ async fn redis_store(server: &RedisServer) -> Arc<RedisStore> {
             .await
             .expect("open"),
     )
-}
-
-/// Deckard's pull and ack with a lock of `lock_ms` on `queue`'s message `id`.
-async fn pull_and_lock(c: &dyn DeckardClient, queue: &str, id: &str, lock_ms: i64) {
-    let now = now_ms();
-    let pulled = c.pull(queue, 1, now, 300_000).await.expect("pull");
-    assert_eq!(pulled, vec![id.to_string()], "{queue}");
-    assert!(c
-        .release(queue, LockKind::Ack, id, now, lock_ms, None)
-        .await
-        .expect("ack with lock"));
-}
-
-/// Waits until `id` is back in `queue`'s active pool.
-async fn back_in_active(c: &dyn DeckardClient, queue: &str, id: &str, what: &str) {
-    wait_until_within(EVENT_DEADLINE, what, || async {
-        let snap = c.snapshot(queue).await.ok()?;
-        snap.active.iter().any(|(i, _)| i == id).then_some(())
-    })
-    .await;
 }
 
 /// Waits until both followers are subscribed and one lock has come back by
@@ -137,21 +109,7 @@ async fn a_killed_subscription_is_followed_by_a_resubscription_and_a_sweep() {
     }
     let cluster = TestCluster::start_configured(3, Some(store.clone()), slow_sweep).await;
     cluster.wait_for_leader().await;
-    let generations = wait_until("every queue worked, both followers subscribed", || async {
-        for q in &queues {
-            if store.fence_of(q).await.ok()? == 0 {
-                return None;
-            }
-        }
-        let subscribed: Vec<(u64, u64)> = cluster
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.worker.scheduling().subscribed)
-            .map(|(id, n)| (*id, n.worker.scheduling().generation))
-            .collect();
-        (subscribed.len() == 2).then_some(subscribed)
-    })
-    .await;
+    let generations = worked_and_subscribed(&cluster, store.as_ref(), &queues).await;
     settle_events(&cluster, client).await;
     let before = calls(&cluster);
 
@@ -199,20 +157,7 @@ async fn a_killed_subscription_is_followed_by_a_resubscription_and_a_sweep() {
 
     // Resubscribed (a new generation on both followers) and swept: the lock
     // is found though no event announced it.
-    wait_until_within(
-        Duration::from_secs(15),
-        "both followers resubscribed",
-        || async {
-            generations
-                .iter()
-                .all(|(id, g)| {
-                    let s = cluster.nodes[id].worker.scheduling();
-                    s.subscribed && s.generation > *g
-                })
-                .then_some(())
-        },
-    )
-    .await;
+    resubscribed(&cluster, &generations, "both followers resubscribed").await;
     back_in_active(
         client,
         "k3",

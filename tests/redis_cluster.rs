@@ -7,11 +7,23 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::deckard::{
+    back_in_active, pull_and_lock, resubscribed, slow_sweep, worked_and_subscribed,
+};
 use common::{wait_until, TestCluster};
 use deckhand::load::{self, LoadOptions};
 use deckhand::store::redis::RedisStore;
-use deckhand::store::{now_ms, DeckardClient, LockKind, QueueStore};
+use deckhand::store::{now_ms, DeckardClient, LockKind};
 use deckhand::testing::{RedisCluster, RedisServerError};
+
+/// The Redis store on `redis`, in cluster mode.
+async fn cluster_store(redis: &RedisCluster) -> Arc<RedisStore> {
+    Arc::new(
+        RedisStore::open_with(&redis.url(), "deckard_v1", true)
+            .await
+            .expect("open"),
+    )
+}
 
 /// One Redis Cluster test at a time: each runs six redis-servers, three
 /// nodes and traffic, and two at once on this 2-core machine would starve
@@ -24,11 +36,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn three_nodes_housekeep_queues_on_every_master_of_a_redis_cluster() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let redis = RedisCluster::start().expect("redis cluster");
-    let store = Arc::new(
-        RedisStore::open_with(&redis.url(), "deckard_v1", true)
-            .await
-            .expect("open"),
-    );
+    let store = cluster_store(&redis).await;
     let client: &dyn DeckardClient = store.as_ref();
 
     // 90 queues (their slots fall on all three masters); in each an ack
@@ -84,8 +92,8 @@ async fn three_nodes_housekeep_queues_on_every_master_of_a_redis_cluster() {
         assert_eq!(score("c"), Some(0.0), "{q}: a timeout goes first");
     }
 
-    // Every master ran housekeeping scripts, and lock events are not
-    // followed on a cluster yet: every node says it polls.
+    // Every master ran housekeeping scripts, and the nodes follow every
+    // master's lock events (the harness's nodes publish them).
     let per_node = store.evalsha_stats_per_node().await.expect("stats");
     assert_eq!(per_node.len(), 3, "{per_node:?}");
     assert!(
@@ -95,13 +103,12 @@ async fn three_nodes_housekeep_queues_on_every_master_of_a_redis_cluster() {
     for node in cluster.nodes.values() {
         let status = node.worker.status();
         assert!(
-            status.scheduling.starts_with("polling"),
+            status.scheduling.starts_with("events"),
             "node {}: {}",
             node.worker.node_id,
             status.scheduling
         );
     }
-    assert!(store.watch_events().await.is_err());
     cluster.shutdown().await;
 }
 
@@ -139,11 +146,7 @@ fn traffic() -> LoadOptions {
 async fn through(what: &str, fault: fn(&mut RedisCluster) -> Result<String, RedisServerError>) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut redis = RedisCluster::start().expect("redis cluster");
-    let store = Arc::new(
-        RedisStore::open_with(&redis.url(), "deckard_v1", true)
-            .await
-            .expect("open"),
-    );
+    let store = cluster_store(&redis).await;
     let cluster = TestCluster::start_on(3, Some(store.clone())).await;
     cluster.wait_for_balanced_ownership().await;
     let client: Arc<dyn DeckardClient> = store.clone();
@@ -219,4 +222,66 @@ async fn housekeeping_survives_cluster_failover_on_a_replica() {
             .map(|port| format!("replica {port} took over"))
     })
     .await;
+}
+
+/// Queues on every master, known to their owners, then a lock on each:
+/// with the sweep, polling and discovery 30 s and more away, each lock can
+/// only come back by its master's keyspace event. A queue nobody knows is
+/// adopted from its event. Then `CLUSTER FAILOVER`: the nodes resubscribe
+/// (to the new master too) and locks on every master come back by event
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_come_back_by_each_masters_events_also_after_a_failover() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut redis = RedisCluster::start().expect("redis cluster");
+    let store = cluster_store(&redis).await;
+    let client: &dyn DeckardClient = store.as_ref();
+    let queues: Vec<String> = (0..12).map(|i| format!("quiet::q{i}")).collect();
+    for q in &queues {
+        client.add(q, &[("m".into(), 1.0)]).await.expect("add");
+    }
+    let cluster = TestCluster::start_configured(3, Some(store.clone()), slow_sweep).await;
+    cluster.wait_for_leader().await;
+    let generations = worked_and_subscribed(&cluster, store.as_ref(), &queues).await;
+    for q in &queues {
+        pull_and_lock(client, q, "m", 300).await;
+    }
+    for q in &queues {
+        back_in_active(client, q, "m", "a lock came back by its master's event").await;
+    }
+    client
+        .add("fresh::q", &[("n".into(), 1.0)])
+        .await
+        .expect("add");
+    pull_and_lock(client, "fresh::q", "n", 200).await;
+    back_in_active(client, "fresh::q", "n", "a new queue's lock came back").await;
+
+    let (redis_back, promoted) = tokio::task::spawn_blocking(move || {
+        let promoted = redis.fail_over_to_a_replica();
+        (redis, promoted)
+    })
+    .await
+    .expect("failover thread");
+    redis = redis_back;
+    promoted.expect("CLUSTER FAILOVER");
+    resubscribed(
+        &cluster,
+        &generations,
+        "both followers resubscribed after the failover",
+    )
+    .await;
+    for q in &queues {
+        pull_and_lock(client, q, "m", 300).await;
+    }
+    for q in &queues {
+        back_in_active(
+            client,
+            q,
+            "m",
+            "a lock came back by event after the failover",
+        )
+        .await;
+    }
+    cluster.shutdown().await;
+    drop(redis);
 }

@@ -89,6 +89,7 @@ pub mod memory;
 pub mod redis;
 pub mod redis_conn;
 pub mod redis_events;
+mod redis_events_cluster;
 mod redis_scan;
 mod redis_scripts;
 pub mod redis_url;

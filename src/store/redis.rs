@@ -65,6 +65,9 @@ enum Target {
 
 pub struct RedisStore {
     target: Target,
+    /// On a cluster, the seed URL's credentials (`user:password`), for the
+    /// pub/sub connection each master's events need.
+    cluster_auth: Option<String>,
     prefix: String,
     /// Made on first use and kept; both connection kinds reconnect by
     /// themselves. A tokio mutex because connecting awaits.
@@ -105,11 +108,13 @@ impl RedisStore {
     /// cluster URL form (see [`redis_url`]); connects on first use.
     pub async fn open_with(url: &str, prefix: &str, cluster: bool) -> Result<Self, StoreError> {
         let bad = |e: String| StoreError::Unavailable(format!("{}: {e}", redis_url::redacted(url)));
+        let mut cluster_auth = None;
         let target = match redis_url::parse(url, cluster).map_err(StoreError::Unavailable)? {
             RedisTarget::Single(url) => {
                 Target::Single(Client::open(url.as_str()).map_err(|e| bad(e.to_string()))?)
             }
-            RedisTarget::Cluster(nodes) => Target::Cluster(Box::new(
+            RedisTarget::Cluster(nodes) => Target::Cluster(Box::new({
+                cluster_auth = nodes.first().and_then(|n| redis_url::userinfo(n));
                 ClusterClientBuilder::new(nodes)
                     .retries(RETRIES)
                     .min_retry_wait(RETRY_MIN_WAIT_MS)
@@ -117,11 +122,12 @@ impl RedisStore {
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
                     .build()
-                    .map_err(|e| bad(e.to_string()))?,
-            )),
+                    .map_err(|e| bad(e.to_string()))?
+            })),
         };
         Ok(Self {
             target,
+            cluster_auth,
             prefix: normalize_prefix(prefix),
             connection: Mutex::new(ConnSlot::default()),
             housekeep: Script::new(HOUSEKEEP),
@@ -224,6 +230,19 @@ impl RedisStore {
         pipe.query_async(&mut con)
             .await
             .map_err(|e| op_error(queue, e))
+    }
+
+    /// A plain URL for one master, with the cluster's credentials.
+    pub(super) fn master_url(&self, master: &super::redis_conn::Master) -> String {
+        let host = if master.host.contains(':') {
+            format!("[{}]", master.host)
+        } else {
+            master.host.clone()
+        };
+        match &self.cluster_auth {
+            Some(auth) => format!("redis://{auth}@{host}:{}", master.port),
+            None => format!("redis://{host}:{}", master.port),
+        }
     }
 
     /// The single server's client; `None` on a cluster.

@@ -119,6 +119,36 @@ impl RedisConn {
     }
 }
 
+/// The number of hash slots of a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// The slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the
+/// first `{` and the next `}`, when not empty) or of the whole key, modulo
+/// [`SLOTS`], as Redis Cluster computes it.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16_xmodem(tagged.unwrap_or(key)) % SLOTS
+}
+
+fn crc16_xmodem(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 /// The slot ranges and their masters from a `CLUSTER SLOTS` reply:
 /// `(first slot, last slot, master)`, sorted. Replicas are not listed.
 pub fn parse_cluster_slots(reply: &Value) -> Result<Vec<(u16, u16, Master)>, String> {
@@ -189,6 +219,20 @@ mod tests {
         assert_eq!(parsed[0].0, 0);
         assert_eq!(parsed[0].2.to_string(), "127.0.0.1:7000");
         assert_eq!(parsed[1].2.port, 7001);
+    }
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // Redis Cluster's reference values (`CLUSTER KEYSLOT`).
+        assert_eq!(key_slot(b"123456789"), 12739);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(
+            key_slot(b"{user1000}.following"),
+            key_slot(b"{user1000}.followers")
+        );
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
     }
 
     #[test]

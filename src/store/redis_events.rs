@@ -11,7 +11,9 @@
 //! whole channel name, so the `:score` sets are not included) and turns each
 //! `zadd` into a [`QueueEvent`]: a lock, or a pull (new ack deadlines). Other
 //! commands on those keys (the `zrem` of our own moves, Deckard's acks) are
-//! dropped here. What the owner does with each kind: `worker::events`.
+//! dropped here. What the owner does with each kind: `worker::events`. On a
+//! Redis Cluster there is one such subscription per master, merged
+//! (`redis_events_cluster`).
 //!
 //! # Checking that events really arrive
 //!
@@ -110,7 +112,7 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
 
 /// How often the probe is written and how long it may take to come back.
 #[derive(Debug, Clone, Copy)]
-struct ProbeTiming {
+pub(super) struct ProbeTiming {
     interval: Duration,
     timeout: Duration,
 }
@@ -132,16 +134,29 @@ impl RedisStore {
 
     async fn subscribe_with(&self, timing: ProbeTiming) -> Result<QueueEventStream, StoreError> {
         let Some(client) = self.single_client() else {
-            return Err(StoreError::NoLockEvents(
-                "lock events are not followed on a Redis Cluster yet (keyspace events are \
-                 published per master): every queue is polled"
-                    .into(),
-            ));
+            return self.subscribe_cluster(timing).await;
         };
         let db = client.get_connection_info().redis_settings().db();
+        let probe_key = format!(
+            "{}:deckhand_probe:{:016x}",
+            self.prefix(),
+            rand::random::<u64>()
+        );
+        self.subscribe_node(client, db, probe_key, timing).await
+    }
+
+    /// Subscribes to one server's keyspace events (a single Redis, or one
+    /// master of a cluster), probed with `probe_key` (on a cluster, a key
+    /// that master serves): what arrived while probing, then live events.
+    pub(super) async fn subscribe_node(
+        &self,
+        client: &redis::Client,
+        db: i64,
+        probe_key: String,
+        timing: ProbeTiming,
+    ) -> Result<QueueEventStream, StoreError> {
         let channel_prefix = format!("__keyspace@{db}__:");
         let prefix = self.prefix().to_string();
-        let probe_key = format!("{prefix}:deckhand_probe:{:016x}", rand::random::<u64>());
         let probe_channel = format!("{channel_prefix}{probe_key}");
         let (sink, mut stream) = tokio::time::timeout(
             SUBSCRIBE_TIMEOUT,

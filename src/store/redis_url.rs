@@ -40,6 +40,12 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// The credentials of a URL (between `://` and the last `@`), if any.
+pub fn userinfo(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    rest.rfind('@').map(|at| rest[..at].to_string())
+}
+
 /// Parses a store URL; `cluster` is the `store.cluster` switch. Errors show
 /// the URL without its credentials.
 pub fn parse(url: &str, cluster: bool) -> Result<RedisTarget, String> {
@@ -204,5 +210,7 @@ mod tests {
         let e = parse("redis://:p@ss@a:1?addr=b", true).unwrap_err();
         assert!(!e.contains("p@ss"), "{e}");
         assert_eq!(redacted("redis://a:1/0"), "redis://a:1/0");
+        assert_eq!(userinfo("redis://u:p@ss@a:1").as_deref(), Some("u:p@ss"));
+        assert_eq!(userinfo("redis://a:1"), None);
     }
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod check;
+pub mod deckard;
 
 use std::collections::BTreeMap;
 use std::future::Future;
