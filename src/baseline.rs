@@ -157,16 +157,9 @@ async fn unlock_once(
     q: &str,
     per_run: usize,
 ) -> redis::RedisResult<u64> {
-    let k = QueueKeys::new(prefix, q);
-    script
-        .key(&k.active)
-        .key(&k.processing)
-        .key(&k.lock_ack)
-        .key(&k.lock_ack_score)
-        .key(&k.lock_nack)
-        .key(&k.lock_nack_score)
-        .arg(now_ms())
-        .arg(per_run)
-        .invoke_async(con)
-        .await
+    let mut call = script.prepare_invoke();
+    for key in QueueKeys::new(prefix, q).sets() {
+        call.key(key);
+    }
+    call.arg(now_ms()).arg(per_run).invoke_async(con).await
 }

@@ -14,10 +14,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::deckard::checked_traffic;
 use common::{wait_until, TestCluster};
 use deckhand::cluster::shard_of;
 use deckhand::cluster::shards::fence_token;
-use deckhand::load::{self, LoadOptions};
+use deckhand::load;
 use deckhand::store::{DeckardClient, QueueStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,37 +88,13 @@ async fn the_history_check_catches_a_stale_owner_when_the_fence_is_broken() {
     cluster.shutdown().await;
 }
 
-fn short_traffic(queues: usize) -> LoadOptions {
-    LoadOptions {
-        queues,
-        rate: 150,
-        duration: Duration::from_secs(3),
-        lock_ms: 300,
-        lock_ms_max: 1500,
-        timeout_ms: 800,
-        new_queues_pct: 0,
-        ack_lock_pct: 50,
-        nack_lock_pct: 20,
-        timeout_pct: 10,
-        concurrency: 8,
-        seed: 7,
-        grace: Duration::from_secs(20),
-        progress: false,
-        expired_locks: 0,
-        admin: None,
-        warmup: Duration::ZERO,
-        signal_file: None,
-        check: true,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_message_check_passes_on_a_correct_cluster_and_catches_a_clock_ahead() {
     let cluster = TestCluster::start(3).await;
     cluster.wait_for_balanced_ownership().await;
     let client: std::sync::Arc<dyn DeckardClient> = std::sync::Arc::new(cluster.store.clone());
 
-    let healthy = load::run(client.clone(), short_traffic(20)).await;
+    let healthy = load::run(client.clone(), checked_traffic(20)).await;
     assert!(
         healthy.ack_locks + healthy.nack_locks > 0,
         "the traffic took locks: {healthy:?}"
@@ -129,7 +106,7 @@ async fn the_message_check_passes_on_a_correct_cluster_and_catches_a_clock_ahead
     // Every node now housekeeps as if its clock were 1 s ahead: locks come
     // back before their time, and the check must say so.
     cluster.store.break_clock(1000);
-    let mut skewed_opts = short_traffic(20);
+    let mut skewed_opts = checked_traffic(20);
     skewed_opts.seed = 8;
     let skewed = load::run(client, skewed_opts).await;
     assert!(skewed.early > 0, "{}", load::summary_text(&skewed));

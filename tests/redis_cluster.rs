@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::deckard::{
-    back_in_active, pull_and_lock, resubscribed, slow_sweep, worked_and_subscribed,
+    back_in_active, checked_traffic, pull_and_lock, resubscribed, slow_sweep, worked_and_subscribed,
 };
 use common::{wait_until, TestCluster};
 use deckhand::load::{self, LoadOptions};
@@ -116,25 +116,11 @@ async fn three_nodes_housekeep_queues_on_every_master_of_a_redis_cluster() {
 /// deadlines, finished messages, every message checked at the end.
 fn traffic() -> LoadOptions {
     LoadOptions {
-        queues: 60,
-        rate: 150,
         duration: Duration::from_secs(12),
         lock_ms: 100,
-        lock_ms_max: 1500,
-        timeout_ms: 800,
-        new_queues_pct: 0,
-        ack_lock_pct: 50,
-        nack_lock_pct: 20,
-        timeout_pct: 10,
-        concurrency: 8,
         seed: 13,
         grace: Duration::from_secs(30),
-        progress: false,
-        expired_locks: 0,
-        admin: None,
-        warmup: Duration::ZERO,
-        signal_file: None,
-        check: true,
+        ..checked_traffic(60)
     }
 }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use deckhand::config::NodeConfig;
+use deckhand::load::LoadOptions;
 use deckhand::store::{now_ms, DeckardClient, LockKind, QueueStore};
 
 use super::{wait_until, wait_until_within, TestCluster};
@@ -79,4 +80,30 @@ pub async fn resubscribed(cluster: &TestCluster, generations: &[(u64, u64)], wha
             .then_some(())
     })
     .await;
+}
+
+/// Deckard-like traffic over `queues` queues for 3 s (locks from 300 ms to
+/// 1.5 s, deadlines, finished messages), every message checked at the end.
+pub fn checked_traffic(queues: usize) -> LoadOptions {
+    LoadOptions {
+        queues,
+        rate: 150,
+        duration: Duration::from_secs(3),
+        lock_ms: 300,
+        lock_ms_max: 1500,
+        timeout_ms: 800,
+        new_queues_pct: 0,
+        ack_lock_pct: 50,
+        nack_lock_pct: 20,
+        timeout_pct: 10,
+        concurrency: 8,
+        seed: 7,
+        grace: Duration::from_secs(20),
+        progress: false,
+        expired_locks: 0,
+        admin: None,
+        warmup: Duration::ZERO,
+        signal_file: None,
+        check: true,
+    }
 }
