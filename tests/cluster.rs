@@ -193,6 +193,30 @@ async fn restart_never_reinitializes_and_keeps_the_vote() {
     cluster.shutdown().await;
 }
 
+/// A crashed node's storage may still be held by a task that outlives it
+/// (openraft's state machine worker, a blocking fsync on a loaded disk);
+/// stopping returns only once that handle is gone, so the node restarts on
+/// its data dir at once instead of failing on sled's file lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_returns_only_once_its_storage_is_released() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers_of(leader)[0];
+    // A task holding a storage handle for longer than the crash takes.
+    let straggler = cluster.nodes[&follower].state_machine.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        drop(straggler);
+    });
+    cluster.crash(follower).await;
+    let reopened = store::open(&cluster.data_dir(follower).join("raft"));
+    assert!(reopened.is_ok(), "the data dir is free after a crash");
+    drop(reopened);
+    cluster.restart(follower).await;
+    cluster.wait_for_leader().await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_refuses_a_port_in_use_and_another_nodes_data() {
     let (cluster, _listeners) = TestCluster::prepare(2).await;

@@ -27,8 +27,10 @@
 //!
 //! - No data is touched before the config validated and all sockets bound.
 //! - Every spawned task listens to the one [`Shutdown`] and is awaited, with a
-//!   deadline, before [`Node::shutdown`] returns; after it returns the sled
-//!   database is closed and may be reopened.
+//!   deadline, before [`Node::shutdown`] or [`Node::crash`] returns. Both
+//!   then wait (bounded) until no handle on the sled database is left, since
+//!   tasks nobody awaits can hold one (openraft's state machine worker, a
+//!   blocking fsync): after they return, the data dir may be reopened.
 
 pub mod bootstrap;
 mod creation;
@@ -64,6 +66,10 @@ const HANDOFF_DEADLINE: Duration = Duration::from_secs(3);
 const HANDOFF_QUORUM_AGE: Duration = Duration::from_secs(1);
 /// How long servers get to finish in-flight requests on shutdown.
 const SERVER_DRAIN_DEADLINE: Duration = Duration::from_secs(3);
+/// How long a stopping node waits for the last handle on its Raft storage
+/// (held by tasks that end on their own, such as openraft's state machine
+/// worker or a blocking fsync on a loaded disk) before it gives up.
+const STORAGE_RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -370,7 +376,25 @@ impl Node {
         }
     }
 
+    /// Stops Raft, then every task, syncs sled, and returns once the
+    /// storage is released (so the data dir can be opened again).
     async fn stop(self) {
+        let release = self.state_machine.release_watch();
+        let node_id = self.node_id;
+        self.stop_tasks().await;
+        let started = tokio::time::Instant::now();
+        if !release.wait(STORAGE_RELEASE_DEADLINE).await {
+            tracing::error!(
+                node_id,
+                "the Raft storage is still open {STORAGE_RELEASE_DEADLINE:?} after stopping; its data dir stays locked until the task holding it ends"
+            );
+        } else if started.elapsed() > Duration::from_secs(1) {
+            tracing::warn!(node_id, waited = ?started.elapsed(), "the Raft storage was released late");
+        }
+        tracing::info!(node_id, "node stopped");
+    }
+
+    async fn stop_tasks(self) {
         // Raft first, so nothing this node says after this point counts.
         match tokio::time::timeout(SERVER_DRAIN_DEADLINE, self.raft.shutdown()).await {
             Ok(Ok(())) => {}
@@ -391,7 +415,6 @@ impl Node {
         if let Err(e) = self.state_machine.sync().await {
             tracing::warn!(error = %e, "final storage sync failed");
         }
-        tracing::info!(node_id = self.node_id, "node stopped");
     }
 }
 

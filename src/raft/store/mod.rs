@@ -9,6 +9,7 @@ mod state_machine;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 pub use log_store::LogStore;
 pub use state_machine::{AppliedState, StateMachineStore};
@@ -26,6 +27,11 @@ pub enum RaftStorageError {
 #[derive(Clone)]
 pub(crate) struct Durable {
     db: sled::Db,
+    /// One count per handle on this opened storage. Every store clone holds
+    /// a `Durable`, and so does a blocking `sync` still running after its
+    /// caller was dropped; sled keeps the directory's file lock until the
+    /// last handle is gone. [`StorageRelease`] watches this count.
+    handles: Arc<()>,
     /// sled keeps all data in `<dir>/db`; after `Db::flush` we `fsync` it
     /// ourselves, because sled's flush alone is not a guaranteed full fsync
     /// (sled issue #1452) and a lost vote can elect two leaders in one term.
@@ -52,6 +58,38 @@ impl Durable {
     }
 }
 
+/// Tells when every handle on one opened storage is gone, so its directory
+/// can be opened again: sled's file lock lives as long as any handle, and
+/// handles outlive a stopped node inside tasks nobody awaits (openraft's
+/// state machine worker and replication streams end on their own after the
+/// core stops, a blocking fsync runs on after its caller is dropped).
+pub struct StorageRelease(Weak<()>);
+
+impl StorageRelease {
+    pub fn is_released(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+
+    /// Waits until the storage is released or `deadline` passes; returns
+    /// whether it was released.
+    pub async fn wait(&self, deadline: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        while !self.is_released() {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+}
+
+impl Durable {
+    pub(crate) fn release_watch(&self) -> StorageRelease {
+        StorageRelease(Arc::downgrade(&self.handles))
+    }
+}
+
 /// Opens (creating if needed) the Raft storage under `dir`.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), RaftStorageError> {
     let open_err = |source| RaftStorageError::Open {
@@ -65,6 +103,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), RaftStorageErro
         .map_err(open_err)?;
     let durable = Durable {
         db: db.clone(),
+        handles: Arc::new(()),
         db_file: dir.join("db"),
         dir: dir.to_path_buf(),
     };

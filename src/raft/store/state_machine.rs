@@ -81,6 +81,12 @@ impl StateMachineStore {
         self.published.subscribe()
     }
 
+    /// Watches for every handle on this storage (log and state machine
+    /// alike) to be gone, so its directory may be opened again.
+    pub fn release_watch(&self) -> super::StorageRelease {
+        self.durable.release_watch()
+    }
+
     /// The latest published applied state, without waiting for the lock.
     pub fn latest(&self) -> Arc<AppliedState> {
         self.published.borrow().clone()
