@@ -202,19 +202,42 @@ async fn a_stopped_node_returns_only_once_its_storage_is_released() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.followers_of(leader)[0];
-    // A task holding a storage handle for longer than the crash takes.
+    let dir = cluster.data_dir(follower).join("raft");
+    // A handle held past the node's own tasks, as a straggler would.
     let straggler = cluster.nodes[&follower].state_machine.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        drop(straggler);
-    });
-    cluster.crash(follower).await;
-    let reopened = store::open(&cluster.data_dir(follower).join("raft"));
+    let release = straggler.release_watch();
+    let node = cluster.nodes.remove(&follower).expect("running");
+    let mut crash = tokio::spawn(node.crash());
+    wait_until("every handle but the straggler's is gone", || async {
+        (release.handles() == 1).then_some(())
+    })
+    .await;
+    // The crash cannot return while the straggler holds the storage.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), &mut crash)
+            .await
+            .is_err(),
+        "crash returned while a task still held the node's storage"
+    );
+    assert!(store::open(&dir).is_err(), "the straggler holds the lock");
+    drop(straggler);
+    crash.await.expect("crash finished");
+    assert!(release.is_released());
+    let reopened = store::open(&dir);
     assert!(reopened.is_ok(), "the data dir is free after a crash");
     drop(reopened);
+    wait_until("the reopened storage is closed again", || async {
+        probe_free(&dir).then_some(())
+    })
+    .await;
     cluster.restart(follower).await;
     cluster.wait_for_leader().await;
     cluster.shutdown().await;
+}
+
+/// Whether sled's lock on the storage under `dir` can be taken now.
+fn probe_free(dir: &std::path::Path) -> bool {
+    std::fs::File::open(dir.join("db")).is_ok_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,7 +36,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::ChangeMembers;
 
 use crate::cluster::Command;
-use crate::raft::store::StateMachineStore;
+use crate::raft::store::AppliedView;
 use crate::raft::MembershipView;
 use crate::raft::{FatalError, NodeId, NodeInfo, Raft, WriteError};
 use crate::worker::coordinator::{CoordError, Coordinator};
@@ -101,6 +101,8 @@ pub enum MembershipError {
     Raft(#[from] WriteError),
     #[error("raft: {0}")]
     RaftStopped(#[from] FatalError),
+    #[error("this node stopped while waiting for node {0}'s shards to move; check with `deckhand ctl shards` and retry on another node")]
+    Stopping(NodeId),
 }
 
 /// Why a removal is unsafe, or `Ok` — pure, for tests.
@@ -155,7 +157,7 @@ pub fn check_address(field: &'static str, value: &str) -> Result<(), MembershipE
 #[derive(Clone)]
 pub struct Membership {
     pub raft: Raft,
-    pub state_machine: StateMachineStore,
+    pub state_machine: AppliedView,
     pub coordinator: Coordinator,
     pub node_id: NodeId,
     /// Held for the whole of one change: one at a time.
@@ -289,7 +291,10 @@ impl Membership {
                     after: DRAIN_TIMEOUT,
                 });
             }
-            let _ = tokio::time::timeout_at(deadline.into(), applied.changed()).await;
+            if let Ok(Err(_)) = tokio::time::timeout_at(deadline.into(), applied.changed()).await {
+                // The state machine is gone: this node stopped.
+                return Err(MembershipError::Stopping(node));
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use crate::proto::admin::{
     TasksRequest, TasksResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use crate::raft::network::Channels;
-use crate::raft::store::StateMachineStore;
+use crate::raft::store::AppliedView;
 use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft};
 use crate::worker::coordinator::Coordinator;
@@ -41,7 +41,7 @@ const FORWARDED: &str = "x-deckhand-forwarded";
 #[derive(Clone)]
 pub struct AdminService {
     raft: Raft,
-    state_machine: StateMachineStore,
+    state_machine: AppliedView,
     cluster_name: String,
     worker: Arc<WorkerShared>,
     coordinator: Coordinator,
@@ -61,7 +61,7 @@ enum Route {
 impl AdminService {
     pub fn new(
         raft: Raft,
-        state_machine: StateMachineStore,
+        state_machine: AppliedView,
         cluster_name: String,
         worker: Arc<WorkerShared>,
         coordinator: Coordinator,
@@ -387,7 +387,7 @@ fn membership_status(e: MembershipError) -> Status {
         E::CatchUpTimeout { .. } | E::TransferTimeout { .. } => {
             Status::deadline_exceeded(e.to_string())
         }
-        E::Raft(_) | E::RaftStopped(_) => Status::unavailable(e.to_string()),
+        E::Raft(_) | E::RaftStopped(_) | E::Stopping(_) => Status::unavailable(e.to_string()),
     }
 }
 

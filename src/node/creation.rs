@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::shards::{token_generation, MAX_GENERATION};
 use crate::cluster::Command;
-use crate::raft::store::StateMachineStore;
+use crate::raft::store::AppliedView;
 use crate::raft::{NodeId, Raft, RaftMetrics};
 use crate::shutdown::ShutdownListener;
 use crate::store::SharedStore;
@@ -26,7 +26,7 @@ use crate::store::SharedStore;
 /// Logs role changes; as a new leader, starts recording the shard count.
 pub(super) struct RoleWatch {
     pub(super) raft: Raft,
-    pub(super) state_machine: StateMachineStore,
+    pub(super) state_machine: AppliedView,
     pub(super) store: SharedStore,
     pub(super) shard_count: u32,
 }
@@ -102,7 +102,7 @@ impl RoleWatch {
             // The fence scan is kept across retries: it reads every key.
             let mut highest = None;
             loop {
-                if !needs_creating(&state_machine, shard_count).await {
+                if !needs_creating(&state_machine, shard_count) {
                     return;
                 }
                 if generation.is_none() {
@@ -141,8 +141,8 @@ impl RoleWatch {
 
 /// Whether the cluster still lacks its shard count (a different count
 /// recorded already is logged and kept).
-async fn needs_creating(state_machine: &StateMachineStore, shard_count: u32) -> bool {
-    let recorded = state_machine.applied().await.cluster.shard_count;
+fn needs_creating(state_machine: &AppliedView, shard_count: u32) -> bool {
+    let recorded = state_machine.latest().cluster.shard_count;
     if recorded != 0 && recorded != shard_count {
         tracing::warn!(
             configured = shard_count,

@@ -12,7 +12,7 @@ use openraft::ServerState;
 use tokio::net::TcpListener;
 
 use crate::metrics::queue_gauge_families;
-use crate::raft::store::StateMachineStore;
+use crate::raft::store::AppliedView;
 use crate::raft::Raft;
 use crate::shutdown::ShutdownListener;
 use crate::worker::coordinator::Coordinator;
@@ -22,7 +22,7 @@ use crate::worker::WorkerShared;
 #[derive(Clone)]
 pub(super) struct MetricsSource {
     pub raft: Raft,
-    pub state_machine: StateMachineStore,
+    pub state_machine: AppliedView,
     pub worker: Arc<WorkerShared>,
     /// Serves the leader-only queue gauges (or nothing, off-leader).
     pub coordinator: Coordinator,

@@ -26,11 +26,14 @@
 //! # Invariants
 //!
 //! - No data is touched before the config validated and all sockets bound.
-//! - Every spawned task listens to the one [`Shutdown`] and is awaited, with a
-//!   deadline, before [`Node::shutdown`] or [`Node::crash`] returns. Both
-//!   then wait (bounded) until no handle on the sled database is left, since
-//!   tasks nobody awaits can hold one (openraft's state machine worker, a
-//!   blocking fsync): after they return, the data dir may be reopened.
+//! - Every task this node spawns listens to the one [`Shutdown`] and is
+//!   awaited, with a deadline, before [`Node::shutdown`] or [`Node::crash`]
+//!   returns. Tasks spawned by others are not: openraft's state machine
+//!   worker and replication streams, a blocking fsync, the servers'
+//!   connection tasks. Only the first three hold storage (services read a
+//!   [`store::AppliedView`], which holds none), and they end on their own;
+//!   so both wait (at most [`STORAGE_RELEASE_DEADLINE`], logged if it
+//!   passes) until the storage is released and the data dir may be reopened.
 
 pub mod bootstrap;
 mod creation;
@@ -206,7 +209,7 @@ impl Node {
         let coordinator = Coordinator::new(
             config.node_id,
             raft.clone(),
-            storage.state_machine.clone(),
+            storage.state_machine.view(),
             storage.queues.clone(),
             worker.settings.clone(),
             worker.watch_scheduling(),
@@ -589,7 +592,7 @@ fn spawn_loops(config: &NodeConfig, parts: &Parts, shutdown: &Shutdown) -> Tasks
     };
     let role = creation::RoleWatch {
         raft: parts.raft.clone(),
-        state_machine: parts.state_machine.clone(),
+        state_machine: parts.state_machine.view(),
         store: parts.queues.clone(),
         shard_count: config.cluster.shards,
     };

@@ -38,7 +38,7 @@ pub(super) async fn serve(
     );
     let admin_service = AdminService::new(
         parts.raft.clone(),
-        parts.state_machine.clone(),
+        parts.state_machine.view(),
         config.cluster.name.clone(),
         parts.worker.clone(),
         parts.coordinator.clone(),
@@ -56,7 +56,7 @@ pub(super) async fn serve(
         listeners.metrics,
         MetricsSource {
             raft: parts.raft.clone(),
-            state_machine: parts.state_machine.clone(),
+            state_machine: parts.state_machine.view(),
             worker: parts.worker.clone(),
             coordinator: parts.coordinator.clone(),
         },
@@ -83,7 +83,7 @@ fn spawn_raft_server(
         parts.raft.clone(),
         config.node_id,
         config.cluster.name.clone(),
-        parts.state_machine.clone(),
+        parts.state_machine.view(),
         senders.clone(),
     )
     .into_server();

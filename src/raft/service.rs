@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::codec::{self, SnapshotTransfer};
 use super::network::MAX_RAFT_MESSAGE;
-use super::store::StateMachineStore;
+use super::store::AppliedView;
 use super::{NodeId, Raft};
 use crate::proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::raft::{ProbeRequest, ProbeResponse, RaftPayload};
@@ -24,7 +24,7 @@ pub struct RaftRpc {
     node_id: NodeId,
     cluster_name: String,
     /// The applied state, for the retired ids.
-    state_machine: StateMachineStore,
+    state_machine: AppliedView,
     /// With TLS: the sender a message names must be its certificate's.
     senders: SenderCheck,
 }
@@ -34,7 +34,7 @@ impl RaftRpc {
         raft: Raft,
         node_id: NodeId,
         cluster_name: String,
-        state_machine: StateMachineStore,
+        state_machine: AppliedView,
         senders: SenderCheck,
     ) -> Self {
         Self {

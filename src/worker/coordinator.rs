@@ -43,7 +43,7 @@ use crate::locks::lock;
 use crate::proto::worker::{
     GetQueuesRequest, GetQueuesResponse, HeartbeatRequest, HeartbeatResponse, StatsAck, StatsReport,
 };
-use crate::raft::store::{AppliedState, StateMachineStore};
+use crate::raft::store::{AppliedState, AppliedView};
 use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft, RaftMetrics, WriteError};
 use crate::store::{QueueSizes, SharedStore};
@@ -95,7 +95,7 @@ pub struct Coordinator {
 struct Inner {
     node_id: NodeId,
     raft: Raft,
-    state_machine: StateMachineStore,
+    state_machine: AppliedView,
     store: SharedStore,
     settings: WorkerSettings,
     /// This node's scheduling mode: without queue events owners cannot
@@ -115,7 +115,7 @@ impl Coordinator {
     pub fn new(
         node_id: NodeId,
         raft: Raft,
-        state_machine: StateMachineStore,
+        state_machine: AppliedView,
         store: SharedStore,
         settings: WorkerSettings,
         scheduling: watch::Receiver<Scheduling>,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 pub use log_store::LogStore;
-pub use state_machine::{AppliedState, StateMachineStore};
+pub use state_machine::{AppliedState, AppliedView, StateMachineStore};
 
 /// Errors opening the Raft storage.
 #[derive(Debug, thiserror::Error)]
@@ -58,16 +58,26 @@ impl Durable {
     }
 }
 
-/// Tells when every handle on one opened storage is gone, so its directory
-/// can be opened again: sled's file lock lives as long as any handle, and
-/// handles outlive a stopped node inside tasks nobody awaits (openraft's
-/// state machine worker and replication streams end on their own after the
-/// core stops, a blocking fsync runs on after its caller is dropped).
-pub struct StorageRelease(Weak<()>);
+/// Tells when one opened storage is closed, so its directory can be opened
+/// again: sled's file lock lives as long as any handle, and handles outlive
+/// a stopped node inside tasks nobody awaits (openraft's state machine
+/// worker and replication streams end on their own after the core stops, a
+/// blocking fsync runs on after its caller is dropped); then sled's own
+/// background threads may hold the file a moment longer. So released means
+/// both: no handle left, and the data file's lock can be taken.
+pub struct StorageRelease {
+    handles: Weak<()>,
+    db_file: PathBuf,
+}
 
 impl StorageRelease {
+    /// How many store handles are left (0 once every one is dropped).
+    pub fn handles(&self) -> usize {
+        self.handles.strong_count()
+    }
+
     pub fn is_released(&self) -> bool {
-        self.0.strong_count() == 0
+        self.handles() == 0 && lock_is_free(&self.db_file)
     }
 
     /// Waits until the storage is released or `deadline` passes; returns
@@ -86,7 +96,19 @@ impl StorageRelease {
 
 impl Durable {
     pub(crate) fn release_watch(&self) -> StorageRelease {
-        StorageRelease(Arc::downgrade(&self.handles))
+        StorageRelease {
+            handles: Arc::downgrade(&self.handles),
+            db_file: self.db_file.clone(),
+        }
+    }
+}
+
+/// Whether sled's lock on `db_file` (an exclusive `flock`) can be taken
+/// now; taken and let go at once. A file that cannot be opened has no lock.
+fn lock_is_free(db_file: &Path) -> bool {
+    match File::open(db_file) {
+        Ok(file) => fs2::FileExt::try_lock_exclusive(&file).is_ok(),
+        Err(_) => true,
     }
 }
 

@@ -47,6 +47,30 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// The applied state as services and loops read it. It holds no storage
+/// handle (only the receiving end of the state machine's publications), so
+/// a task that outlives its node (a server's connection task, say) cannot
+/// keep the sled directory, and its file lock, open.
+#[derive(Clone)]
+pub struct AppliedView {
+    rx: watch::Receiver<Arc<AppliedState>>,
+}
+
+impl AppliedView {
+    /// The latest published applied state.
+    pub fn latest(&self) -> Arc<AppliedState> {
+        self.rx.borrow().clone()
+    }
+
+    /// Every applied state from now on (the current one first); the
+    /// stream ends once the state machine is gone.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<AppliedState>> {
+        let mut rx = self.rx.clone();
+        rx.mark_unchanged();
+        rx
+    }
+}
+
 /// The state machine. Clones share state; readers (admin API, worker) take
 /// the read lock for a consistent copy via [`StateMachineStore::applied`].
 #[derive(Clone)]
@@ -79,6 +103,13 @@ impl StateMachineStore {
     /// Every applied state from now on (the current one first).
     pub fn subscribe(&self) -> watch::Receiver<Arc<AppliedState>> {
         self.published.subscribe()
+    }
+
+    /// A read-only view for services and loops, holding no storage handle.
+    pub fn view(&self) -> AppliedView {
+        AppliedView {
+            rx: self.published.subscribe(),
+        }
     }
 
     /// Watches for every handle on this storage (log and state machine
