@@ -424,8 +424,9 @@ impl RedisCluster {
         Ok(moving)
     }
 
-    /// Waits until every running node reports `cluster_state:ok` and sees
-    /// three masters, and every running replica's master link is up.
+    /// Waits until every running node reports `cluster_state:ok`, three
+    /// nodes are masters, every node names the same masters as serving
+    /// slots, and every running replica's master link is up.
     pub fn wait_healthy(&self, within: Duration) -> Result<(), RedisServerError> {
         let deadline = Instant::now() + within;
         loop {
@@ -453,6 +454,32 @@ impl RedisCluster {
             }
         }
         let masters = self.masters().len();
-        (masters != 3).then(|| format!("{masters} masters, expected 3"))
+        if masters != 3 {
+            return Some(format!("{masters} masters, expected 3"));
+        }
+        // Every node's view names the same masters serving slots.
+        let mut views = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| Self::masters_seen_by(n.port));
+        let first = views.next()?;
+        views
+            .any(|v| v != first)
+            .then(|| "the nodes disagree on which masters serve slots".into())
+    }
+
+    /// The masters serving slots in `port`'s `CLUSTER NODES` (empty when
+    /// it does not answer).
+    fn masters_seen_by(port: u16) -> Vec<String> {
+        let nodes = Self::cli(port, &["CLUSTER", "NODES"]).unwrap_or_default();
+        let mut masters: Vec<String> = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 8 && f[2].contains("master") && !f[2].contains("fail"))
+            .map(|f| f[1].split('@').next().unwrap_or_default().to_string())
+            .collect();
+        masters.sort();
+        masters
     }
 }

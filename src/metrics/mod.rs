@@ -231,6 +231,25 @@ fn group_by_label(rows: &[(String, QueueSizes)], cap: usize) -> BTreeMap<String,
     out
 }
 
+/// This node's housekeeping calls per Redis Cluster master (`rows`: label,
+/// count), from the store's own counts; nothing on a single Redis.
+pub fn master_call_families(rows: &[(String, u64)]) -> Vec<MetricFamily> {
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    let registry = Registry::new();
+    let calls = counter_vec(
+        &registry,
+        "deckhand_redis_master_calls_total",
+        "Housekeeping calls this node sent, per Redis Cluster master serving the queue's slot",
+        &["master"],
+    );
+    for (master, n) in rows {
+        calls.with_label_values(&[master.as_str()]).inc_by(*n);
+    }
+    registry.gather()
+}
+
 /// The leader-only queue gauges for `rows` (every queue's latest figures).
 pub fn queue_gauge_families(rows: &[(String, QueueSizes)], cap: usize) -> Vec<MetricFamily> {
     let registry = Registry::new();

@@ -11,7 +11,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
 use tokio::net::TcpListener;
 
-use crate::metrics::queue_gauge_families;
+use crate::metrics::{master_call_families, queue_gauge_families};
 use crate::raft::store::AppliedView;
 use crate::raft::Raft;
 use crate::shutdown::ShutdownListener;
@@ -60,9 +60,10 @@ impl MetricsSource {
                 .lease_remaining()
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
-        let extra = queue_rows
+        let mut extra = queue_rows
             .map(|rows| queue_gauge_families(&rows, metrics.label_cap()))
             .unwrap_or_default();
+        extra.extend(master_call_families(&self.worker.store.calls_by_master()));
         metrics.render_with(extra)
     }
 }

@@ -87,6 +87,7 @@
 pub mod layout;
 pub mod memory;
 pub mod redis;
+mod redis_calls;
 pub mod redis_conn;
 pub mod redis_events;
 mod redis_events_cluster;
@@ -248,6 +249,12 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Fails with [`StoreError::NoLockEvents`] when the store cannot announce
     /// them (Redis without keyspace notifications), naming why.
     async fn watch_events(&self) -> Result<QueueEventStream, StoreError>;
+
+    /// Housekeeping calls so far per server of a Redis Cluster (label,
+    /// count); empty where there is one server.
+    fn calls_by_master(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// What a queue event announces.

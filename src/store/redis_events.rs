@@ -59,7 +59,7 @@ use redis::Msg;
 
 use super::layout::queue_of_key;
 use super::redis::RedisStore;
-use super::redis_conn::RedisConn;
+use super::redis_conn::{Node, RedisConn};
 use super::{EventKind, QueueEvent, QueueEventStream, StoreError};
 
 /// How long the probe's own event may take to come back.
@@ -142,18 +142,21 @@ impl RedisStore {
             self.prefix(),
             rand::random::<u64>()
         );
-        self.subscribe_node(client, db, probe_key, timing).await
+        self.subscribe_node(client, db, probe_key, timing, &Node::Single)
+            .await
     }
 
     /// Subscribes to one server's keyspace events (a single Redis, or one
     /// master of a cluster), probed with `probe_key` (on a cluster, a key
     /// that master serves): what arrived while probing, then live events.
+    /// `node` names the server for reading its setting when the probe fails.
     pub(super) async fn subscribe_node(
         &self,
         client: &redis::Client,
         db: i64,
         probe_key: String,
         timing: ProbeTiming,
+        node: &Node,
     ) -> Result<QueueEventStream, StoreError> {
         let channel_prefix = format!("__keyspace@{db}__:");
         let prefix = self.prefix().to_string();
@@ -189,7 +192,7 @@ impl RedisStore {
             .await
             .unwrap_or(Ok(false))?;
         if !arrived {
-            return Err(self.no_lock_events().await);
+            return Err(self.no_lock_events(node).await);
         }
         tracing::debug!(db, prefix, "subscribed to queue events");
 
@@ -241,8 +244,8 @@ impl RedisStore {
     }
 
     /// The error for a probe that did not come back, with Redis's setting.
-    async fn no_lock_events(&self) -> StoreError {
-        let current = match self.config_get("notify-keyspace-events").await {
+    async fn no_lock_events(&self, node: &Node) -> StoreError {
+        let current = match self.config_get_on("notify-keyspace-events", node).await {
             Ok(value) => format!("it is {value:?}"),
             Err(e) => format!("CONFIG GET was refused ({e})"),
         };

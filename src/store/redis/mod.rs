@@ -23,8 +23,9 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{Client, RedisError, Script};
 use tokio::sync::Mutex;
 
-use super::redis_conn::{Node, RedisConn, RETRIES, RETRY_MAX_WAIT_MS, RETRY_MIN_WAIT_MS};
-use super::redis_scan::{scan_nodes, KeyScan};
+use super::redis_calls::CallsByMaster;
+use super::redis_conn::{key_slot, Node, RedisConn, RETRIES, RETRY_MAX_WAIT_MS, RETRY_MIN_WAIT_MS};
+use super::redis_scan::{scan_nodes, slot_map, KeyScan};
 use super::redis_url::{self, RedisTarget};
 
 use super::layout::{
@@ -78,6 +79,8 @@ pub struct RedisStore {
     release: Script,
     /// Hands out the next cluster generation (`next_generation`).
     raise_generation: Script,
+    /// On a cluster, housekeeping calls per master (`redis_calls`).
+    calls: CallsByMaster,
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -135,6 +138,7 @@ impl RedisStore {
             pull: Script::new(PULL),
             release: Script::new(RELEASE),
             raise_generation: Script::new(RAISE_GENERATION),
+            calls: CallsByMaster::default(),
         })
     }
 
@@ -260,17 +264,37 @@ impl RedisStore {
     /// One Redis setting, by `CONFIG GET` (refused on many managed
     /// services); on a cluster, one master's.
     pub async fn config_get(&self, name: &str) -> Result<String, StoreError> {
+        self.config_get_on(name, &Node::Single).await
+    }
+
+    /// `CONFIG GET name` on one node (on a cluster, `Node::Single` is a
+    /// random master).
+    pub(crate) async fn config_get_on(
+        &self,
+        name: &str,
+        node: &Node,
+    ) -> Result<String, StoreError> {
         let mut con = self.connection().await?;
         let reply = con
-            .on_node(
-                redis::cmd("CONFIG").arg("GET").arg(name).clone(),
-                &Node::Single,
-            )
+            .on_node(redis::cmd("CONFIG").arg("GET").arg(name).clone(), node)
             .await
             .map_err(unavailable)?;
         let pairs: Vec<String> = redis::from_redis_value(reply)
             .map_err(|e| StoreError::Unavailable(format!("CONFIG GET {name}: {e}")))?;
         Ok(pairs.get(1).cloned().unwrap_or_default())
+    }
+
+    /// Counts a call on `key` under its slot's master, reading the slot map
+    /// first when it is `redis_calls::REFRESH` old.
+    async fn count_call(&self, con: &mut RedisConn, key: &str) {
+        let now = std::time::Instant::now();
+        if self.calls.claim_refresh(now) {
+            match slot_map(con).await {
+                Ok(map) => self.calls.update(map, now),
+                Err(e) => tracing::debug!(error = %e, "cannot read the slot map for call counts"),
+            }
+        }
+        self.calls.count(key_slot(key.as_bytes()));
     }
 
     fn keys(&self, queue: &str) -> Result<QueueKeys, StoreError> {
@@ -365,6 +389,9 @@ impl QueueStore for RedisStore {
     ) -> Result<HousekeepOutcome, StoreError> {
         let k = self.keys(queue)?;
         let mut con = self.connection().await?;
+        if matches!(self.target, Target::Cluster(_)) {
+            self.count_call(&mut con, &k.fence).await;
+        }
         // KEYS: Deckard's six sets in layout order, then the fence.
         let mut call = self.housekeep.prepare_invoke();
         for key in k.sets() {
@@ -386,6 +413,10 @@ impl QueueStore for RedisStore {
 
     async fn watch_events(&self) -> Result<QueueEventStream, StoreError> {
         self.subscribe_lock_events().await
+    }
+
+    fn calls_by_master(&self) -> Vec<(String, u64)> {
+        self.calls.snapshot()
     }
 
     async fn next_generation(&self, above: u64) -> Result<u64, StoreError> {

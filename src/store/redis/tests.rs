@@ -15,6 +15,30 @@ async fn redis_cluster_store_meets_the_contract() {
         .await
         .expect("open");
     crate::store::contract::run(&store, &store).await;
+    // Our slot function is the cluster's, tricky hash tags included.
+    let mut con = store.connection().await.expect("connection");
+    for key in [
+        "foo{}{bar}",
+        "foo{{bar}}zap",
+        "{user1000}.following",
+        "deckard_v1:queue:{orders::q7}:lock_ack",
+        "deckard_v1:deckhand_probe:{00ff00ff00ff00ff}",
+        "no tag at all",
+        "{}",
+        "a{b",
+    ] {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        assert_eq!(
+            crate::store::redis_conn::key_slot(key.as_bytes()),
+            slot,
+            "{key}"
+        );
+    }
     // Queues hash to every master, and discovery finds each one.
     let queues: Vec<String> = (0..60).map(|i| format!("spread::q{i}")).collect();
     for q in &queues {
@@ -30,6 +54,53 @@ async fn redis_cluster_store_meets_the_contract() {
         per_node.iter().all(|(_, calls, _)| *calls > 0),
         "every master ran scripts: {per_node:?}"
     );
+}
+
+/// A master our subscriber cannot connect to (here: it refuses new
+/// clients) is skipped: the other masters' events still arrive, and the
+/// stream ends soon after so the subscriber tries that master again.
+#[tokio::test]
+async fn cluster_events_skip_a_master_that_refuses_the_subscriber() {
+    use futures::StreamExt;
+    let cluster = crate::testing::RedisCluster::start().expect("redis cluster");
+    let store = RedisStore::open_with(&cluster.url(), "deckard_v1", true)
+        .await
+        .expect("open");
+    // Queues on every master, so the store's own connections reach each.
+    let queues: Vec<String> = (0..30).map(|i| format!("skip::q{i}")).collect();
+    for q in &queues {
+        store.add(q, &[("m".to_string(), 1.0)]).await.expect("add");
+    }
+    let refusing = cluster.masters()[0];
+    let set_maxclients = |n: &str| {
+        crate::testing::RedisCluster::cli(refusing, &["CONFIG", "SET", "maxclients", n])
+            .expect("CONFIG SET maxclients")
+    };
+    set_maxclients("1");
+    let started = std::time::Instant::now();
+    let mut events = store
+        .watch_events()
+        .await
+        .expect("subscribed to the other masters");
+    let now = crate::store::now_ms();
+    for q in &queues {
+        store.pull(q, 1, now, 60_000).await.expect("pull");
+    }
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+        .await
+        .expect("an event from a master that accepted the subscriber");
+    assert!(first.is_some(), "the stream went on");
+    // It ends (so the caller resubscribes and sweeps) within the retry.
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while events.next().await.is_some() {}
+    })
+    .await
+    .expect("the stream ends to retry the skipped master");
+    assert!(
+        started.elapsed() >= super::super::redis_events_cluster::SKIPPED_RETRY,
+        "ended by the retry, not at once"
+    );
+    set_maxclients("10000");
 }
 
 #[tokio::test]
