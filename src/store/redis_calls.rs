@@ -4,19 +4,24 @@
 //!
 //! Each call is counted under the master that served its queue's slot in
 //! the slot map this node read last. The map is read again (one
-//! `CLUSTER SLOTS`) by the first call after it is [`REFRESH`] old, so a
-//! reshard or a failover shows within that time; calls made before the
-//! first read, or on a slot the map has no master for, count as `unknown`.
+//! `CLUSTER SLOTS`, by one caller) by the first call after it is
+//! [`REFRESH`] old, so a reshard or a failover shows within that time;
+//! calls made before the first read, or on a slot the map has no master
+//! for, count as `unknown`.
 //!
-//! Invariants: the map's ranges are sorted by first slot and do not
-//! overlap (as `CLUSTER SLOTS` gives them, checked on every update); counts
-//! only grow, and a master's count stays when it leaves the map (counters
-//! must not go down).
+//! Only the current masters (and `unknown`) keep a count: a master that
+//! leaves the map loses its series, so the labels stay as many as the
+//! masters however often their addresses change (pods rescheduled); one
+//! that comes back starts again from 0, which Prometheus reads as a reset.
+//!
+//! Invariants: `map`'s ranges are sorted by first slot and each names an
+//! index into `counts` (asserted in debug builds on every update); counts
+//! only grow while their master stays.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::redis_conn::Master;
 use super::redis_scan::SlotMap;
 
 /// How old the slot map may get before the next call reads it again.
@@ -33,11 +38,13 @@ pub struct CallsByMaster {
 
 #[derive(Default)]
 struct Inner {
-    /// Sorted by first slot.
-    map: SlotMap,
+    /// (first slot, last slot, index into `counts`), sorted by first slot.
+    map: Vec<(u16, u16, usize)>,
     /// When `map` was read (`None`: never).
     read_at: Option<Instant>,
-    calls: BTreeMap<String, u64>,
+    /// Per current master (label, count), sorted by label.
+    counts: Vec<(String, u64)>,
+    unknown: u64,
 }
 
 impl CallsByMaster {
@@ -55,15 +62,40 @@ impl CallsByMaster {
         due
     }
 
-    /// Replaces the slot map (read at `now`).
-    pub fn update(&self, mut map: SlotMap, now: Instant) {
-        map.sort_by_key(|(first, _, _)| *first);
+    /// Replaces the slot map (read at `now`), keeping the counts of the
+    /// masters still in it.
+    pub fn update(&self, map: SlotMap, now: Instant) {
+        let mut masters: Vec<&Master> = map.iter().map(|(_, _, m)| m).collect();
+        masters.sort();
+        masters.dedup();
+        let mut inner = crate::locks::lock(&self.inner);
+        let counts: Vec<(String, u64)> = masters
+            .iter()
+            .map(|m| {
+                let label = m.to_string();
+                let kept = inner
+                    .counts
+                    .iter()
+                    .find(|(l, _)| *l == label)
+                    .map_or(0, |(_, n)| *n);
+                (label, kept)
+            })
+            .collect();
+        let mut ranges: Vec<(u16, u16, usize)> = map
+            .iter()
+            .filter_map(|(first, last, m)| {
+                let index = masters.iter().position(|x| *x == m)?;
+                Some((*first, *last, index))
+            })
+            .collect();
+        ranges.sort_by_key(|(first, _, _)| *first);
         debug_assert!(
-            map.windows(2).all(|w| w[0].1 < w[1].0),
+            ranges.windows(2).all(|w| w[0].1 < w[1].0),
             "slot ranges overlap"
         );
-        let mut inner = crate::locks::lock(&self.inner);
-        inner.map = map;
+        debug_assert!(ranges.iter().all(|(_, _, i)| *i < counts.len()));
+        inner.map = ranges;
+        inner.counts = counts;
         inner.read_at = Some(now);
     }
 
@@ -71,28 +103,33 @@ impl CallsByMaster {
     pub fn count(&self, slot: u16) {
         let mut inner = crate::locks::lock(&self.inner);
         let at = inner.map.partition_point(|(first, _, _)| *first <= slot);
-        let master = at
+        let index = at
             .checked_sub(1)
             .and_then(|i| inner.map.get(i))
             .filter(|(_, last, _)| slot <= *last)
-            .map_or_else(|| UNKNOWN.to_string(), |(_, _, m)| m.to_string());
-        *inner.calls.entry(master).or_insert(0) += 1;
+            .map(|(_, _, index)| *index);
+        match index.and_then(|i| inner.counts.get_mut(i)) {
+            Some((_, n)) => *n += 1,
+            None => inner.unknown += 1,
+        }
     }
 
-    /// Every master's count so far (masters that left the map included).
+    /// Every current master's count, then `unknown` if any.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
-        crate::locks::lock(&self.inner)
-            .calls
-            .iter()
-            .map(|(m, n)| (m.clone(), *n))
-            .collect()
+        let inner = crate::locks::lock(&self.inner);
+        let mut rows = inner.counts.clone();
+        if inner.unknown > 0 {
+            rows.push((UNKNOWN.to_string(), inner.unknown));
+        }
+        rows
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::store::redis_conn::Master;
 
     fn master(port: u16) -> Master {
         Master {
@@ -124,13 +161,19 @@ mod tests {
         for slot in [0, 99, 200, 7999, 8000, 16383, 150] {
             calls.count(slot);
         }
-        // A reshard moves slot 0 to master 3; master 2 leaves the map but
-        // keeps its count.
-        calls.update(vec![(0, 16383, master(3))], t0 + REFRESH);
-        calls.count(0);
+        // A failover replaces master 2 with master 3: 2's series goes, 1 keeps its count.
+        calls.update(
+            vec![
+                (0, 99, master(1)),
+                (200, 7999, master(1)),
+                (8000, 16383, master(3)),
+            ],
+            t0 + REFRESH,
+        );
+        calls.count(9000);
         let counts: BTreeMap<String, u64> = calls.snapshot().into_iter().collect();
         assert_eq!(counts["10.0.0.1:1"], 4);
-        assert_eq!(counts["10.0.0.1:2"], 2);
+        assert!(!counts.contains_key("10.0.0.1:2"), "{counts:?}");
         assert_eq!(counts["10.0.0.1:3"], 1);
         // Before the first read, and slot 150 (in no range).
         assert_eq!(counts[UNKNOWN], 2);

@@ -24,7 +24,9 @@ use redis::{Client, RedisError, Script};
 use tokio::sync::Mutex;
 
 use super::redis_calls::CallsByMaster;
-use super::redis_conn::{key_slot, Node, RedisConn, RETRIES, RETRY_MAX_WAIT_MS, RETRY_MIN_WAIT_MS};
+use super::redis_conn::{
+    key_slot, Master, Node, RedisConn, RETRIES, RETRY_MAX_WAIT_MS, RETRY_MIN_WAIT_MS,
+};
 use super::redis_scan::{scan_nodes, slot_map, KeyScan};
 use super::redis_url::{self, RedisTarget};
 
@@ -81,6 +83,10 @@ pub struct RedisStore {
     raise_generation: Script,
     /// On a cluster, housekeeping calls per master (`redis_calls`).
     calls: CallsByMaster,
+    /// On a cluster, the next retry wait of each master the event
+    /// subscriber skipped (`redis_events_cluster`); pruned to the current
+    /// masters on every subscription.
+    pub(super) skip_backoff: std::sync::Mutex<std::collections::HashMap<Master, Duration>>,
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -139,6 +145,7 @@ impl RedisStore {
             release: Script::new(RELEASE),
             raise_generation: Script::new(RAISE_GENERATION),
             calls: CallsByMaster::default(),
+            skip_backoff: Default::default(),
         })
     }
 
