@@ -42,7 +42,7 @@ struct Inner {
     map: Vec<(u16, u16, usize)>,
     /// When `map` was read (`None`: never).
     read_at: Option<Instant>,
-    /// Per current master (label, count), sorted by label.
+    /// Per current master (label, count), in master order (host, then port).
     counts: Vec<(String, u64)>,
     unknown: u64,
 }

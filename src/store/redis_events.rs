@@ -113,8 +113,8 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
 /// How often the probe is written and how long it may take to come back.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ProbeTiming {
-    interval: Duration,
-    timeout: Duration,
+    pub(super) interval: Duration,
+    pub(super) timeout: Duration,
 }
 
 impl Default for ProbeTiming {
@@ -132,7 +132,10 @@ impl RedisStore {
         self.subscribe_with(ProbeTiming::default()).await
     }
 
-    async fn subscribe_with(&self, timing: ProbeTiming) -> Result<QueueEventStream, StoreError> {
+    pub(super) async fn subscribe_with(
+        &self,
+        timing: ProbeTiming,
+    ) -> Result<QueueEventStream, StoreError> {
         let Some(client) = self.single_client() else {
             return self.subscribe_cluster(timing).await;
         };

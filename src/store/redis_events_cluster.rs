@@ -25,18 +25,25 @@
 //!
 //! A master that cannot be reached (or refuses the subscriber) is skipped
 //! rather than failing the whole subscription: the others' events go on. A
-//! new connection to it is tried after [`SKIPPED_RETRY`], doubling with
-//! each skip in a row up to [`SKIPPED_RETRY_MAX`], and once it answers the
-//! stream ends, so the node resubscribes and sweeps once. Meanwhile that
-//! master's queues get no events; while it is down they cannot be
-//! housekept anyway, and its replica's promotion changes the masters. A
-//! master that answers PING but keeps refusing the subscription costs one
-//! resubscription and sweep per [`SKIPPED_RETRY_MAX`] at most. Missing
-//! events are different: a master whose probe does not come back twice (in
-//! two slots, since a slot being migrated sends the probe's write to its
-//! new owner) fails the whole subscription with `NoLockEvents`, and the
-//! node polls (`auto`): the mode is the node's, not a master's. The error
-//! reads that master's setting.
+//! new pub/sub connection to it is tried after [`SKIPPED_RETRY`], then
+//! twice as long each time, and once it takes one the stream ends, so the
+//! node resubscribes and sweeps once. Meanwhile that master's queues get no
+//! events; while it is down they cannot be housekept anyway, and its
+//! replica's promotion changes the masters. Once the waits reach
+//! [`SKIPPED_RETRY_MAX`] the stream ends anyway: a master that takes a
+//! connection but keeps failing the subscription itself (an ACL, say)
+//! still has its queues swept that often, at the cost of one resubscription
+//! and sweep per [`SKIPPED_RETRY_MAX`]; consecutive skips of one master
+//! start from a doubled wait, up to that bound.
+//!
+//! Missing events are different: a master whose probe does not come back
+//! twice (in two slots, since a slot being migrated sends the probe's
+//! write to its new owner) fails the whole subscription with
+//! `NoLockEvents`, and the node polls (`auto`): the mode is the node's, not
+//! a master's. The error reads that master's setting. With a hash tag in
+//! the prefix every probe lands in the same slot, so the second probe
+//! cannot avoid a migrating slot: during that slot's migration the node
+//! may poll.
 //!
 //! A reshard between followed masters needs no resubscription: the new
 //! owner of a slot publishes its keys' events from the moment it serves
@@ -195,10 +202,12 @@ fn pinned_slot(prefix: &str) -> Option<u16> {
     (close > 0).then(|| key_slot(bytes))
 }
 
-/// Ends (`None`) once `master` answers a PING on a new connection, tried
-/// after `wait`, then after twice as long each time up to
-/// [`SKIPPED_RETRY_MAX`]: the caller then resubscribes to every master and
-/// sweeps once.
+/// Ends (`None`) once `master` takes a new pub/sub connection and a
+/// subscription on it, tried after `wait`, then after twice as long each
+/// time; and in any case once the waits reach [`SKIPPED_RETRY_MAX`], so a
+/// master whose subscription keeps failing (an ACL, say) still gets a full
+/// resubscription and sweep that often. The caller then resubscribes to
+/// every master and sweeps once.
 fn reachable_again(
     url: String,
     master: Master,
@@ -208,8 +217,11 @@ fn reachable_again(
         let mut wait = wait;
         loop {
             tokio::time::sleep(wait).await;
-            if ping(&url).await {
-                tracing::info!(%master, "master reachable again: resubscribing to queue events");
+            if takes_a_subscriber(&url).await {
+                tracing::info!(%master, "master takes subscribers again: resubscribing to queue events");
+                return None;
+            }
+            if wait >= SKIPPED_RETRY_MAX {
                 return None;
             }
             wait = (wait * 2).min(SKIPPED_RETRY_MAX);
@@ -218,19 +230,17 @@ fn reachable_again(
     .boxed()
 }
 
-/// Whether a new connection to `url` answers PING (within 2 s).
-async fn ping(url: &str) -> bool {
+/// Whether `url` takes a new pub/sub connection and a subscription on it
+/// (within 2 s).
+async fn takes_a_subscriber(url: &str) -> bool {
     let attempt = async {
         let client = redis::Client::open(url).ok()?;
-        let mut con = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut con)
-            .await
-            .ok()
+        let mut pubsub = client.get_async_pubsub().await.ok()?;
+        pubsub.subscribe("deckhand_reachability_check").await.ok()
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(2), attempt).await,
-        Ok(Some(_))
+        Ok(Some(()))
     )
 }
 

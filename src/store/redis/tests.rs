@@ -90,8 +90,14 @@ async fn cluster_events_skip_a_master_that_refuses_the_subscriber() {
             .expect("CONFIG SET maxclients");
     };
     set_maxclients(1).await;
+    // Probes far apart: a late probe on a loaded machine must not end the
+    // stream inside the window checked below.
+    let timing = crate::store::redis_events::ProbeTiming {
+        interval: Duration::from_secs(120),
+        ..Default::default()
+    };
     let mut events = store
-        .watch_events()
+        .subscribe_with(timing)
         .await
         .expect("subscribed to the other masters");
     let now = crate::store::now_ms();
