@@ -8,7 +8,8 @@
 #      over DRAIN_QUEUES (default 10,000) queues;
 #   3. what one Redis sustains for the same moves: server time per element from
 #      INFO commandstats while a pipelined loop runs the housekeeping script.
-# Writes bench/lateness.json, bench/drain.json, bench/redis-limit.json.
+# Writes bench/${OUT_PREFIX}lateness.json, bench/${OUT_PREFIX}drain.json and
+# bench/${OUT_PREFIX}redis-limit.json (OUT_PREFIX is empty by default).
 #
 #   scripts/redis-bench.sh
 #   QUEUES=200 DURATION=10s EXPIRED=100000 DRAIN_QUEUES=1000 scripts/redis-bench.sh   # quicker
@@ -61,17 +62,17 @@ if [ -z "${SKIP_LATENESS:-}" ]; then
   echo "1. unlock lateness: $QUEUES queues, $RATE msgs/s for $DURATION, locks of $LOCK_MS-$LOCK_MS_MAX ms" >&2
   "$bin" load --store "$url" --queues "$QUEUES" --rate "$RATE" --duration "$DURATION" \
     --lock-ms "$LOCK_MS" --lock-ms-max "$LOCK_MS_MAX" --new-queues-pct "$NEW_PCT" \
-    --warmup 0s --json | tee bench/lateness.json
+    --warmup 0s --json | tee "bench/${OUT_PREFIX:-}lateness.json"
 fi
 
 if [ -z "${SKIP_DRAIN:-}" ]; then
   echo "2. drain: $EXPIRED expired locks over $DRAIN_QUEUES queues" >&2
   redis-cli -p "$port" flushdb >/dev/null
   "$bin" load --store "$url" --queues "$DRAIN_QUEUES" --expired-locks "$EXPIRED" \
-    --admin 127.0.0.1:7201 --json | tee bench/drain.json
+    --admin 127.0.0.1:7201 --json | tee "bench/${OUT_PREFIX:-}drain.json"
 
   echo "3. Redis alone, same moves" >&2
   scripts/cluster.sh stop "$cfg" >/dev/null
   redis-cli -p "$port" flushdb >/dev/null
-  "$bin" load --store "$url" --queues "$DRAIN_QUEUES" --redis-limit "$EXPIRED" --json | tee bench/redis-limit.json
+  "$bin" load --store "$url" --queues "$DRAIN_QUEUES" --redis-limit "$EXPIRED" --json | tee "bench/${OUT_PREFIX:-}redis-limit.json"
 fi

@@ -81,7 +81,8 @@ struct LoadArgs {
     #[arg(long, default_value = "deckard_v1")]
     prefix: String,
     /// --store names a Redis Cluster, in Deckard's form
-    /// redis://n1:6379?addr=n2:6379&addr=... (traffic and drain runs).
+    /// redis://n1:6379?addr=n2:6379&addr=... (traffic, drain and
+    /// --redis-limit runs).
     #[arg(long, env = "DECKHAND_STORE_CLUSTER")]
     cluster: bool,
     /// Number of queues (named load::q0, load::q1, ...).
@@ -461,10 +462,10 @@ fn check_load_args(args: &LoadArgs) -> Result<i64, String> {
     if args.new_queues_pct > 100 {
         return Err("--new-queues-pct must be at most 100".into());
     }
-    if args.cluster && (args.baseline_housekeeper || args.redis_limit > 0) {
+    if args.cluster && args.baseline_housekeeper {
         return Err(
-            "--cluster applies to traffic and drain runs; --baseline-housekeeper and \
-             --redis-limit run on a single Redis"
+            "--cluster applies to traffic, drain and --redis-limit runs; \
+             --baseline-housekeeper runs on a single Redis"
                 .into(),
         );
     }
@@ -504,6 +505,7 @@ async fn run_redis_limit(args: &LoadArgs) -> Result<(), String> {
     let limit = deckhand::load::redis_limit(
         &args.store,
         &args.prefix,
+        args.cluster,
         args.redis_limit,
         args.queues,
         args.batch,
@@ -518,6 +520,15 @@ async fn run_redis_limit(args: &LoadArgs) -> Result<(), String> {
         "Redis alone: {} elements in {} calls, {} us of server time: {:.0} elements/s (wall clock: {:.0}/s)",
         limit.elements, limit.calls, limit.server_usec, limit.elements_per_s, limit.wall_elements_per_s
     );
+    for (master, usec) in &limit.per_master_usec {
+        println!("  master {master}: {usec} us of server time");
+    }
+    if !limit.per_master_usec.is_empty() {
+        println!(
+            "  every master on its own core: {:.0} elements/s",
+            limit.parallel_elements_per_s
+        );
+    }
     Ok(())
 }
 
