@@ -6,7 +6,7 @@
 //! the same Debian package) when it is missing.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,49 @@ impl RedisServer {
             }
         }
         Err(last)
+    }
+
+    /// Starts a server that speaks only TLS on its port, with the given
+    /// certificate and key (clients are not asked for certificates); its
+    /// URL is [`Self::tls_url`].
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Result<Self, RedisServerError> {
+        let mut last = RedisServerError::NotReady(0);
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut server = Self {
+                child: None,
+                port,
+                dir: tempfile::tempdir()?,
+                extra: vec![
+                    // After `--port <port>`: TLS on that port, plain TCP off.
+                    "--tls-port".into(),
+                    port.to_string(),
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-cert-file".into(),
+                    cert.display().to_string(),
+                    "--tls-key-file".into(),
+                    key.display().to_string(),
+                    "--tls-ca-cert-file".into(),
+                    ca.display().to_string(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                    "--notify-keyspace-events".into(),
+                    "Kz".into(),
+                ],
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e @ RedisServerError::Spawn(_)) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The `rediss://` URL of a server started by [`Self::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.port)
     }
 
     /// Starts a server on a given port (e.g. one a node was pointed at

@@ -2,18 +2,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::pki::Pki;
 use common::{wait_until, TestCluster};
 use deckhand::admin::client::{Ctl, CtlError, CtlOptions};
 use deckhand::proto::raft::raft_service_client::RaftServiceClient;
 use deckhand::proto::raft::ProbeRequest;
 use deckhand::raft::NodeId;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 fn code(e: &CtlError) -> Option<tonic::Code> {
@@ -107,69 +104,12 @@ async fn mutations_need_the_token_and_reads_do_not() {
     cluster.shutdown().await;
 }
 
-/// A throwaway CA and certificates signed by it, written as PEM files.
-struct Pki {
-    dir: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
-    ca_pem: String,
-}
-
-impl Pki {
-    fn new(dir: &Path, name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("ca key");
-        let cert = params.self_signed(&key).expect("ca cert");
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).expect("pki dir");
-        let ca_pem = cert.pem();
-        std::fs::write(dir.join("ca.pem"), &ca_pem).expect("write ca");
-        Self {
-            dir,
-            issuer: Issuer::new(params, key),
-            ca_pem,
-        }
-    }
-
-    /// `(cert, key)` paths of a certificate for loopback names; a name
-    /// `node<N>` also gets node N's URI SAN, as `scripts/make-certs.sh` does.
-    fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
-        let mut params =
-            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        if let Some(id) = name.strip_prefix("node") {
-            let uri = format!("{}{id}", deckhand::tls::NODE_URI_PREFIX);
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.as_str().try_into().expect("ia5 uri")));
-        }
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        let (c, k) = (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}-key.pem")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write cert");
-        std::fs::write(&k, key.serialize_pem()).expect("write key");
-        (c, k)
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    fn client_tls(&self, cert: &Path, key: &Path) -> ClientTlsConfig {
-        let read = |p: &Path| std::fs::read(p).expect("read pem");
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(read(cert), read(key)))
-    }
+/// A client TLS config trusting `pki`'s CA, presenting `cert` and `key`.
+fn client_tls(pki: &Pki, cert: &Path, key: &Path) -> ClientTlsConfig {
+    let read = |p: &Path| std::fs::read(p).expect("read pem");
+    ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .identity(Identity::from_pem(read(cert), read(key)))
 }
 
 async fn probe(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Result<(), String> {
@@ -221,7 +161,7 @@ async fn with_mutual_tls_only_holders_of_the_clusters_certificates_get_in() {
         .expect("connect with a cert");
     let status = ctl.status(true).await.expect("status over mTLS");
     assert!(status.contains("\"role\": \"leader\""), "{status}");
-    probe(node.raft_addr(), pki.client_tls(&cert, &key))
+    probe(node.raft_addr(), client_tls(&pki, &cert, &key))
         .await
         .expect("raft probe with the cluster's certificate");
 
@@ -258,7 +198,7 @@ async fn with_mutual_tls_only_holders_of_the_clusters_certificates_get_in() {
         .await
         .expect_err("a foreign certificate was accepted on the raft address");
     eprintln!("foreign certificate refused: {e}");
-    assert!(probe(node.raft_addr(), rogue.client_tls(&rcert, &rkey))
+    assert!(probe(node.raft_addr(), client_tls(&rogue, &rcert, &rkey))
         .await
         .is_err());
     cluster.shutdown().await;
@@ -318,7 +258,7 @@ async fn with_mutual_tls_a_node_can_only_speak_for_itself() {
     // With its own certificate, a node heartbeats as itself, not as another.
     let (cert, key) = pki.issue(&format!("node{me}"));
     let mut worker =
-        WorkerServiceClient::new(tls_channel(leader_addr, pki.client_tls(&cert, &key)).await);
+        WorkerServiceClient::new(tls_channel(leader_addr, client_tls(&pki, &cert, &key)).await);
     let denied = heartbeat_as(&mut worker, victim)
         .await
         .expect_err("a heartbeat as another node was accepted");
@@ -349,7 +289,7 @@ async fn with_mutual_tls_a_node_can_only_speak_for_itself() {
     // An operator's certificate names no node.
     let (ocert, okey) = pki.issue("operator");
     let mut operator =
-        WorkerServiceClient::new(tls_channel(leader_addr, pki.client_tls(&ocert, &okey)).await);
+        WorkerServiceClient::new(tls_channel(leader_addr, client_tls(&pki, &ocert, &okey)).await);
     let denied = heartbeat_as(&mut operator, victim)
         .await
         .expect_err("an operator heartbeat was accepted");
@@ -361,7 +301,7 @@ async fn with_mutual_tls_a_node_can_only_speak_for_itself() {
         openraft::raft::VoteRequest::new(vote, None);
     let payload = deckhand::raft::codec::encode("vote", &request).expect("encode");
     let mut raft =
-        RaftServiceClient::new(tls_channel(leader_addr, pki.client_tls(&cert, &key)).await);
+        RaftServiceClient::new(tls_channel(leader_addr, client_tls(&pki, &cert, &key)).await);
     let denied = raft
         .vote(payload)
         .await

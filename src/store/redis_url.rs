@@ -1,7 +1,8 @@
 //! Redis addresses as Deckard's operators write them.
 //!
 //! A single Redis is a plain `redis://[user:password@]host:port[/db]` URL,
-//! passed to the `redis` crate unchanged (it also reads `?protocol=`).
+//! passed to the `redis` crate unchanged (it also reads `?protocol=`), or
+//! `rediss://` for TLS, as Deckard (go-redis) reads them.
 //!
 //! A Redis Cluster is Deckard's own form (`DECKARD_CACHE_URI` with
 //! `DECKARD_REDIS_CLUSTER_MODE=true`, parsed by go-redis's
@@ -13,8 +14,10 @@
 //! any other query parameter (go-redis refuses unknown ones too), so a typo
 //! is an error at start, not a silently ignored setting.
 //!
-//! `rediss://` (TLS) is recognised and refused with an error that says this
-//! build has no Redis TLS support; see `docs/deckard-compat.md`.
+//! `rediss://` is TLS, for every node of a cluster alike. The server's
+//! certificate is checked against the system's roots (and
+//! `SSL_CERT_FILE`, as Go's TLS does for Deckard) and the host name or IP
+//! address in the URL; see `docs/deckard-compat.md`.
 //!
 //! Pure: no I/O, so every rule is unit-tested below.
 
@@ -40,6 +43,11 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// Whether the URL asks for TLS (`rediss://`).
+pub fn is_tls(url: &str) -> bool {
+    url.starts_with("rediss://")
+}
+
 /// The credentials of a URL (between `://` and the last `@`), if any.
 pub fn userinfo(url: &str) -> Option<String> {
     let (_, rest) = url.split_once("://")?;
@@ -58,16 +66,10 @@ fn parse_shown(url: &str, shown: &str, cluster: bool) -> Result<RedisTarget, Str
         .split_once("://")
         .ok_or_else(|| format!("{shown:?} is not a URL (expected redis://host:port)"))?;
     match scheme {
-        "redis" => {}
-        "rediss" => {
-            return Err(format!(
-                "{shown:?}: rediss:// (TLS to Redis) is not supported by this build; \
-                 use redis:// on a trusted network"
-            ))
-        }
+        "redis" | "rediss" => {}
         other => {
             return Err(format!(
-                "{shown:?}: unknown scheme {other:?}; expected redis://"
+                "{shown:?}: unknown scheme {other:?}; expected redis:// or rediss:// (TLS)"
             ))
         }
     }
@@ -113,8 +115,8 @@ fn parse_shown(url: &str, shown: &str, cluster: bool) -> Result<RedisTarget, Str
     };
     let first = checked_addr(shown, host)?;
     let node = |addr: &str| match userinfo {
-        Some(u) => format!("redis://{u}@{addr}"),
-        None => format!("redis://{addr}"),
+        Some(u) => format!("{scheme}://{u}@{addr}"),
+        None => format!("{scheme}://{addr}"),
     };
     let mut nodes = vec![node(&first)];
     for seed in &seeds {
@@ -188,6 +190,22 @@ mod tests {
     }
 
     #[test]
+    fn tls_urls_keep_their_scheme_on_every_node() {
+        assert_eq!(
+            parse("rediss://u:p@a:1?addr=b:2", true),
+            Ok(RedisTarget::Cluster(vec![
+                "rediss://u:p@a:1".into(),
+                "rediss://u:p@b:2".into(),
+            ]))
+        );
+        assert_eq!(
+            parse("rediss://a:1/0", false),
+            Ok(RedisTarget::Single("rediss://a:1/0".into()))
+        );
+        assert!(is_tls("rediss://a:1") && !is_tls("redis://a:1"));
+    }
+
+    #[test]
     fn bad_urls_name_what_is_wrong() {
         let err = |url: &str, cluster: bool| parse(url, cluster).unwrap_err();
         assert!(err("redis://a:1?addr=b:2", false).contains("store.cluster"));
@@ -196,7 +214,7 @@ mod tests {
         assert!(err("redis://a:1?addr=b:0", true).contains("is not host:port"));
         assert!(err("redis://a:1?dial_timeout=3s", true).contains("dial_timeout"));
         assert!(err("redis://a", true).contains("is not host:port"));
-        assert!(err("rediss://a:1", true).contains("TLS"));
+        assert!(err("rediss://a:1/2", true).contains("no database number"));
         assert!(err("http://a:1", false).contains("unknown scheme"));
         assert!(err("a:1", false).contains("not a URL"));
         assert!(err("redis://a:1?addr=::1:2", true).contains("is not host:port"));

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod deckard;
+pub mod pki;
 
 use std::collections::BTreeMap;
 use std::future::Future;

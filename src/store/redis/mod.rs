@@ -61,8 +61,9 @@ struct ConnSlot {
 
 /// What the store connects to.
 enum Target {
-    Single(Client),
-    /// Boxed: the cluster client is twice a single one's size.
+    /// Both boxed: with TLS support a client is a few hundred bytes, and
+    /// the two kinds differ in size.
+    Single(Box<Client>),
     Cluster(Box<ClusterClient>),
 }
 
@@ -71,6 +72,8 @@ pub struct RedisStore {
     /// On a cluster, the seed URL's credentials (`user:password`), for the
     /// pub/sub connection each master's events need.
     cluster_auth: Option<String>,
+    /// `rediss://`: the per-master connections (events) use TLS too.
+    tls: bool,
     prefix: String,
     /// Made on first use and kept; both connection kinds reconnect by
     /// themselves. A tokio mutex because connecting awaits.
@@ -118,10 +121,11 @@ impl RedisStore {
     pub async fn open_with(url: &str, prefix: &str, cluster: bool) -> Result<Self, StoreError> {
         let bad = |e: String| StoreError::Unavailable(format!("{}: {e}", redis_url::redacted(url)));
         let mut cluster_auth = None;
+        let tls = redis_url::is_tls(url);
         let target = match redis_url::parse(url, cluster).map_err(StoreError::Unavailable)? {
-            RedisTarget::Single(url) => {
-                Target::Single(Client::open(url.as_str()).map_err(|e| bad(e.to_string()))?)
-            }
+            RedisTarget::Single(url) => Target::Single(Box::new(
+                Client::open(url.as_str()).map_err(|e| bad(e.to_string()))?,
+            )),
             RedisTarget::Cluster(nodes) => Target::Cluster(Box::new({
                 cluster_auth = nodes.first().and_then(|n| redis_url::userinfo(n));
                 ClusterClientBuilder::new(nodes)
@@ -137,6 +141,7 @@ impl RedisStore {
         Ok(Self {
             target,
             cluster_auth,
+            tls,
             prefix: normalize_prefix(prefix),
             connection: Mutex::new(ConnSlot::default()),
             housekeep: Script::new(HOUSEKEEP),
@@ -178,7 +183,7 @@ impl RedisStore {
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(200));
-                let connect = ConnectionManager::new_with_config(client.clone(), config);
+                let connect = ConnectionManager::new_with_config(client.as_ref().clone(), config);
                 let manager = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect)
                     .await
                     .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
@@ -250,16 +255,17 @@ impl RedisStore {
         } else {
             master.host.clone()
         };
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.cluster_auth {
-            Some(auth) => format!("redis://{auth}@{host}:{}", master.port),
-            None => format!("redis://{host}:{}", master.port),
+            Some(auth) => format!("{scheme}://{auth}@{host}:{}", master.port),
+            None => format!("{scheme}://{host}:{}", master.port),
         }
     }
 
     /// The single server's client; `None` on a cluster.
     pub(super) fn single_client(&self) -> Option<&Client> {
         match &self.target {
-            Target::Single(client) => Some(client),
+            Target::Single(client) => Some(client.as_ref()),
             Target::Cluster(_) => None,
         }
     }

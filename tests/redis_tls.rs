@@ -1,0 +1,87 @@
+//! deckhand against a Redis that speaks only TLS (`rediss://`), checked as
+//! Deckard's Go client checks it: against the system's roots, which
+//! `SSL_CERT_FILE` replaces.
+//!
+//! One test in its own binary: it sets `SSL_CERT_FILE` for its own process
+//! (the in-process part), which no other test may see.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::pki::Pki;
+use deckhand::store::redis::RedisStore;
+use deckhand::store::{now_ms, DeckardClient, QueueStore};
+use deckhand::testing::RedisServer;
+use futures::StreamExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_deckhand");
+
+#[test]
+fn the_store_works_over_tls_and_refuses_an_unknown_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::new(dir.path(), "redis-ca");
+    let (cert, key) = pki.issue("redis");
+    let redis = RedisServer::start_tls(&cert, &key, &pki.ca()).expect("redis-server with TLS");
+    let load = |ca: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["load", "--store", &redis.tls_url(), "--queues", "10"])
+            .args(["--redis-limit", "1000", "--json"])
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR");
+        if let Some(ca) = ca {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        cmd.output().expect("run deckhand load")
+    };
+
+    // The server's CA is not among the roots: refused, naming why.
+    let refused = load(None);
+    assert!(!refused.status.success(), "an unknown CA must be refused");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.to_lowercase().contains("certificate") || stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+
+    // With the CA as SSL_CERT_FILE: the housekeeping script runs over TLS.
+    let ok = load(Some(&pki.ca()));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("json summary");
+    assert_eq!(summary["elements"], 1000, "{summary}");
+
+    // In this process too: lock events come over a TLS pub/sub connection
+    // (its probe included).
+    std::env::set_var("SSL_CERT_FILE", pki.ca());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let store = RedisStore::open(&redis.tls_url(), "deckard_v1")
+                .await
+                .expect("open");
+            let mut events = store.watch_events().await.expect("events over TLS");
+            store
+                .add("tls::q", &[("m".to_string(), 1.0)])
+                .await
+                .expect("add");
+            store
+                .pull("tls::q", 1, now_ms(), 60_000)
+                .await
+                .expect("pull");
+            let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("an event within 10 s")
+                .expect("the stream goes on");
+            assert_eq!(event.queue, "tls::q");
+        });
+}
