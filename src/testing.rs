@@ -73,30 +73,54 @@ impl RedisServer {
     /// certificate and key (clients are not asked for certificates); its
     /// URL is [`Self::tls_url`].
     pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Result<Self, RedisServerError> {
+        Self::start_tls_on(free_port, cert, key, ca, &[])
+    }
+
+    /// [`Self::start_tls`] as a Redis Cluster node (the cluster bus over
+    /// TLS too), not yet part of any cluster: see [`TlsCluster`].
+    pub fn start_tls_cluster_node(
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+    ) -> Result<Self, RedisServerError> {
+        let mut extra: Vec<&str> = CLUSTER_NODE_ARGS.to_vec();
+        extra.extend(["--tls-cluster", "yes"]);
+        Self::start_tls_on(free_cluster_port, cert, key, ca, &extra)
+    }
+
+    fn start_tls_on(
+        pick_port: fn() -> std::io::Result<u16>,
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+        extra: &[&str],
+    ) -> Result<Self, RedisServerError> {
         let mut last = RedisServerError::NotReady(0);
         for _ in 0..5 {
-            let port = free_port()?;
+            let port = pick_port()?;
+            let mut args: Vec<String> = vec![
+                // After `--port <port>`: TLS on that port, plain TCP off.
+                "--tls-port".into(),
+                port.to_string(),
+                "--port".into(),
+                "0".into(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+                "--notify-keyspace-events".into(),
+                "Kz".into(),
+            ];
+            args.extend(extra.iter().map(|a| a.to_string()));
             let mut server = Self {
                 child: None,
                 port,
                 dir: tempfile::tempdir()?,
-                extra: vec![
-                    // After `--port <port>`: TLS on that port, plain TCP off.
-                    "--tls-port".into(),
-                    port.to_string(),
-                    "--port".into(),
-                    "0".into(),
-                    "--tls-cert-file".into(),
-                    cert.display().to_string(),
-                    "--tls-key-file".into(),
-                    key.display().to_string(),
-                    "--tls-ca-cert-file".into(),
-                    ca.display().to_string(),
-                    "--tls-auth-clients".into(),
-                    "no".into(),
-                    "--notify-keyspace-events".into(),
-                    "Kz".into(),
-                ],
+                extra: args,
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
@@ -524,5 +548,74 @@ impl RedisCluster {
             .collect();
         masters.sort();
         masters
+    }
+}
+
+/// A local Redis Cluster of three masters (no replicas) that speaks only
+/// TLS, clients and cluster bus alike, with certificates the caller made.
+/// Killed when dropped.
+pub struct TlsCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl TlsCluster {
+    /// Starts three TLS nodes, forms the cluster with `redis-cli --tls
+    /// --cluster create`, and waits until every node says `cluster_state:ok`.
+    pub fn start(cert: &Path, key: &Path, ca: &Path) -> Result<Self, RedisServerError> {
+        let nodes = (0..3)
+            .map(|_| RedisServer::start_tls_cluster_node(cert, key, ca))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cli = |args: &[String]| -> Result<String, RedisServerError> {
+            let out = Command::new("timeout")
+                .arg("10")
+                .arg("redis-cli")
+                .args(["--tls", "--cacert", &ca.display().to_string()])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(RedisServerError::Spawn)?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
+        create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        create.extend([
+            "--cluster-replicas".into(),
+            "0".into(),
+            "--cluster-yes".into(),
+        ]);
+        let out = cli(&create)?;
+        if !out.contains("All 16384 slots covered") {
+            return Err(RedisServerError::Cluster(format!("cluster create: {out}")));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ok = true;
+            for n in &nodes {
+                let info = cli(&[
+                    "-p".into(),
+                    n.port.to_string(),
+                    "CLUSTER".into(),
+                    "INFO".into(),
+                ])?;
+                ok &= info.contains("cluster_state:ok");
+            }
+            if ok {
+                return Ok(Self { nodes });
+            }
+            if Instant::now() >= deadline {
+                return Err(RedisServerError::Cluster("TLS cluster never ok".into()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Deckard's cluster URL for it, over TLS.
+    pub fn url(&self) -> String {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("rediss://{}?addr={}", addrs[0], addrs[1..].join("&addr="))
     }
 }

@@ -13,21 +13,24 @@ use std::time::Duration;
 use common::pki::Pki;
 use deckhand::store::redis::RedisStore;
 use deckhand::store::{now_ms, DeckardClient, QueueStore};
-use deckhand::testing::RedisServer;
+use deckhand::testing::{RedisServer, TlsCluster};
 use futures::StreamExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_deckhand");
 
+/// One Redis and a Redis Cluster of three masters, both speaking only TLS.
 #[test]
 fn the_store_works_over_tls_and_refuses_an_unknown_certificate() {
     let dir = tempfile::tempdir().expect("temp dir");
     let pki = Pki::new(dir.path(), "redis-ca");
     let (cert, key) = pki.issue("redis");
     let redis = RedisServer::start_tls(&cert, &key, &pki.ca()).expect("redis-server with TLS");
-    let load = |ca: Option<&std::path::Path>| {
+    let cluster = TlsCluster::start(&cert, &key, &pki.ca()).expect("Redis Cluster with TLS");
+    let load_on = |url: &str, extra: &[&str], ca: Option<&std::path::Path>| {
         let mut cmd = Command::new(BIN);
-        cmd.args(["load", "--store", &redis.tls_url(), "--queues", "10"])
-            .args(["--redis-limit", "1000", "--json"])
+        cmd.args(["load", "--store", url, "--queues", "30"])
+            .args(["--redis-limit", "3000", "--json"])
+            .args(extra)
             .env_remove("SSL_CERT_FILE")
             .env_remove("SSL_CERT_DIR");
         if let Some(ca) = ca {
@@ -35,6 +38,7 @@ fn the_store_works_over_tls_and_refuses_an_unknown_certificate() {
         }
         cmd.output().expect("run deckhand load")
     };
+    let load = |ca: Option<&std::path::Path>| load_on(&redis.tls_url(), &[], ca);
 
     // The server's CA is not among the roots: refused, naming why.
     let refused = load(None);
@@ -55,7 +59,21 @@ fn the_store_works_over_tls_and_refuses_an_unknown_certificate() {
     );
     let summary: serde_json::Value =
         serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("json summary");
-    assert_eq!(summary["elements"], 1000, "{summary}");
+    assert_eq!(summary["elements"], 3000, "{summary}");
+
+    // On the cluster: the scripts run over TLS on every master.
+    let on_cluster = load_on(&cluster.url(), &["--cluster"], Some(&pki.ca()));
+    let stdout = String::from_utf8_lossy(&on_cluster.stdout);
+    assert!(
+        on_cluster.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&on_cluster.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("json summary");
+    assert_eq!(summary["elements"], 3000, "{summary}");
+    let masters = summary["per_master_usec"].as_array().map_or(0, Vec::len);
+    assert_eq!(masters, 3, "script time on every master: {summary}");
 
     // In this process too: lock events come over a TLS pub/sub connection
     // (its probe included).
@@ -83,5 +101,25 @@ fn the_store_works_over_tls_and_refuses_an_unknown_certificate() {
                 .expect("an event within 10 s")
                 .expect("the stream goes on");
             assert_eq!(event.queue, "tls::q");
+
+            // A cluster's events come over a TLS connection to each master
+            // (its probe included): every queue's pull is announced.
+            let store = RedisStore::open_with(&cluster.url(), "deckard_v1", true)
+                .await
+                .expect("open the cluster");
+            let mut events = store.watch_events().await.expect("cluster events over TLS");
+            let queues: Vec<String> = (0..30).map(|i| format!("tls::c{i}")).collect();
+            for q in &queues {
+                store.add(q, &[("m".to_string(), 1.0)]).await.expect("add");
+                store.pull(q, 1, now_ms(), 60_000).await.expect("pull");
+            }
+            let mut announced = std::collections::BTreeSet::new();
+            while announced.len() < queues.len() {
+                let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+                    .await
+                    .expect("an event within 10 s")
+                    .expect("the stream goes on");
+                announced.insert(event.queue);
+            }
         });
 }
