@@ -567,14 +567,19 @@ impl TlsCluster {
             .collect::<Result<Vec<_>, _>>()?;
         let cli = |args: &[String]| -> Result<String, RedisServerError> {
             let out = Command::new("timeout")
-                .arg("10")
+                .arg("30")
                 .arg("redis-cli")
                 .args(["--tls", "--cacert", &ca.display().to_string()])
                 .args(args)
                 .stdin(Stdio::null())
                 .output()
                 .map_err(RedisServerError::Spawn)?;
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            // Both streams: redis-cli reports errors on either.
+            Ok(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
         };
         let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
         create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));

@@ -334,10 +334,10 @@ fn exported_families(body: &str) -> BTreeMap<String, String> {
     families
 }
 
-/// Rows of the metrics table in `docs/metrics.md`: `| `name` | type | ...`.
 /// Documented metrics a node exports only on a Redis Cluster.
 const ONLY_ON_A_REDIS_CLUSTER: &[&str] = &["deckhand_redis_master_calls_total"];
 
+/// Rows of the metrics table in `docs/metrics.md`: `| `name` | type | ...`.
 fn documented_metrics() -> BTreeMap<String, String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
     let text = std::fs::read_to_string(path).expect("docs/metrics.md");

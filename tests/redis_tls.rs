@@ -44,10 +44,19 @@ fn the_store_works_over_tls_and_refuses_an_unknown_certificate() {
     let refused = load(None);
     assert!(!refused.status.success(), "an unknown CA must be refused");
     let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+
+    // A certificate from the right CA for another name: refused too.
+    let (other_cert, other_key) = pki.issue_for("elsewhere", &["other.example"]);
+    let elsewhere =
+        RedisServer::start_tls(&other_cert, &other_key, &pki.ca()).expect("redis-server with TLS");
+    let wrong_name = load_on(&elsewhere.tls_url(), &[], Some(&pki.ca()));
     assert!(
-        stderr.to_lowercase().contains("certificate") || stderr.contains("UnknownIssuer"),
-        "{stderr}"
+        !wrong_name.status.success(),
+        "a certificate for another name must be refused"
     );
+    let stderr = String::from_utf8_lossy(&wrong_name.stderr);
+    assert!(stderr.contains("not valid for name"), "{stderr}");
 
     // With the CA as SSL_CERT_FILE: the housekeeping script runs over TLS.
     let ok = load(Some(&pki.ca()));

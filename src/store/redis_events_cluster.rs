@@ -26,15 +26,15 @@
 //! A master that cannot be reached (or refuses the subscriber) is skipped
 //! rather than failing the whole subscription: the others' events go on. A
 //! new pub/sub connection to it is tried after [`SKIPPED_RETRY`], then
-//! twice as long each time, and once it takes one the stream ends, so the
-//! node resubscribes and sweeps once. Meanwhile that master's queues get no
-//! events; while it is down they cannot be housekept anyway, and its
-//! replica's promotion changes the masters. Once the waits reach
-//! [`SKIPPED_RETRY_MAX`] the stream ends anyway: a master that takes a
-//! connection but keeps failing the subscription itself (an ACL, say)
-//! still has its queues swept that often, at the cost of one resubscription
-//! and sweep per [`SKIPPED_RETRY_MAX`]; consecutive skips of one master
-//! start from a doubled wait, up to that bound.
+//! twice as long each time up to [`SKIPPED_RETRY_MAX`], and once it takes
+//! one the stream ends, so the node resubscribes and sweeps once.
+//! Meanwhile that master's queues get no events; while it takes no
+//! connection they cannot be housekept anyway, and its replica's promotion
+//! changes the masters. A master that takes a connection but keeps failing
+//! the subscription itself (an ACL, say) ends the stream once the waits
+//! reach [`SKIPPED_RETRY_MAX`], so its queues are still swept that often,
+//! at the cost of one resubscription and sweep per [`SKIPPED_RETRY_MAX`];
+//! consecutive skips of one master start from a doubled wait.
 //!
 //! Missing events are different: a master whose probe does not come back
 //! twice (in two slots, since a slot being migrated sends the probe's
@@ -204,10 +204,12 @@ fn pinned_slot(prefix: &str) -> Option<u16> {
 
 /// Ends (`None`) once `master` takes a new pub/sub connection and a
 /// subscription on it, tried after `wait`, then after twice as long each
-/// time; and in any case once the waits reach [`SKIPPED_RETRY_MAX`], so a
-/// master whose subscription keeps failing (an ACL, say) still gets a full
-/// resubscription and sweep that often. The caller then resubscribes to
-/// every master and sweeps once.
+/// time up to [`SKIPPED_RETRY_MAX`]. A master that takes the connection but
+/// refuses the subscription (an ACL, say) also ends it once the waits
+/// reach that bound, so its queues are swept that often; one that takes no
+/// connection at all (down, unreachable) does not: its queues cannot be
+/// housekept anyway, and a failover changes the masters. The caller then
+/// resubscribes to every master and sweeps once.
 fn reachable_again(
     url: String,
     master: Master,
@@ -217,12 +219,13 @@ fn reachable_again(
         let mut wait = wait;
         loop {
             tokio::time::sleep(wait).await;
-            if takes_a_subscriber(&url).await {
-                tracing::info!(%master, "master takes subscribers again: resubscribing to queue events");
-                return None;
-            }
-            if wait >= SKIPPED_RETRY_MAX {
-                return None;
+            match try_subscriber(&url).await {
+                Subscriber::Taken => {
+                    tracing::info!(%master, "master takes subscribers again: resubscribing to queue events");
+                    return None;
+                }
+                Subscriber::Refused if wait >= SKIPPED_RETRY_MAX => return None,
+                Subscriber::Refused | Subscriber::NoConnection => {}
             }
             wait = (wait * 2).min(SKIPPED_RETRY_MAX);
         }
@@ -230,18 +233,30 @@ fn reachable_again(
     .boxed()
 }
 
-/// Whether `url` takes a new pub/sub connection and a subscription on it
-/// (within 2 s).
-async fn takes_a_subscriber(url: &str) -> bool {
-    let attempt = async {
-        let client = redis::Client::open(url).ok()?;
-        let mut pubsub = client.get_async_pubsub().await.ok()?;
-        pubsub.subscribe("deckhand_reachability_check").await.ok()
+/// What a master did with a trial subscriber.
+enum Subscriber {
+    /// Connected and subscribed.
+    Taken,
+    /// Connected, but the subscription failed.
+    Refused,
+    /// No connection (down, unreachable, at its client limit, TLS refused).
+    NoConnection,
+}
+
+/// Tries a new pub/sub connection to `url` and a subscription on it
+/// (within 2 s each).
+async fn try_subscriber(url: &str) -> Subscriber {
+    let within = Duration::from_secs(2);
+    let Ok(client) = redis::Client::open(url) else {
+        return Subscriber::NoConnection;
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), attempt).await,
-        Ok(Some(()))
-    )
+    let Ok(Ok(mut pubsub)) = tokio::time::timeout(within, client.get_async_pubsub()).await else {
+        return Subscriber::NoConnection;
+    };
+    match tokio::time::timeout(within, pubsub.subscribe("deckhand_reachability_check")).await {
+        Ok(Ok(())) => Subscriber::Taken,
+        _ => Subscriber::Refused,
+    }
 }
 
 /// Names the master in an error, keeping its kind.

@@ -37,8 +37,13 @@ impl Pki {
     /// `(cert, key)` paths of a certificate for loopback names; a name
     /// `node<N>` also gets node N's URI SAN, as `scripts/make-certs.sh` does.
     pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
-        let mut params =
-            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
+        self.issue_for(name, &["localhost", "127.0.0.1"])
+    }
+
+    /// Like [`Self::issue`], naming only `sans` (DNS names or IP addresses).
+    pub fn issue_for(&self, name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(sans).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
         if let Some(id) = name.strip_prefix("node") {
             let uri = format!("{}{id}", deckhand::tls::NODE_URI_PREFIX);
