@@ -29,8 +29,10 @@
 //! twice as long each time up to [`SKIPPED_RETRY_MAX`], and once it takes
 //! one the stream ends, so the node resubscribes and sweeps once.
 //! Meanwhile that master's queues get no events; while it takes no
-//! connection they cannot be housekept anyway, and its replica's promotion
-//! changes the masters. A master that takes a connection but keeps failing
+//! connection they mostly cannot be housekept anyway, and its replica's
+//! promotion changes the masters. (A master at its client limit still
+//! serves the connections already open: its queues then come back only
+//! by the sweep, every `tasks.sweep_interval`, until it takes one more.) A master that takes a connection but keeps failing
 //! the subscription itself (an ACL, say) ends the stream once the waits
 //! reach [`SKIPPED_RETRY_MAX`], so its queues are still swept that often,
 //! at the cost of one resubscription and sweep per [`SKIPPED_RETRY_MAX`];
