@@ -51,14 +51,24 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> Result<Self, RedisServerError> {
-        // A port freed a moment ago can be taken by someone else: try a few.
+        Self::start_on_a_free_port(free_port, |_| extra.iter().map(|a| a.to_string()).collect())
+    }
+
+    /// Starts a server on a port from `pick_port`, with the arguments
+    /// `extra(port)`. A port freed a moment ago can be taken by someone
+    /// else before the server binds it: a few ports are tried.
+    fn start_on_a_free_port(
+        pick_port: fn() -> std::io::Result<u16>,
+        extra: impl Fn(u16) -> Vec<String>,
+    ) -> Result<Self, RedisServerError> {
         let mut last = RedisServerError::NotReady(0);
         for _ in 0..5 {
+            let port = pick_port()?;
             let mut server = Self {
                 child: None,
-                port: free_port()?,
+                port,
                 dir: tempfile::tempdir()?,
-                extra: extra.iter().map(|a| a.to_string()).collect(),
+                extra: extra(port),
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
@@ -95,9 +105,7 @@ impl RedisServer {
         ca: &Path,
         extra: &[&str],
     ) -> Result<Self, RedisServerError> {
-        let mut last = RedisServerError::NotReady(0);
-        for _ in 0..5 {
-            let port = pick_port()?;
+        Self::start_on_a_free_port(pick_port, |port| {
             let mut args: Vec<String> = vec![
                 // After `--port <port>`: TLS on that port, plain TCP off.
                 "--tls-port".into(),
@@ -116,19 +124,8 @@ impl RedisServer {
                 "Kz".into(),
             ];
             args.extend(extra.iter().map(|a| a.to_string()));
-            let mut server = Self {
-                child: None,
-                port,
-                dir: tempfile::tempdir()?,
-                extra: args,
-            };
-            match server.spawn() {
-                Ok(()) => return Ok(server),
-                Err(e @ RedisServerError::Spawn(_)) => return Err(e),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+            args
+        })
     }
 
     /// The `rediss://` URL of a server started by [`Self::start_tls`].
@@ -233,6 +230,17 @@ impl Drop for RedisServer {
     }
 }
 
+/// Runs `redis-cli args`, killed after `timeout_s` seconds.
+fn redis_cli(timeout_s: u32, args: &[&str]) -> Result<std::process::Output, RedisServerError> {
+    Command::new("timeout")
+        .arg(timeout_s.to_string())
+        .arg("redis-cli")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(RedisServerError::Spawn)
+}
+
 /// A loopback port `p` such that `p` and its cluster bus port `p + 10000`
 /// are both free right now.
 fn free_cluster_port() -> std::io::Result<u16> {
@@ -272,28 +280,13 @@ impl RedisCluster {
     /// Starts six nodes, forms the cluster, and waits until every node says
     /// `cluster_state:ok` and every replica's link to its master is up.
     pub fn start() -> Result<Self, RedisServerError> {
-        let mut nodes = Vec::new();
-        for _ in 0..6 {
-            let mut last = RedisServerError::NotReady(0);
-            let mut started = None;
-            for _ in 0..5 {
-                let mut server = RedisServer {
-                    child: None,
-                    port: free_cluster_port()?,
-                    dir: tempfile::tempdir()?,
-                    extra: CLUSTER_NODE_ARGS.iter().map(|a| a.to_string()).collect(),
-                };
-                match server.spawn() {
-                    Ok(()) => {
-                        started = Some(server);
-                        break;
-                    }
-                    Err(e @ RedisServerError::Spawn(_)) => return Err(e),
-                    Err(e) => last = e,
-                }
-            }
-            nodes.push(started.ok_or(last)?);
-        }
+        let nodes = (0..6)
+            .map(|_| {
+                RedisServer::start_on_a_free_port(free_cluster_port, |_| {
+                    CLUSTER_NODE_ARGS.iter().map(|a| a.to_string()).collect()
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let cluster = Self { nodes };
         let addrs: Vec<String> = cluster
             .nodes
@@ -329,12 +322,10 @@ impl RedisCluster {
     /// Runs `redis-cli -p port args...` (killed after 10 s: a node that
     /// stopped answering must not hang a test) and returns its output.
     pub fn cli(port: u16, args: &[&str]) -> Result<String, RedisServerError> {
-        let out = Command::new("timeout")
-            .args(["10", "redis-cli", "-p", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(RedisServerError::Spawn)?;
+        let port = port.to_string();
+        let mut all = vec!["-p", port.as_str()];
+        all.extend(args);
+        let out = redis_cli(10, &all)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -565,15 +556,11 @@ impl TlsCluster {
         let nodes = (0..3)
             .map(|_| RedisServer::start_tls_cluster_node(cert, key, ca))
             .collect::<Result<Vec<_>, _>>()?;
+        let ca = ca.display().to_string();
         let cli = |args: &[String]| -> Result<String, RedisServerError> {
-            let out = Command::new("timeout")
-                .arg("30")
-                .arg("redis-cli")
-                .args(["--tls", "--cacert", &ca.display().to_string()])
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(RedisServerError::Spawn)?;
+            let mut all = vec!["--tls", "--cacert", ca.as_str()];
+            all.extend(args.iter().map(String::as_str));
+            let out = redis_cli(30, &all)?;
             // Both streams: redis-cli reports errors on either.
             Ok(format!(
                 "{}{}",
