@@ -21,8 +21,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::redis_conn::Master;
-use super::redis_scan::SlotMap;
+use super::redis_scan::{masters, SlotMap};
 
 /// How old the slot map may get before the next call reads it again.
 pub const REFRESH: Duration = Duration::from_secs(5);
@@ -65,9 +64,7 @@ impl CallsByMaster {
     /// Replaces the slot map (read at `now`), keeping the counts of the
     /// masters still in it.
     pub fn update(&self, map: SlotMap, now: Instant) {
-        let mut masters: Vec<&Master> = map.iter().map(|(_, _, m)| m).collect();
-        masters.sort();
-        masters.dedup();
+        let masters = masters(&map);
         let mut inner = crate::locks::lock(&self.inner);
         let counts: Vec<(String, u64)> = masters
             .iter()
@@ -84,7 +81,7 @@ impl CallsByMaster {
         let mut ranges: Vec<(u16, u16, usize)> = map
             .iter()
             .filter_map(|(first, last, m)| {
-                let index = masters.iter().position(|x| *x == m)?;
+                let index = masters.iter().position(|x| x == m)?;
                 Some((*first, *last, index))
             })
             .collect();
@@ -130,6 +127,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::store::redis_conn::Master;
 
     fn master(port: u16) -> Master {
         Master {
