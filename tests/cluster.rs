@@ -223,21 +223,16 @@ async fn a_stopped_node_returns_only_once_its_storage_is_released() {
     drop(straggler);
     crash.await.expect("crash finished");
     assert!(release.is_released());
-    let reopened = store::open(&dir);
-    assert!(reopened.is_ok(), "the data dir is free after a crash");
-    drop(reopened);
+    let (log, sm) = store::open(&dir).expect("the data dir is free after a crash");
+    let reopened = sm.release_watch();
+    drop((log, sm));
     wait_until("the reopened storage is closed again", || async {
-        probe_free(&dir).then_some(())
+        reopened.is_released().then_some(())
     })
     .await;
     cluster.restart(follower).await;
     cluster.wait_for_leader().await;
     cluster.shutdown().await;
-}
-
-/// Whether sled's lock on the storage under `dir` can be taken now.
-fn probe_free(dir: &std::path::Path) -> bool {
-    std::fs::File::open(dir.join("db")).is_ok_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
