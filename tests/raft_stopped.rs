@@ -35,6 +35,17 @@ async fn write_one(raft: &Raft) -> Option<u64> {
     Some(written.log_id().index())
 }
 
+/// Commits one entry through whichever node leads at the time: on a loaded
+/// machine an election can move the leadership in the middle of a test,
+/// and a write to the old leader then fails.
+async fn write_through_the_leader(cluster: &TestCluster) -> u64 {
+    wait_until("an entry committed by the current leader", || async {
+        let leader = cluster.agreed_leader()?;
+        write_one(&cluster.nodes[&leader].raft).await
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_raft_core_stopped_gives_its_shards_up() {
     let cluster = TestCluster::start(3).await;
@@ -86,16 +97,13 @@ async fn the_leader_refuses_heartbeats_of_a_node_far_behind_the_log() {
     use deckhand::worker::coordinator::{CoordError, MAX_APPLY_LAG};
 
     let cluster = TestCluster::start(3).await;
-    let leader = cluster.wait_for_leader().await;
-    let follower = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader)
-        .expect("a follower");
-    let raft = &cluster.nodes[&leader].raft;
+    cluster.wait_for_leader().await;
     for _ in 0..=MAX_APPLY_LAG {
-        write_one(raft).await.expect("write");
+        write_through_the_leader(&cluster).await;
     }
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers_of(leader)[0];
+    let raft = &cluster.nodes[&leader].raft;
     // The commit index as the leader's metrics show it (what the check
     // reads), read afresh at each attempt: the planner may commit too.
     let committed = || {
