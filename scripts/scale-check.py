@@ -11,7 +11,12 @@ watches for DURATION seconds (default 60) and fails unless, at every look:
 
 - every shard has an owner and its lease is valid (`ctl shards`);
 - every follower's own lease is valid (`ctl status`);
-- the leader's lists hold every queue.
+- the leader's lists hold every queue;
+- the Raft term does not change (no election while the nodes are busy).
+
+At every look it also scrapes the leader's /metrics, which builds the queue
+gauges of every queue, and reports the slowest scrape: that work runs on
+the node's async worker, next to the Raft timers.
 
 It also reports the highest RSS and CPU of the nodes. Uses the local-3 ports;
 stop a running local-3 cluster first.
@@ -29,9 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADMINS = {1: "127.0.0.1:7201", 2: "127.0.0.1:7202", 3: "127.0.0.1:7203"}
+METRICS = {1: "127.0.0.1:9101", 2: "127.0.0.1:9102", 3: "127.0.0.1:9103"}
 
 
 def ctl(bin_path, addr, *args):
@@ -57,13 +64,27 @@ def proc_stat(pid):
     return ticks, rss
 
 
-def look(bin_path):
-    """(problems, queues listed) as seen right now."""
+def scrape(node):
+    """Seconds one GET of the node's /metrics took, or None if it failed."""
+    t = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"http://{METRICS[node]}/metrics", timeout=30) as r:
+            r.read()
+    except OSError:
+        return None
+    return time.monotonic() - t
+
+
+def look(bin_path, terms=None):
+    """(problems, queues listed) as seen right now; adds the leader's term
+    to `terms` when given."""
     problems = []
     statuses = {n: ctl(bin_path, a, "status") for n, a in ADMINS.items()}
     leader = next((s["leader_id"] for s in statuses.values() if s and s.get("leader_id")), None)
     if leader is None:
         return ["no leader"], 0
+    if terms is not None and statuses.get(leader):
+        terms.add(statuses[leader]["term"])
     for n, s in statuses.items():
         if s is None:
             problems.append(f"node {n} does not answer")
@@ -103,7 +124,8 @@ def main():
     env = dict(os.environ, DECKHAND_BIN=bin_path, DECKHAND_RUN_DIR=os.path.join(work, "run"),
                DECKHAND_STORE_URL=f"memory://?queues={queues}")
     summary = {"queues": queues, "duration_s": duration, "looks": 0, "failed_looks": 0,
-               "problems": [], "max_rss_mib": 0, "cpu_percent_per_node": []}
+               "problems": [], "max_rss_mib": 0, "cpu_percent_per_node": [],
+               "slowest_leader_scrape_s": 0.0, "terms": []}
     hz = os.sysconf("SC_CLK_TCK")
     try:
         subprocess.run([os.path.join(ROOT, "scripts/cluster.sh"), "start", cfg], env=env,
@@ -125,10 +147,20 @@ def main():
         summary["settled_after_s"] = round(time.monotonic() - start, 1)
         t0 = {p: proc_stat(p)[0] for p in pids}
         w0 = time.monotonic()
+        terms = set()
         while time.monotonic() - w0 < duration:
-            problems, listed = look(bin_path)
+            problems, listed = look(bin_path, terms)
             if listed != queues:
                 problems.append(f"{listed} of {queues} queues listed")
+            leaders = [n for n, a in ADMINS.items()
+                       if (ctl(bin_path, a, "status") or {}).get("role") == "leader"]
+            for n in leaders:
+                took = scrape(n)
+                if took is None:
+                    problems.append(f"leader {n}: /metrics did not answer")
+                else:
+                    summary["slowest_leader_scrape_s"] = max(
+                        summary["slowest_leader_scrape_s"], round(took, 2))
             summary["looks"] += 1
             if problems:
                 summary["failed_looks"] += 1
@@ -139,6 +171,9 @@ def main():
                   flush=True)
             time.sleep(2)
         elapsed = time.monotonic() - w0
+        summary["terms"] = sorted(terms)
+        if len(terms) > 1:
+            summary["problems"].append(f"the term changed while watching: {sorted(terms)}")
         summary["cpu_percent_per_node"] = [
             round(100.0 * (proc_stat(p)[0] - t0[p]) / hz / elapsed, 1) for p in pids]
     finally:

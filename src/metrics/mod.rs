@@ -214,7 +214,10 @@ impl LabelTotals {
 
 /// Groups `rows` by Deckard's queue label, keeping the first `cap` labels in
 /// name order and folding the rest into `_other`.
-fn group_by_label(rows: &[(String, QueueSizes)], cap: usize) -> BTreeMap<String, LabelTotals> {
+fn group_by_label<'a>(
+    rows: impl IntoIterator<Item = &'a (String, QueueSizes)>,
+    cap: usize,
+) -> BTreeMap<String, LabelTotals> {
     let mut by_label: BTreeMap<&str, LabelTotals> = BTreeMap::new();
     for (queue, s) in rows {
         by_label
@@ -251,7 +254,10 @@ pub fn master_call_families(rows: &[(String, u64)]) -> Vec<MetricFamily> {
 }
 
 /// The leader-only queue gauges for `rows` (every queue's latest figures).
-pub fn queue_gauge_families(rows: &[(String, QueueSizes)], cap: usize) -> Vec<MetricFamily> {
+pub fn queue_gauge_families<'a>(
+    rows: impl IntoIterator<Item = &'a (String, QueueSizes)>,
+    cap: usize,
+) -> Vec<MetricFamily> {
     let registry = Registry::new();
     let vec = |name: &str, help: &str, labels: &[&str]| {
         register(&registry, IntGaugeVec::new(Opts::new(name, help), labels))

@@ -60,9 +60,18 @@ impl MetricsSource {
                 .lease_remaining()
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
-        let mut extra = queue_rows
-            .map(|rows| queue_gauge_families(&rows, metrics.label_cap()))
-            .unwrap_or_default();
+        // Grouping every queue by its label is work proportional to the
+        // queues (a million on a large cluster): off the async worker, which
+        // also drives the Raft heartbeats.
+        let cap = metrics.label_cap();
+        let mut extra = match queue_rows {
+            Some(rows) => tokio::task::spawn_blocking(move || {
+                queue_gauge_families(rows.iter().flat_map(|r| r.iter()), cap)
+            })
+            .await
+            .unwrap_or_default(),
+            None => Vec::new(),
+        };
         extra.extend(master_call_families(&self.worker.store.calls_by_master()));
         metrics.render_with(extra)
     }

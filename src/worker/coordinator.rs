@@ -35,7 +35,7 @@ use tokio::sync::{watch, Notify};
 
 use super::discovery::QueueIndex;
 use super::events::Scheduling;
-use super::queue_stats::LeaderQueueStats;
+use super::queue_stats::{LeaderQueueStats, ShardRows};
 use super::WorkerSettings;
 use crate::cluster::{ClusterState, Command, CommandResult};
 use crate::leader::{CommitTimes, LeaderTerm, ShardRun, ShardView, Timing};
@@ -46,7 +46,7 @@ use crate::proto::worker::{
 use crate::raft::store::{AppliedState, AppliedView};
 use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft, RaftMetrics, WriteError};
-use crate::store::{QueueSizes, SharedStore};
+use crate::store::SharedStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
@@ -383,7 +383,10 @@ impl Coordinator {
     ///
     /// Only shards whose reporter owns them at the reported epoch, by the
     /// applied shard table, and still runs them, by its last report.
-    pub async fn queue_gauges(&self) -> Option<Vec<(String, QueueSizes)>> {
+    ///
+    /// Returns the accepted shards' rows by reference: the lock is held for
+    /// one reference count per shard, never for a copy of every queue.
+    pub async fn queue_gauges(&self) -> Option<Vec<ShardRows>> {
         let m = self.metrics();
         let term = self.leading(&m).ok()?;
         let hold_off = self.inner.settings.gauge_holdoff;
@@ -393,7 +396,7 @@ impl Coordinator {
         if view.leader.since().elapsed() < hold_off {
             return None;
         }
-        Some(view.stats.union(|shard, node, epoch| {
+        Some(view.stats.current_rows(|shard, node, epoch| {
             let owned = state
                 .cluster
                 .shards

@@ -26,6 +26,7 @@
 //!   table and the node's running set at every scrape).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::proto::worker::{QueueStats, ShardStats};
 use crate::raft::NodeId;
@@ -208,12 +209,17 @@ pub fn chunks(shards: Vec<ShardStats>, budget: usize) -> Vec<Vec<ShardStats>> {
     out
 }
 
+/// One shard's reported queue figures. Shared: a scrape takes the shards it
+/// serves by reference count under the coordinator's lock, and reads them
+/// after letting go (a million queues took seconds to copy under it).
+pub type ShardRows = Arc<Vec<(String, QueueSizes)>>;
+
 /// What one node reported for one shard.
 #[derive(Debug, Clone)]
 struct Reported {
     node: NodeId,
     epoch: u64,
-    queues: Vec<(String, QueueSizes)>,
+    queues: ShardRows,
 }
 
 /// The leader's side: the union of what owners reported, for one term.
@@ -237,7 +243,8 @@ impl LeaderQueueStats {
             if s.continued {
                 if let Some(r) = self.by_shard.get_mut(&s.shard) {
                     if r.node == node && r.epoch == s.epoch {
-                        r.queues.extend(queues);
+                        // Copies only if a scrape still holds this shard.
+                        Arc::make_mut(&mut r.queues).extend(queues);
                     }
                 }
                 continue;
@@ -247,18 +254,27 @@ impl LeaderQueueStats {
                 Reported {
                     node,
                     epoch: s.epoch,
-                    queues,
+                    queues: Arc::new(queues),
                 },
             );
         }
     }
 
-    /// Every queue's figures from shards `current(shard, node, epoch)` accepts.
-    pub fn union(&self, current: impl Fn(u32, NodeId, u64) -> bool) -> Vec<(String, QueueSizes)> {
+    /// The figures of the shards `current(shard, node, epoch)` accepts,
+    /// shared: at most one reference per shard, no queue copied.
+    pub fn current_rows(&self, current: impl Fn(u32, NodeId, u64) -> bool) -> Vec<ShardRows> {
         self.by_shard
             .iter()
             .filter(|(shard, r)| current(**shard, r.node, r.epoch))
-            .flat_map(|(_, r)| r.queues.iter().cloned())
+            .map(|(_, r)| Arc::clone(&r.queues))
+            .collect()
+    }
+
+    /// Every queue's figures from shards `current(shard, node, epoch)` accepts.
+    pub fn union(&self, current: impl Fn(u32, NodeId, u64) -> bool) -> Vec<(String, QueueSizes)> {
+        self.current_rows(current)
+            .iter()
+            .flat_map(|rows| rows.iter().cloned())
             .collect()
     }
 }
