@@ -243,7 +243,11 @@ enum CtlCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match &cli.command {
+        Command::Node { .. } => node_runtime(),
+        _ => tokio::runtime::Runtime::new().map_err(|e| e.to_string()),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("deckhand: cannot start the async runtime: {e}");
@@ -261,6 +265,33 @@ fn main() -> ExitCode {
         Command::Load(args) => runtime.block_on(run_load(args)),
         Command::Demo(args) => runtime.block_on(run_demo(args)),
     }
+}
+
+/// A node's runtime: two async worker threads unless `TOKIO_WORKER_THREADS`
+/// says otherwise (tokio's own default is one per core).
+///
+/// Two, because one worker can keep Raft's timers and the heartbeats going
+/// while the other does a long piece of work: with a single worker,
+/// `scripts/scale-check.py` (a million queues, the leader's queue gauges
+/// scraped) saw the leader let followers' leases run out. More than two
+/// mostly add wake-ups to an idle node: a node's own work is waiting on
+/// Redis, which does the moves, and on its peers.
+fn node_runtime() -> Result<tokio::runtime::Runtime, String> {
+    let threads = match std::env::var("TOKIO_WORKER_THREADS") {
+        Err(std::env::VarError::NotPresent) => 2,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("TOKIO_WORKER_THREADS={v:?} is not a positive whole number")),
+        },
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("TOKIO_WORKER_THREADS is not valid UTF-8".to_string())
+        }
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 fn init_logging(config: &NodeConfig) {

@@ -103,7 +103,8 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// A `tracing` filter, e.g. `info,openraft=warn` or `deckhand=debug,info`. `RUST_LOG` wins when set.
+    /// A `tracing` filter, e.g. `info,openraft=warn` or `deckhand=debug,info,openraft=warn`
+    /// (openraft at info logs every heartbeat the leader sends). `RUST_LOG` wins when set.
     #[serde(default = "default_log_level")]
     pub level: String,
     /// `text` or `json`.

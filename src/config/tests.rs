@@ -235,3 +235,14 @@ fn memory_store_url_options_are_checked() {
         "{line}"
     );
 }
+
+#[test]
+fn raft_timings_are_whole_milliseconds() {
+    // openraft counts in milliseconds: 50.5 ms would silently become 50.
+    let text = format!("{GOOD}\n[raft]\nheartbeat_interval = \"50ms 500us\"\n");
+    let line = error_line(&text);
+    assert!(
+        line.contains("raft.heartbeat_interval") && line.contains("whole number of milliseconds"),
+        "{line}"
+    );
+}

@@ -103,8 +103,24 @@ fn default_discovery_interval() -> Duration {
 }
 
 impl RaftTuning {
-    /// `0 < heartbeat_interval < election_timeout_min < election_timeout_max`.
+    /// `0 < heartbeat_interval < election_timeout_min < election_timeout_max`,
+    /// each a whole number of milliseconds (openraft counts in milliseconds).
     pub(super) fn check(&self) -> Check {
+        for (key, d) in [
+            ("raft.heartbeat_interval", self.heartbeat_interval),
+            ("raft.election_timeout_min", self.election_timeout_min),
+            ("raft.election_timeout_max", self.election_timeout_max),
+        ] {
+            if d.subsec_nanos() % 1_000_000 != 0 {
+                return invalid(
+                    key,
+                    format!(
+                        "{} is not a whole number of milliseconds",
+                        humantime::format_duration(d)
+                    ),
+                );
+            }
+        }
         if self.heartbeat_interval.is_zero() {
             return invalid("raft.heartbeat_interval", "must be greater than zero");
         }

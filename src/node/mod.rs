@@ -547,9 +547,16 @@ async fn start_worker(
 
 /// Step 4: openraft's settings from `[raft]`.
 fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
+    let timing = crate::raft::pacer::openraft_timing(
+        millis(config.raft.heartbeat_interval),
+        millis(config.raft.election_timeout_min),
+    );
     Ok(openraft::Config {
         cluster_name: config.cluster.name.clone(),
-        heartbeat_interval: millis(config.raft.heartbeat_interval),
+        // Not the heartbeat: the basis of openraft's tick and RPC timeouts.
+        // The leader's heartbeats come from `HeartbeatPacer` (raft::pacer).
+        heartbeat_interval: timing.timer_basis_ms,
+        enable_heartbeat: timing.enable_heartbeat,
         election_timeout_min: millis(config.raft.election_timeout_min),
         election_timeout_max: millis(config.raft.election_timeout_max),
         // Snapshots are small; purge the log behind them.
@@ -631,6 +638,16 @@ fn spawn_loops(config: &NodeConfig, parts: &Parts, shutdown: &Shutdown) -> Tasks
             tokio::spawn(parts.coordinator.clone().run(shutdown.listener())),
         ),
         ("role watcher", tokio::spawn(role.run(shutdown.listener()))),
+        (
+            "raft heartbeats",
+            tokio::spawn(
+                crate::raft::pacer::HeartbeatPacer {
+                    raft: parts.raft.clone(),
+                    interval: config.raft.heartbeat_interval,
+                }
+                .run(shutdown.listener()),
+            ),
+        ),
     ]
 }
 

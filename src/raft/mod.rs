@@ -33,6 +33,7 @@
 
 pub mod codec;
 pub mod network;
+pub mod pacer;
 pub mod service;
 pub mod store;
 

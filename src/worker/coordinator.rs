@@ -156,9 +156,10 @@ impl Coordinator {
     ///
     /// Reads the acknowledgement time from the metrics snapshot `m`: the Raft
     /// core republishes its metrics at the top of every loop turn, and a
-    /// turn runs at least every tick (`raft.heartbeat_interval * 13 / 64`),
-    /// so the snapshot's `last_quorum_acked` is at most about a tick older
-    /// than the core's. Older only ever means "less fresh": a stale snapshot
+    /// leader's core turns at least once per `raft.heartbeat_interval` (the
+    /// heartbeat the pacer triggers, then its replies: `raft::pacer`), so
+    /// the snapshot's `last_quorum_acked` is at most about a heartbeat
+    /// older than the core's. Older only ever means "less fresh": a stale snapshot
     /// can refuse a fresh leader for a moment, never accept a stale one.
     /// (Asking the core through a read linearizer gave the same answer at
     /// the cost of a core round trip per heartbeat.)
