@@ -15,8 +15,8 @@ watches for DURATION seconds (default 60) and fails unless, at every look:
 - the Raft term does not change (no election while the nodes are busy).
 
 At every look it also scrapes the leader's /metrics, which builds the queue
-gauges of every queue, and reports the slowest scrape: that work runs on
-the node's async worker, next to the Raft timers.
+gauges from every queue's figures, and reports the slowest scrape; a look
+whose leader's /metrics does not answer fails.
 
 It also reports the highest RSS and CPU of the nodes. Uses the local-3 ports;
 stop a running local-3 cluster first.
@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import http.client
 import time
 import urllib.request
 
@@ -42,8 +43,11 @@ METRICS = {1: "127.0.0.1:9101", 2: "127.0.0.1:9102", 3: "127.0.0.1:9103"}
 
 
 def ctl(bin_path, addr, *args):
-    out = subprocess.run([bin_path, "ctl", "--addr", addr, "--json", *args],
-                         capture_output=True, text=True, timeout=60)
+    try:
+        out = subprocess.run([bin_path, "ctl", "--addr", addr, "--json", *args],
+                             capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
     if out.returncode != 0:
         return None
     try:
@@ -70,14 +74,14 @@ def scrape(node):
     try:
         with urllib.request.urlopen(f"http://{METRICS[node]}/metrics", timeout=30) as r:
             r.read()
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return None
     return time.monotonic() - t
 
 
-def look(bin_path, terms=None):
+def look(bin_path, terms=None, leader_out=None):
     """(problems, queues listed) as seen right now; adds the leader's term
-    to `terms` when given."""
+    to `terms` and its id to `leader_out` when given."""
     problems = []
     statuses = {n: ctl(bin_path, a, "status") for n, a in ADMINS.items()}
     leader = next((s["leader_id"] for s in statuses.values() if s and s.get("leader_id")), None)
@@ -85,6 +89,8 @@ def look(bin_path, terms=None):
         return ["no leader"], 0
     if terms is not None and statuses.get(leader):
         terms.add(statuses[leader]["term"])
+    if leader_out is not None:
+        leader_out.append(leader)
     for n, s in statuses.items():
         if s is None:
             problems.append(f"node {n} does not answer")
@@ -149,11 +155,10 @@ def main():
         w0 = time.monotonic()
         terms = set()
         while time.monotonic() - w0 < duration:
-            problems, listed = look(bin_path, terms)
+            leaders = []
+            problems, listed = look(bin_path, terms, leaders)
             if listed != queues:
                 problems.append(f"{listed} of {queues} queues listed")
-            leaders = [n for n, a in ADMINS.items()
-                       if (ctl(bin_path, a, "status") or {}).get("role") == "leader"]
             for n in leaders:
                 took = scrape(n)
                 if took is None:

@@ -245,7 +245,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match &cli.command {
         Command::Node { .. } => node_runtime(),
-        _ => tokio::runtime::Runtime::new().map_err(|e| e.to_string()),
+        // tokio itself panics on a malformed TOKIO_WORKER_THREADS.
+        _ => worker_threads(None).and_then(|threads| {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = threads {
+                builder.worker_threads(n);
+            }
+            builder.enable_all().build().map_err(|e| e.to_string())
+        }),
     };
     let runtime = match runtime {
         Ok(rt) => rt,
@@ -270,28 +277,37 @@ fn main() -> ExitCode {
 /// A node's runtime: two async worker threads unless `TOKIO_WORKER_THREADS`
 /// says otherwise (tokio's own default is one per core).
 ///
-/// Two, because one worker can keep Raft's timers and the heartbeats going
-/// while the other does a long piece of work: with a single worker,
+/// Two, because a second worker makes it less likely that a long piece of
+/// work holds up Raft's timers and heartbeats (tokio reserves no worker,
+/// so it is not a guarantee): with a single worker,
 /// `scripts/scale-check.py` (a million queues, the leader's queue gauges
 /// scraped) saw the leader let followers' leases run out. More than two
 /// mostly add wake-ups to an idle node: a node's own work is waiting on
 /// Redis, which does the moves, and on its peers.
 fn node_runtime() -> Result<tokio::runtime::Runtime, String> {
-    let threads = match std::env::var("TOKIO_WORKER_THREADS") {
-        Err(std::env::VarError::NotPresent) => 2,
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => return Err(format!("TOKIO_WORKER_THREADS={v:?} is not a positive whole number")),
-        },
-        Err(std::env::VarError::NotUnicode(_)) => {
-            return Err("TOKIO_WORKER_THREADS is not valid UTF-8".to_string())
-        }
-    };
+    let threads = worker_threads(Some(2))?.unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
+}
+
+/// `TOKIO_WORKER_THREADS` if set (a positive whole number, else an error
+/// naming it), `default` if not.
+fn worker_threads(default: Option<usize>) -> Result<Option<usize>, String> {
+    match std::env::var("TOKIO_WORKER_THREADS") {
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!(
+                "TOKIO_WORKER_THREADS={v:?} is not a positive whole number"
+            )),
+        },
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err("TOKIO_WORKER_THREADS is not valid UTF-8".to_string())
+        }
+    }
 }
 
 fn init_logging(config: &NodeConfig) {

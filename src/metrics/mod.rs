@@ -201,13 +201,14 @@ impl LabelTotals {
         }
     }
 
-    /// Sums sizes and counts; keeps the larger overdue age.
+    /// Sums sizes and counts; keeps the larger overdue age. Saturating: the
+    /// sizes come from other nodes' reports.
     fn add(&mut self, o: &Self) {
-        self.queues += o.queues;
-        self.active += o.active;
-        self.processing += o.processing;
-        self.locked_ack += o.locked_ack;
-        self.locked_nack += o.locked_nack;
+        self.queues = self.queues.saturating_add(o.queues);
+        self.active = self.active.saturating_add(o.active);
+        self.processing = self.processing.saturating_add(o.processing);
+        self.locked_ack = self.locked_ack.saturating_add(o.locked_ack);
+        self.locked_nack = self.locked_nack.saturating_add(o.locked_nack);
         self.oldest_overdue_ms = self.oldest_overdue_ms.max(o.oldest_overdue_ms);
     }
 }

@@ -69,7 +69,10 @@ impl MetricsSource {
                 queue_gauge_families(rows.iter().flat_map(|r| r.iter()), cap)
             })
             .await
-            .unwrap_or_default(),
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "building the queue gauges failed; served without them");
+                Vec::new()
+            }),
             None => Vec::new(),
         };
         extra.extend(master_call_families(&self.worker.store.calls_by_master()));

@@ -211,7 +211,10 @@ pub fn chunks(shards: Vec<ShardStats>, budget: usize) -> Vec<Vec<ShardStats>> {
 
 /// One shard's reported queue figures. Shared: a scrape takes the shards it
 /// serves by reference count under the coordinator's lock, and reads them
-/// after letting go (a million queues took seconds to copy under it).
+/// after letting go (it used to copy every queue's row under the lock that
+/// heartbeats take). A report chunk that extends a shard a scrape still
+/// holds copies that shard's rows received so far (`Arc::make_mut`): never
+/// more than the old per-scrape copy of everything.
 pub type ShardRows = Arc<Vec<(String, QueueSizes)>>;
 
 /// What one node reported for one shard.
