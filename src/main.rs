@@ -244,15 +244,9 @@ enum CtlCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match &cli.command {
-        Command::Node { .. } => node_runtime(),
-        // tokio itself panics on a malformed TOKIO_WORKER_THREADS.
-        _ => worker_threads(None).and_then(|threads| {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = threads {
-                builder.worker_threads(n);
-            }
-            builder.enable_all().build().map_err(|e| e.to_string())
-        }),
+        Command::Node { .. } => runtime(Some(NODE_WORKER_THREADS)),
+        // tokio's default: one worker per core.
+        _ => runtime(None),
     };
     let runtime = match runtime {
         Ok(rt) => rt,
@@ -274,8 +268,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// A node's runtime: two async worker threads unless `TOKIO_WORKER_THREADS`
-/// says otherwise (tokio's own default is one per core).
+/// A node's async workers unless `TOKIO_WORKER_THREADS` says otherwise
+/// (tokio's own default is one per core).
 ///
 /// Two, because a second worker makes it less likely that a long piece of
 /// work holds up Raft's timers and heartbeats (tokio reserves no worker,
@@ -284,30 +278,31 @@ fn main() -> ExitCode {
 /// scraped) saw the leader let followers' leases run out. More than two
 /// mostly add wake-ups to an idle node: a node's own work is waiting on
 /// Redis, which does the moves, and on its peers.
-fn node_runtime() -> Result<tokio::runtime::Runtime, String> {
-    let threads = worker_threads(Some(2))?.unwrap_or(2);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-}
+const NODE_WORKER_THREADS: usize = 2;
 
-/// `TOKIO_WORKER_THREADS` if set (a positive whole number, else an error
-/// naming it), `default` if not.
-fn worker_threads(default: Option<usize>) -> Result<Option<usize>, String> {
-    match std::env::var("TOKIO_WORKER_THREADS") {
-        Err(std::env::VarError::NotPresent) => Ok(default),
+/// A multi-thread runtime with `TOKIO_WORKER_THREADS` workers if set (a
+/// positive whole number, else an error naming it: tokio itself would
+/// panic), `default` if not (`None`: tokio's default).
+fn runtime(default: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+    let threads = match std::env::var("TOKIO_WORKER_THREADS") {
+        Err(std::env::VarError::NotPresent) => default,
         Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(format!(
-                "TOKIO_WORKER_THREADS={v:?} is not a positive whole number"
-            )),
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(format!(
+                    "TOKIO_WORKER_THREADS={v:?} is not a positive whole number"
+                ))
+            }
         },
         Err(std::env::VarError::NotUnicode(_)) => {
-            Err("TOKIO_WORKER_THREADS is not valid UTF-8".to_string())
+            return Err("TOKIO_WORKER_THREADS is not valid UTF-8".to_string())
         }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
     }
+    builder.enable_all().build().map_err(|e| e.to_string())
 }
 
 fn init_logging(config: &NodeConfig) {

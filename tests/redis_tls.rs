@@ -59,27 +59,11 @@ fn the_store_works_over_tls_and_refuses_an_unknown_certificate() {
     assert!(stderr.contains("not valid for name"), "{stderr}");
 
     // With the CA as SSL_CERT_FILE: the housekeeping script runs over TLS.
-    let ok = load(Some(&pki.ca()));
-    let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(
-        ok.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("json summary");
+    let summary = summary_of_success(&load(Some(&pki.ca())));
     assert_eq!(summary["elements"], 3000, "{summary}");
 
     // On the cluster: the scripts run over TLS on every master.
-    let on_cluster = load_on(&cluster.url(), &["--cluster"], Some(&pki.ca()));
-    let stdout = String::from_utf8_lossy(&on_cluster.stdout);
-    assert!(
-        on_cluster.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&on_cluster.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("json summary");
+    let summary = summary_of_success(&load_on(&cluster.url(), &["--cluster"], Some(&pki.ca())));
     assert_eq!(summary["elements"], 3000, "{summary}");
     let masters = summary["per_master_usec"].as_array().map_or(0, Vec::len);
     assert_eq!(masters, 3, "script time on every master: {summary}");
@@ -131,4 +115,16 @@ fn the_store_works_over_tls_and_refuses_an_unknown_certificate() {
                 announced.insert(event.queue);
             }
         });
+}
+
+/// The JSON summary (last line of stdout) of a `deckhand load` that must
+/// have succeeded.
+fn summary_of_success(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("json summary")
 }
