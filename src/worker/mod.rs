@@ -315,6 +315,9 @@ pub struct WorkerShared {
     /// Which tasks run, from the replicated state (set by the runner); shard
     /// tasks watch it to react to pause, resume and trigger at once.
     task_state: watch::Sender<TaskRunState>,
+    /// One grid for every shard task of this node, so that their sweeps
+    /// fall due together (see `schedule`).
+    pub(crate) sweep_grid: schedule::SweepGrid,
 }
 
 /// The replicated task settings as shard tasks need them.
@@ -346,6 +349,7 @@ impl WorkerShared {
         // Polling until the first check says otherwise (see `events`).
         metrics.scheduling.polling.set(1);
         let scheduling = events::Scheduling::initial(settings.notifications);
+        let settings_sweep = settings.sweep_interval;
         Arc::new(Self {
             node_id,
             store,
@@ -375,6 +379,7 @@ impl WorkerShared {
             incarnation: rand::random::<u64>().max(1),
             report_seq: AtomicU64::new(0),
             task_state: watch::channel(TaskRunState::default()).0,
+            sweep_grid: schedule::SweepGrid::new(Instant::now(), settings_sweep),
         })
     }
 

@@ -354,11 +354,15 @@ fn on_success(
         next_due_ms: out.next_due_ms,
         more_due: out.more_due(now_ms),
     };
+    // Sweeps are rounded to the node's grid only with lock events: polling
+    // keeps each queue's own interval, which its lateness depends on.
+    let grid = (mode == Mode::Events).then_some(&shared.sweep_grid);
     QueueResult::Next(next_call(
         started,
         result,
         look_again(shared, mode),
         shared.settings.call_spacing,
+        grid,
     ))
 }
 

@@ -14,6 +14,14 @@
 //! - **a lock event** or a sweep ([`QueueSchedule::call_by`]): no later than
 //!   now.
 //!
+//! With lock events, the `look_again` bound (the sweep) is rounded down to
+//! a [`SweepGrid`] step shared by every shard task of the node: the sweeps
+//! that fall due in one step are called together, one wake-up per step for
+//! the node, and their calls go to the store concurrently, so Redis reads
+//! and answers them in a few pipelined batches instead of one round trip
+//! each. Rounding down keeps the guarantee (never later than `look_again`);
+//! exact due times and events are not rounded.
+//!
 //! Except while a full batch is drained, two calls on one queue start at
 //! least `spacing` apart (`tasks.call_spacing`): lock events and due times
 //! that close together are served by one call, which bounds what a hot
@@ -167,6 +175,41 @@ impl QueueSchedule {
     }
 }
 
+/// The instants sweeps are rounded down to: `origin + k * step`.
+///
+/// Invariant: `step > 0`.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepGrid {
+    origin: Instant,
+    step: Duration,
+}
+
+impl SweepGrid {
+    /// The longest step: a step's sweeps reach Redis as one burst, and this
+    /// keeps a burst at a tenth of a second's share of the sweeps.
+    pub const MAX_STEP: Duration = Duration::from_millis(100);
+
+    /// A grid for sweeps every `sweep_interval`: a step of a tenth of it, at
+    /// most [`Self::MAX_STEP`] and at least 1 ms.
+    pub fn new(origin: Instant, sweep_interval: Duration) -> Self {
+        let step = (sweep_interval / 10).clamp(Duration::from_millis(1), Self::MAX_STEP);
+        assert!(!step.is_zero(), "a sweep grid step is never zero");
+        Self { origin, step }
+    }
+
+    /// The last grid instant at or before `at` (`at` itself before the origin).
+    pub fn floor(&self, at: Instant) -> Instant {
+        let Some(since) = at.checked_duration_since(self.origin) else {
+            return at;
+        };
+        let steps = since.as_nanos() / self.step.as_nanos();
+        // `steps * step <= since`, so this fits in a Duration.
+        let floored = Duration::from_nanos((steps * self.step.as_nanos()) as u64);
+        debug_assert!(floored <= since && since - floored < self.step);
+        self.origin + floored
+    }
+}
+
 /// What a housekeeping call said about when to look again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallResult {
@@ -181,17 +224,23 @@ pub struct CallResult {
 /// When to call a queue again after a call that started at `start` (see
 /// the module doc): drained on at once while a batch was full, else at its
 /// next due time, no sooner than `spacing` and no later than `look_again`
-/// after `start`.
+/// after `start` (rounded down to `grid` when given, but never below
+/// `spacing`).
 pub fn next_call(
     start: Instant,
     result: CallResult,
     look_again: Duration,
     spacing: Duration,
+    grid: Option<&SweepGrid>,
 ) -> Instant {
     if result.more_due {
         return start;
     }
-    let latest = start + look_again;
+    let latest = match grid {
+        Some(g) => g.floor(start + look_again).max(start + spacing),
+        None => start + look_again,
+    };
+    debug_assert!(latest <= start + look_again.max(spacing));
     match result.next_due_ms {
         Some(due) => {
             let wait = Duration::from_millis((due - result.now_ms).max(0) as u64);
@@ -281,22 +330,22 @@ mod tests {
         };
         // A lock due in 250 ms: an exact timer.
         assert_eq!(
-            next_call(t0, r(Some(1_250), false), look, 5 * MS),
+            next_call(t0, r(Some(1_250), false), look, 5 * MS, None),
             t0 + 250 * MS
         );
         // Due already (or within the spacing): after the spacing.
         assert_eq!(
-            next_call(t0, r(Some(999), false), look, 5 * MS),
+            next_call(t0, r(Some(999), false), look, 5 * MS, None),
             t0 + 5 * MS
         );
         // Due in an hour: the sweep comes first.
         assert_eq!(
-            next_call(t0, r(Some(3_601_000), false), look, 5 * MS),
+            next_call(t0, r(Some(3_601_000), false), look, 5 * MS, None),
             t0 + look
         );
         // Nothing pending: the sweep.
-        assert_eq!(next_call(t0, r(None, false), look, 5 * MS), t0 + look);
+        assert_eq!(next_call(t0, r(None, false), look, 5 * MS, None), t0 + look);
         // A full batch: drain on at once, spacing or not.
-        assert_eq!(next_call(t0, r(Some(0), true), look, 5 * MS), t0);
+        assert_eq!(next_call(t0, r(Some(0), true), look, 5 * MS, None), t0);
     }
 }
