@@ -1,7 +1,8 @@
 //! Lock events on real Redis: locks come back by their keyspace event, not
 //! by polling; a lost subscription is followed by a resubscription and a
-//! sweep; the `require` and `auto` modes; queues Deckard emptied stop
-//! costing calls.
+//! sweep; the `require` and `auto` modes; a follower that polls makes the
+//! leader discover at the polling pace; queues Deckard emptied stop costing
+//! calls.
 //!
 //! Every test here sets `tasks.sweep_interval` (and discovery) far longer
 //! than its deadlines, so only the path under test can pass it.
@@ -15,6 +16,7 @@ use common::deckard::{
     back_in_active, pull_and_lock, resubscribed, slow_sweep, worked_and_subscribed,
 };
 use common::{http_get, samples, wait_until, TestCluster};
+use deckhand::cluster::shards::shard_of;
 use deckhand::config::NotificationMode;
 use deckhand::proto::admin::admin_client::AdminClient;
 use deckhand::proto::admin::StatusRequest;
@@ -49,6 +51,20 @@ async fn settle_events(cluster: &TestCluster, client: &dyn DeckardClient) {
         .expect("add");
     pull_and_lock(client, "canary", "c", 100).await;
     back_in_active(client, "canary", "c", "the canary lock came back").await;
+}
+
+/// How many `SCAN`s Redis has served (discovery's only command).
+async fn scan_calls(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Total successful housekeeping calls of the running nodes.
@@ -242,6 +258,67 @@ async fn auto_without_keyspace_events_polls_and_says_so() {
     pull_and_lock(client, "p", "m", 100).await;
     back_in_active(client, "p", "m", "a lock came back by polling").await;
     let _ = leader;
+    cluster.shutdown().await;
+}
+
+/// A follower without lock events cannot adopt a new queue: its heartbeats
+/// say it polls, and the leader, which has events, then discovers every
+/// second. With `discovery_interval` at 60 s, only that brings a queue
+/// created after the shards settled to its polling owner in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_follower_makes_the_leader_discover_at_the_polling_pace() {
+    let server = RedisServer::start_with_notifications().expect("redis-server");
+    let store = redis_store(&server).await;
+    let client: &dyn DeckardClient = store.as_ref();
+    let polling_node = 3;
+    let cluster = TestCluster::start_configured(3, Some(store.clone()), |c| {
+        slow_sweep(c);
+        c.tasks.poll_interval = Duration::from_millis(200);
+        if c.node_id == polling_node {
+            c.tasks.notifications = NotificationMode::Off;
+        }
+    })
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    if leader == polling_node {
+        cluster.transfer_leadership(polling_node, 1).await;
+    }
+    let owners = cluster.wait_for_balanced_ownership().await;
+    let leader = cluster.agreed_leader().expect("a leader");
+    assert_ne!(leader, polling_node);
+    assert_eq!(
+        cluster.nodes[&leader].worker.scheduling().mode,
+        deckhand::worker::events::Mode::Events,
+        "the leader has lock events of its own"
+    );
+    let shard_count = cluster.leader_state().await.cluster.shard_count;
+    let queue = (0..)
+        .map(|i| format!("late-{i}"))
+        .find(|q| owners.get(&shard_of(q, shard_count)) == Some(&polling_node))
+        .expect("a queue of the polling node's shards");
+    // Discovery is the only SCAN: once one has run after the shards
+    // settled (the one that follows the last moves, at least), only the
+    // polling pace brings another within the deadline.
+    let mut con = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let settled_scans = scan_calls(&mut con).await;
+    wait_until("a discovery after the shards settled", || {
+        let mut con = con.clone();
+        async move { (scan_calls(&mut con).await > settled_scans).then_some(()) }
+    })
+    .await;
+    client.add(&queue, &[("m".into(), 1.0)]).await.expect("add");
+    pull_and_lock(client, &queue, "m", 100).await;
+    back_in_active(
+        client,
+        &queue,
+        "m",
+        "the polling owner got the new queue from a discovery at the polling pace",
+    )
+    .await;
     cluster.shutdown().await;
 }
 

@@ -34,7 +34,7 @@ use openraft::ServerState;
 use tokio::sync::{watch, Notify};
 
 use super::discovery::QueueIndex;
-use super::events::Scheduling;
+use super::events::{Mode, Scheduling};
 use super::queue_stats::{LeaderQueueStats, ShardRows};
 use super::WorkerSettings;
 use crate::cluster::{ClusterState, Command, CommandResult};
@@ -83,7 +83,7 @@ pub enum CoordError {
 mod run_loop;
 mod view;
 
-use view::{LeaderView, IDLE_PLAN, REASSIGNMENTS_KEPT, WRITE_TIMEOUT};
+use view::{LeaderView, PollingNodes, IDLE_PLAN, REASSIGNMENTS_KEPT, WRITE_TIMEOUT};
 pub use view::{Reassignment, Report, Round, MAX_APPLY_LAG};
 
 /// Cheap to clone; all clones share state.
@@ -109,6 +109,9 @@ struct Inner {
     /// Serializes planning rounds (held across the Raft write).
     planning: tokio::sync::Mutex<()>,
     wake: Notify,
+    /// Nodes whose heartbeats say they poll: while one does, discovery runs
+    /// at the polling pace, since those owners cannot adopt new queues.
+    polling_nodes: Mutex<PollingNodes>,
 }
 
 impl Coordinator {
@@ -133,6 +136,7 @@ impl Coordinator {
                 reassignments: Mutex::new(std::collections::VecDeque::new()),
                 planning: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
+                polling_nodes: Mutex::new(PollingNodes::default()),
             }),
         }
     }
@@ -341,6 +345,14 @@ impl Coordinator {
         }
         let replan = heard.replan;
         tracing::debug!(node, "heartbeat");
+        if self.note_polling(node, req.polling, now) {
+            tracing::debug!(
+                node,
+                "node polls (no queue events): discovering at the polling pace"
+            );
+            // The loop brings its next discovery forward.
+            self.inner.wake.notify_one();
+        }
         if replan {
             self.inner.wake.notify_one();
         }
@@ -350,6 +362,21 @@ impl Coordinator {
             queues_version: self.queues_version(term),
             commit_index: committed,
         })
+    }
+
+    /// Records whether `node` polls; true when it newly does.
+    fn note_polling(&self, node: NodeId, polling: bool, now: Instant) -> bool {
+        lock(&self.inner.polling_nodes).note(node, polling, now)
+    }
+
+    /// Whether this node, or a node that heartbeated within
+    /// `lease + lease_margin`, polls for new locks.
+    pub(super) fn anyone_polls(&self, now: Instant) -> bool {
+        if self.inner.scheduling.borrow().mode == Mode::Polling {
+            return true;
+        }
+        let recent = self.inner.settings.lease + self.inner.settings.lease_margin;
+        lock(&self.inner.polling_nodes).any_within(now, recent)
     }
 
     /// The shards `node` owns at an epoch it reports the store fenced it at.

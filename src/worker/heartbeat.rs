@@ -94,6 +94,7 @@ pub fn build_report(shared: &WorkerShared) -> HeartbeatRequest {
                 passes: 0,
             })
             .collect(),
+        polling: shared.scheduling().mode == super::events::Mode::Polling,
     }
 }
 

@@ -11,7 +11,6 @@ use super::{CoordError, Coordinator, Round};
 use crate::locks::lock;
 use crate::shutdown::ShutdownListener;
 use crate::worker::discovery::DiscoveryMemory;
-use crate::worker::events::Mode;
 
 impl Coordinator {
     /// Scans the store for queues and groups them by shard; false when it
@@ -104,6 +103,10 @@ impl Coordinator {
                 memory = DiscoveryMemory::default();
                 *lock(&self.inner.queues) = Default::default();
             }
+            if leads && self.anyone_polls(Instant::now()) {
+                // A node fell back to polling since the last discovery.
+                next_discovery = next_discovery.min(Instant::now() + POLLING_DISCOVERY);
+            }
             if leads && Instant::now() >= next_discovery {
                 next_discovery = self.discovery(&mut memory).await;
             }
@@ -115,12 +118,12 @@ impl Coordinator {
 
     /// Runs one discovery; returns when the next one is due. A failed
     /// discovery is retried soon, not a whole interval later. Without queue
-    /// events (this node's check says Redis publishes none), discovery is
-    /// the only way owners learn of new queues: run it at least every
-    /// `POLLING_DISCOVERY`.
+    /// events (this node's check says Redis publishes none, or a node's
+    /// heartbeat says it polls), discovery is the only way owners learn of
+    /// new queues: run it at least every `POLLING_DISCOVERY`.
     async fn discovery(&self, memory: &mut DiscoveryMemory) -> Instant {
         let interval = self.inner.settings.discovery_interval;
-        let polling = self.inner.scheduling.borrow().mode == Mode::Polling;
+        let polling = self.anyone_polls(Instant::now());
         let interval = if polling {
             interval.min(POLLING_DISCOVERY)
         } else {

@@ -1,10 +1,12 @@
 //! The coordinator's per-term view (the pure `LeaderTerm` plus queue
 //! figures), what a planning round did, and the coordinator's timing.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::leader::{CommitTimes, LeaderTerm};
 pub use crate::leader::{Reassignment, Report};
+use crate::raft::NodeId;
 
 use super::super::queue_stats::LeaderQueueStats;
 
@@ -63,3 +65,61 @@ pub(super) const POLLING_DISCOVERY: Duration = Duration::from_secs(1);
 /// How soon after committing shard moves the leader discovers again (the
 /// new owners run their shards by then).
 pub(super) const DISCOVERY_AFTER_MOVES: Duration = Duration::from_secs(1);
+
+/// Which nodes' heartbeats say they poll for new locks, and when each last
+/// said so. Pure: the caller passes the time.
+///
+/// Invariant: one entry per node whose latest heartbeat said it polls (a
+/// heartbeat that says otherwise removes it; [`Self::any_within`] drops
+/// entries older than its window), so it never outgrows the members.
+#[derive(Debug, Default)]
+pub(super) struct PollingNodes {
+    since: BTreeMap<NodeId, Instant>,
+}
+
+impl PollingNodes {
+    /// Records a heartbeat of `node`; true when it newly polls.
+    pub(super) fn note(&mut self, node: NodeId, polling: bool, now: Instant) -> bool {
+        if polling {
+            self.since.insert(node, now).is_none()
+        } else {
+            self.since.remove(&node);
+            false
+        }
+    }
+
+    /// Whether a node said it polls within `window` before `now`; forgets
+    /// the ones that have not (a node that stopped heartbeating no longer
+    /// counts).
+    pub(super) fn any_within(&mut self, now: Instant, window: Duration) -> bool {
+        self.since
+            .retain(|_, at| now.saturating_duration_since(*at) < window);
+        !self.since.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_polling_node_counts_until_it_says_otherwise_or_goes_silent() {
+        let t0 = Instant::now();
+        let window = Duration::from_millis(1_300);
+        let mut nodes = PollingNodes::default();
+        assert!(!nodes.any_within(t0, window));
+        // Newly polling: true once, then just refreshed.
+        assert!(nodes.note(2, true, t0));
+        assert!(!nodes.note(2, true, t0 + Duration::from_millis(200)));
+        assert!(nodes.any_within(t0 + Duration::from_millis(1_000), window));
+        // Back on events.
+        assert!(!nodes.note(2, false, t0 + Duration::from_millis(1_100)));
+        assert!(!nodes.any_within(t0 + Duration::from_millis(1_100), window));
+        // Silent since its last heartbeat: counts only within the window.
+        assert!(nodes.note(3, true, t0));
+        assert!(nodes.any_within(t0 + Duration::from_millis(1_299), window));
+        assert!(!nodes.any_within(t0 + Duration::from_millis(1_300), window));
+        // Forgotten, so a later heartbeat is news again.
+        assert!(nodes.note(3, true, t0 + Duration::from_millis(2_000)));
+    }
+}
