@@ -291,7 +291,8 @@ async fn a_polling_follower_makes_the_leader_discover_at_the_polling_pace() {
         deckhand::worker::events::Mode::Events,
         "the leader has lock events of its own"
     );
-    let shard_count = cluster.leader_state().await.cluster.shard_count;
+    let settled = cluster.leader_state().await;
+    let shard_count = settled.cluster.shard_count;
     let queue = (0..)
         .map(|i| format!("late-{i}"))
         .find(|q| owners.get(&shard_of(q, shard_count)) == Some(&polling_node))
@@ -319,6 +320,15 @@ async fn a_polling_follower_makes_the_leader_discover_at_the_polling_pace() {
         "the polling owner got the new queue from a discovery at the polling pace",
     )
     .await;
+    // Its shard never moved (same owner, same epoch): no node with events
+    // could have adopted it.
+    let shard = shard_of(&queue, shard_count) as usize;
+    let now_state = cluster.leader_state().await;
+    assert_eq!(now_state.cluster.shards[shard].owner, Some(polling_node));
+    assert_eq!(
+        now_state.cluster.shards[shard].epoch,
+        settled.cluster.shards[shard].epoch
+    );
     cluster.shutdown().await;
 }
 

@@ -102,9 +102,10 @@ fn default_max_releases() -> usize {
 /// with lock events an owner adopts a new queue at its first pull or lock,
 /// so discovery only finds what no event announced (a queue that holds
 /// only waiting messages, a missed event) and drops queues that are gone.
-/// A `SCAN` reads every key of the database: at 250,000 queues one every
-/// 5 s took 13 % of a Redis core. (Without events the leader discovers at
-/// least every second regardless.)
+/// A `SCAN` reads every key of the database: at 250,000 quiet queues on
+/// local-3, one every 5 s took 129 ms of Redis time per second (`INFO
+/// commandstats`, `cmdstat_scan`). (While a node polls, or just
+/// resubscribed, the leader discovers every second regardless.)
 fn default_discovery_interval() -> Duration {
     Duration::from_secs(30)
 }

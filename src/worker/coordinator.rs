@@ -83,7 +83,7 @@ pub enum CoordError {
 mod run_loop;
 mod view;
 
-use view::{LeaderView, PollingNodes, IDLE_PLAN, REASSIGNMENTS_KEPT, WRITE_TIMEOUT};
+use view::{LeaderView, NodesNeedingDiscovery, IDLE_PLAN, REASSIGNMENTS_KEPT, WRITE_TIMEOUT};
 pub use view::{Reassignment, Report, Round, MAX_APPLY_LAG};
 
 /// Cheap to clone; all clones share state.
@@ -109,9 +109,10 @@ struct Inner {
     /// Serializes planning rounds (held across the Raft write).
     planning: tokio::sync::Mutex<()>,
     wake: Notify,
-    /// Nodes whose heartbeats say they poll: while one does, discovery runs
-    /// at the polling pace, since those owners cannot adopt new queues.
-    polling_nodes: Mutex<PollingNodes>,
+    /// Shard owners whose heartbeats say they cannot count on lock events
+    /// to adopt new queues (they poll, or just resubscribed): while one
+    /// does, discovery runs at the polling pace.
+    needing_discovery: Mutex<NodesNeedingDiscovery>,
 }
 
 impl Coordinator {
@@ -136,7 +137,7 @@ impl Coordinator {
                 reassignments: Mutex::new(std::collections::VecDeque::new()),
                 planning: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
-                polling_nodes: Mutex::new(PollingNodes::default()),
+                needing_discovery: Mutex::new(NodesNeedingDiscovery::default()),
             }),
         }
     }
@@ -345,10 +346,12 @@ impl Coordinator {
         }
         let replan = heard.replan;
         tracing::debug!(node, "heartbeat");
-        if self.note_polling(node, req.polling, now) {
+        // A node that runs no shards adopts nothing: it needs no discovery.
+        let needs_discovery = req.needs_discovery && !req.running.is_empty();
+        if self.note_needs_discovery(node, needs_discovery, now) {
             tracing::debug!(
                 node,
-                "node polls (no queue events): discovering at the polling pace"
+                "node cannot adopt new queues from events: discovering at the polling pace"
             );
             // The loop brings its next discovery forward.
             self.inner.wake.notify_one();
@@ -364,19 +367,21 @@ impl Coordinator {
         })
     }
 
-    /// Records whether `node` polls; true when it newly does.
-    fn note_polling(&self, node: NodeId, polling: bool, now: Instant) -> bool {
-        lock(&self.inner.polling_nodes).note(node, polling, now)
+    /// Records whether `node` needs discovery (see `NodesNeedingDiscovery`); true
+    /// when it newly does.
+    fn note_needs_discovery(&self, node: NodeId, needs: bool, now: Instant) -> bool {
+        lock(&self.inner.needing_discovery).note(node, needs, now)
     }
 
-    /// Whether this node, or a node that heartbeated within
-    /// `lease + lease_margin`, polls for new locks.
-    pub(super) fn anyone_polls(&self, now: Instant) -> bool {
+    /// Whether this node polls (its own check found no events), or a shard
+    /// owner that heartbeated within `lease + lease_margin` said it needs
+    /// discovery.
+    pub(super) fn discovery_needed(&self, now: Instant) -> bool {
         if self.inner.scheduling.borrow().mode == Mode::Polling {
             return true;
         }
         let recent = self.inner.settings.lease + self.inner.settings.lease_margin;
-        lock(&self.inner.polling_nodes).any_within(now, recent)
+        lock(&self.inner.needing_discovery).any_within(now, recent)
     }
 
     /// The shards `node` owns at an epoch it reports the store fenced it at.

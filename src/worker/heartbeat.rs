@@ -94,7 +94,7 @@ pub fn build_report(shared: &WorkerShared) -> HeartbeatRequest {
                 passes: 0,
             })
             .collect(),
-        polling: shared.scheduling().mode == super::events::Mode::Polling,
+        needs_discovery: shared.needs_discovery(Instant::now()),
     }
 }
 

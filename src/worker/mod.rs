@@ -318,6 +318,12 @@ pub struct WorkerShared {
     /// One grid for every shard task of this node, so that their sweeps
     /// fall due together (see `schedule`).
     pub(crate) sweep_grid: schedule::SweepGrid,
+    /// When this node last could have missed lock events: it fell back to
+    /// polling or (re)subscribed. A queue whose first event fell in such a
+    /// gap is not adopted; heartbeats say so for `lease + lease_margin`
+    /// after it (see [`Self::needs_discovery`]), so the leader discovers at
+    /// the polling pace meanwhile. A std mutex: one read or write at a time.
+    events_gap_at: Mutex<Option<Instant>>,
 }
 
 /// The replicated task settings as shard tasks need them.
@@ -380,6 +386,7 @@ impl WorkerShared {
             report_seq: AtomicU64::new(0),
             task_state: watch::channel(TaskRunState::default()).0,
             sweep_grid: schedule::SweepGrid::new(Instant::now(), settings_sweep),
+            events_gap_at: Mutex::new(None),
         })
     }
 
@@ -549,8 +556,11 @@ impl WorkerShared {
     }
 
     /// Records the scheduling mode; a mode change or a new subscription
-    /// bumps the generation, so every shard task sweeps.
+    /// bumps the generation, so every shard task sweeps (its known queues),
+    /// and the next heartbeats ask the leader for discovery (new queues
+    /// whose events were missed; see [`Self::needs_discovery`]).
     pub(crate) fn set_scheduling(&self, mode: events::Mode, subscribed: bool, reason: String) {
+        let mut gap = false;
         self.scheduling.send_if_modified(|s| {
             let bump = s.mode != mode || (subscribed && !s.subscribed);
             let changed = bump || s.subscribed != subscribed || s.reason != reason;
@@ -559,9 +569,15 @@ impl WorkerShared {
             s.reason = reason;
             if bump {
                 s.generation += 1;
+                gap = true;
             }
             changed
         });
+        if gap {
+            *lock(&self.events_gap_at) = Some(Instant::now());
+            // Tell the leader now, not at the next heartbeat.
+            self.report_now.notify_one();
+        }
         self.metrics
             .scheduling
             .polling
@@ -570,6 +586,18 @@ impl WorkerShared {
             .scheduling
             .queue_events_subscribed
             .set(i64::from(subscribed));
+    }
+
+    /// Whether this node cannot count on lock events to adopt new queues
+    /// right now: it polls, or it could have missed events within the last
+    /// `lease + lease_margin` (long enough for several heartbeats to carry
+    /// it, so one lost heartbeat does not hide it from the leader).
+    pub fn needs_discovery(&self, now: Instant) -> bool {
+        if self.scheduling.borrow().mode == events::Mode::Polling {
+            return true;
+        }
+        let window = self.settings.lease + self.settings.lease_margin;
+        lock(&self.events_gap_at).is_some_and(|at| now.saturating_duration_since(at) < window)
     }
 
     pub fn shard_count(&self) -> u32 {
@@ -717,5 +745,27 @@ mod tests {
         assert!(shared.stop_running(3, new_task, 5));
         assert!(shared.running().is_empty());
         assert!(lock(&shared.inboxes).is_empty());
+    }
+
+    #[test]
+    fn a_resubscription_asks_for_discovery_for_a_lease_and_margin() {
+        let shared = shared();
+        let now = Instant::now();
+        // Polling (the state before the first check): always.
+        assert!(shared.needs_discovery(now));
+        shared.set_scheduling(events::Mode::Events, true, String::new());
+        let at = Instant::now();
+        // Subscribed: events before it may have been missed.
+        assert!(shared.needs_discovery(at));
+        let window = Duration::from_millis(1_300);
+        assert!(!shared.needs_discovery(at + window));
+        // A dropped subscription, then a new one: asked again.
+        shared.set_scheduling(events::Mode::Events, false, "dropped".into());
+        shared.set_scheduling(events::Mode::Events, true, String::new());
+        assert!(shared.needs_discovery(Instant::now() + window / 2));
+        assert!(!shared.needs_discovery(Instant::now() + window * 2));
+        // Falling back to polling: for as long as it lasts.
+        shared.set_scheduling(events::Mode::Polling, false, "no events".into());
+        assert!(shared.needs_discovery(Instant::now() + window * 10));
     }
 }

@@ -103,7 +103,7 @@ impl Coordinator {
                 memory = DiscoveryMemory::default();
                 *lock(&self.inner.queues) = Default::default();
             }
-            if leads && self.anyone_polls(Instant::now()) {
+            if leads && self.discovery_needed(Instant::now()) {
                 // A node fell back to polling since the last discovery.
                 next_discovery = next_discovery.min(Instant::now() + POLLING_DISCOVERY);
             }
@@ -123,7 +123,7 @@ impl Coordinator {
     /// new queues: run it at least every `POLLING_DISCOVERY`.
     async fn discovery(&self, memory: &mut DiscoveryMemory) -> Instant {
         let interval = self.inner.settings.discovery_interval;
-        let polling = self.anyone_polls(Instant::now());
+        let polling = self.discovery_needed(Instant::now());
         let interval = if polling {
             interval.min(POLLING_DISCOVERY)
         } else {

@@ -66,21 +66,24 @@ pub(super) const POLLING_DISCOVERY: Duration = Duration::from_secs(1);
 /// new owners run their shards by then).
 pub(super) const DISCOVERY_AFTER_MOVES: Duration = Duration::from_secs(1);
 
-/// Which nodes' heartbeats say they poll for new locks, and when each last
-/// said so. Pure: the caller passes the time.
+/// Which nodes' heartbeats say they need discovery (they poll, or may have
+/// missed lock events), and when each last said so. Pure: the caller
+/// passes the time.
 ///
-/// Invariant: one entry per node whose latest heartbeat said it polls (a
+/// Invariant: one entry per node whose latest heartbeat said so (a
 /// heartbeat that says otherwise removes it; [`Self::any_within`] drops
-/// entries older than its window), so it never outgrows the members.
+/// entries older than its window). Only members' heartbeats get here, so
+/// it holds at most the members plus nodes removed since the last
+/// `any_within`.
 #[derive(Debug, Default)]
-pub(super) struct PollingNodes {
+pub(super) struct NodesNeedingDiscovery {
     since: BTreeMap<NodeId, Instant>,
 }
 
-impl PollingNodes {
-    /// Records a heartbeat of `node`; true when it newly polls.
-    pub(super) fn note(&mut self, node: NodeId, polling: bool, now: Instant) -> bool {
-        if polling {
+impl NodesNeedingDiscovery {
+    /// Records a heartbeat of `node`; true when it newly needs discovery.
+    pub(super) fn note(&mut self, node: NodeId, needs: bool, now: Instant) -> bool {
+        if needs {
             self.since.insert(node, now).is_none()
         } else {
             self.since.remove(&node);
@@ -88,7 +91,7 @@ impl PollingNodes {
         }
     }
 
-    /// Whether a node said it polls within `window` before `now`; forgets
+    /// Whether a node said it needs discovery within `window` before `now`; forgets
     /// the ones that have not (a node that stopped heartbeating no longer
     /// counts).
     pub(super) fn any_within(&mut self, now: Instant, window: Duration) -> bool {
@@ -106,7 +109,7 @@ mod tests {
     fn a_polling_node_counts_until_it_says_otherwise_or_goes_silent() {
         let t0 = Instant::now();
         let window = Duration::from_millis(1_300);
-        let mut nodes = PollingNodes::default();
+        let mut nodes = NodesNeedingDiscovery::default();
         assert!(!nodes.any_within(t0, window));
         // Newly polling: true once, then just refreshed.
         assert!(nodes.note(2, true, t0));
