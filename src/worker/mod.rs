@@ -319,11 +319,17 @@ pub struct WorkerShared {
     /// fall due together (see `schedule`).
     pub(crate) sweep_grid: schedule::SweepGrid,
     /// When this node last could have missed lock events: it fell back to
-    /// polling or (re)subscribed. A queue whose first event fell in such a
-    /// gap is not adopted; heartbeats say so for `lease + lease_margin`
-    /// after it (see [`Self::needs_discovery`]), so the leader discovers at
-    /// the polling pace meanwhile. A std mutex: one read or write at a time.
+    /// polling or resubscribed after a subscription of this process ended.
+    /// A queue whose first event fell in such a gap is not adopted;
+    /// heartbeats say so for `lease + lease_margin` after it (see
+    /// [`Self::needs_discovery`]), so the leader discovers at the polling
+    /// pace meanwhile. (Not the first subscription: the leader discovers
+    /// `DISCOVERY_AFTER_MOVES` after the moves that gave this node shards
+    /// anyway, and at a million queues extra discoveries at start-up cost
+    /// the nodes their leases.) A std mutex: one read or write at a time.
     events_gap_at: Mutex<Option<Instant>>,
+    /// Whether this process has held a lock-event subscription yet.
+    ever_subscribed: AtomicBool,
 }
 
 /// The replicated task settings as shard tasks need them.
@@ -387,6 +393,7 @@ impl WorkerShared {
             task_state: watch::channel(TaskRunState::default()).0,
             sweep_grid: schedule::SweepGrid::new(Instant::now(), settings_sweep),
             events_gap_at: Mutex::new(None),
+            ever_subscribed: AtomicBool::new(false),
         })
     }
 
@@ -556,10 +563,12 @@ impl WorkerShared {
     }
 
     /// Records the scheduling mode; a mode change or a new subscription
-    /// bumps the generation, so every shard task sweeps (its known queues),
-    /// and the next heartbeats ask the leader for discovery (new queues
-    /// whose events were missed; see [`Self::needs_discovery`]).
+    /// bumps the generation, so every shard task sweeps (its known queues);
+    /// after a fallback or a resubscription the next heartbeats also ask the
+    /// leader for discovery (new queues whose events were missed; see
+    /// [`Self::needs_discovery`]).
     pub(crate) fn set_scheduling(&self, mode: events::Mode, subscribed: bool, reason: String) {
+        let resubscription = subscribed && self.ever_subscribed.swap(true, Ordering::SeqCst);
         let mut gap = false;
         self.scheduling.send_if_modified(|s| {
             let bump = s.mode != mode || (subscribed && !s.subscribed);
@@ -569,7 +578,7 @@ impl WorkerShared {
             s.reason = reason;
             if bump {
                 s.generation += 1;
-                gap = true;
+                gap = mode == events::Mode::Polling || resubscription;
             }
             changed
         });
@@ -753,14 +762,22 @@ mod tests {
         let now = Instant::now();
         // Polling (the state before the first check): always.
         assert!(shared.needs_discovery(now));
+        // The check finds events, and the first subscription: not asked
+        // (the leader discovers after the moves that brought the shards).
+        shared.set_scheduling(events::Mode::Events, false, String::new());
+        shared.set_scheduling(events::Mode::Events, true, String::new());
+        assert!(!shared.needs_discovery(Instant::now()));
+        // Lost (polling meanwhile), then subscribed again: asked, for a
+        // lease and margin after the resubscription.
+        shared.set_scheduling(events::Mode::Polling, false, "resubscribing".into());
+        assert!(shared.needs_discovery(Instant::now()));
         shared.set_scheduling(events::Mode::Events, true, String::new());
         let at = Instant::now();
-        // Subscribed: events before it may have been missed.
-        assert!(shared.needs_discovery(at));
         let window = Duration::from_millis(1_300);
+        assert!(shared.needs_discovery(at + window / 2));
         assert!(!shared.needs_discovery(at + window));
-        // A dropped subscription, then a new one: asked again.
-        shared.set_scheduling(events::Mode::Events, false, "dropped".into());
+        // Unsubscribed on purpose (no shards left), then back: asked too.
+        shared.set_scheduling(events::Mode::Events, false, String::new());
         shared.set_scheduling(events::Mode::Events, true, String::new());
         assert!(shared.needs_discovery(Instant::now() + window / 2));
         assert!(!shared.needs_discovery(Instant::now() + window * 2));
