@@ -104,8 +104,9 @@ fn default_max_releases() -> usize {
 /// only waiting messages, a missed event) and drops queues that are gone.
 /// A `SCAN` reads every key of the database: at 250,000 quiet queues on
 /// local-3, one every 5 s took 129 ms of Redis time per second (`INFO
-/// commandstats`, `cmdstat_scan`). (While a node polls, or just
-/// resubscribed, the leader discovers every second regardless.)
+/// commandstats`, `cmdstat_scan`, measured by hand; docs/benchmarks.md).
+/// (While a node that runs shards polls, or may just have missed events,
+/// the leader discovers every second regardless.)
 fn default_discovery_interval() -> Duration {
     Duration::from_secs(30)
 }

@@ -137,19 +137,27 @@ impl ShardInbox {
         }
     }
 
-    pub fn push(&self, queue: &str, kind: EventKind) {
-        {
+    /// Announces `queue`; false when the inbox was full and its name was
+    /// dropped (the shard sweeps what it knows; a queue it does not know
+    /// yet needs the leader's discovery).
+    pub fn push(&self, queue: &str, kind: EventKind) -> bool {
+        let kept = {
             let mut queues = lock(&self.queues);
-            if let Some(known) = queues.get_mut(queue) {
+            let kept = if let Some(known) = queues.get_mut(queue) {
                 *known = (*known).max(kind);
+                true
             } else if queues.len() < INBOX_LIMIT {
                 queues.insert(queue.to_string(), kind);
+                true
             } else {
                 self.overflow.store(true, Ordering::Relaxed);
-            }
+                false
+            };
             debug_assert!(queues.len() <= INBOX_LIMIT);
-        }
+            kept
+        };
         self.wake.notify_one();
+        kept
     }
 
     /// Takes what was announced so far, and whether some was dropped.
@@ -168,7 +176,9 @@ fn route(shared: &WorkerShared, queue: &str, kind: EventKind) {
     let shard = shard_of(queue, shard_count);
     let inbox = lock(&shared.inboxes).get(&shard).cloned();
     if let Some(inbox) = inbox {
-        inbox.push(queue, kind);
+        if !inbox.push(queue, kind) {
+            shared.note_events_gap();
+        }
     }
 }
 
@@ -365,10 +375,10 @@ mod tests {
     #[test]
     fn an_inbox_coalesces_and_overflows_into_a_sweep() {
         let inbox = ShardInbox::new(7);
-        inbox.push("a", EventKind::Pull);
-        inbox.push("a", EventKind::Lock);
-        inbox.push("a", EventKind::Pull);
-        inbox.push("b", EventKind::Pull);
+        assert!(inbox.push("a", EventKind::Pull));
+        assert!(inbox.push("a", EventKind::Lock));
+        assert!(inbox.push("a", EventKind::Pull));
+        assert!(inbox.push("b", EventKind::Pull));
         let (mut queues, overflow) = inbox.take();
         queues.sort();
         assert_eq!(
@@ -379,9 +389,13 @@ mod tests {
             ]
         );
         assert!(!overflow);
-        for i in 0..INBOX_LIMIT + 10 {
-            inbox.push(&format!("q{i}"), EventKind::Lock);
-        }
+        let kept = (0..INBOX_LIMIT + 10)
+            .filter(|i| inbox.push(&format!("q{i}"), EventKind::Lock))
+            .count();
+        // The names past the limit are dropped, and said to be.
+        assert_eq!(kept, INBOX_LIMIT);
+        // A name already held is still kept when the inbox is full.
+        assert!(inbox.push("q0", EventKind::Lock));
         let (queues, overflow) = inbox.take();
         assert_eq!(queues.len(), INBOX_LIMIT);
         assert!(overflow);

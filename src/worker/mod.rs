@@ -319,17 +319,19 @@ pub struct WorkerShared {
     /// fall due together (see `schedule`).
     pub(crate) sweep_grid: schedule::SweepGrid,
     /// When this node last could have missed lock events: it fell back to
-    /// polling or resubscribed after a subscription of this process ended.
-    /// A queue whose first event fell in such a gap is not adopted;
+    /// polling, subscribed after polling, or dropped announced names (a full
+    /// inbox). A queue whose first event fell in such a gap is not adopted;
     /// heartbeats say so for `lease + lease_margin` after it (see
     /// [`Self::needs_discovery`]), so the leader discovers at the polling
-    /// pace meanwhile. (Not the first subscription: the leader discovers
-    /// `DISCOVERY_AFTER_MOVES` after the moves that gave this node shards
-    /// anyway, and at a million queues extra discoveries at start-up cost
-    /// the nodes their leases.) A std mutex: one read or write at a time.
+    /// pace meanwhile. Not at a first subscription, nor one after an
+    /// unsubscription on purpose: shards come with moves, and the leader
+    /// discovers `DISCOVERY_AFTER_MOVES` after those anyway (extra
+    /// discoveries at start-up cost a million-queue cluster CPU that its
+    /// first calls need). A std mutex: one read or write at a time.
     events_gap_at: Mutex<Option<Instant>>,
-    /// Whether this process has held a lock-event subscription yet.
-    ever_subscribed: AtomicBool,
+    /// Polling since the last subscription (a fallback, or a subscription
+    /// lost or refused): the next subscription closes a gap.
+    polled_since_subscribed: AtomicBool,
 }
 
 /// The replicated task settings as shard tasks need them.
@@ -393,7 +395,7 @@ impl WorkerShared {
             task_state: watch::channel(TaskRunState::default()).0,
             sweep_grid: schedule::SweepGrid::new(Instant::now(), settings_sweep),
             events_gap_at: Mutex::new(None),
-            ever_subscribed: AtomicBool::new(false),
+            polled_since_subscribed: AtomicBool::new(false),
         })
     }
 
@@ -564,11 +566,15 @@ impl WorkerShared {
 
     /// Records the scheduling mode; a mode change or a new subscription
     /// bumps the generation, so every shard task sweeps (its known queues);
-    /// after a fallback or a resubscription the next heartbeats also ask the
-    /// leader for discovery (new queues whose events were missed; see
+    /// after a fallback to polling, and after the subscription that ends
+    /// one, the next heartbeats also ask the leader for discovery (new queues whose events were missed; see
     /// [`Self::needs_discovery`]).
     pub(crate) fn set_scheduling(&self, mode: events::Mode, subscribed: bool, reason: String) {
-        let resubscription = subscribed && self.ever_subscribed.swap(true, Ordering::SeqCst);
+        if mode == events::Mode::Polling {
+            self.polled_since_subscribed.store(true, Ordering::SeqCst);
+        }
+        let after_polling =
+            subscribed && self.polled_since_subscribed.swap(false, Ordering::SeqCst);
         let mut gap = false;
         self.scheduling.send_if_modified(|s| {
             let bump = s.mode != mode || (subscribed && !s.subscribed);
@@ -578,14 +584,12 @@ impl WorkerShared {
             s.reason = reason;
             if bump {
                 s.generation += 1;
-                gap = mode == events::Mode::Polling || resubscription;
+                gap = mode == events::Mode::Polling || after_polling;
             }
             changed
         });
         if gap {
-            *lock(&self.events_gap_at) = Some(Instant::now());
-            // Tell the leader now, not at the next heartbeat.
-            self.report_now.notify_one();
+            self.note_events_gap();
         }
         self.metrics
             .scheduling
@@ -595,6 +599,13 @@ impl WorkerShared {
             .scheduling
             .queue_events_subscribed
             .set(i64::from(subscribed));
+    }
+
+    /// Records that lock events may have been missed just now, and tells
+    /// the leader at once rather than at the next heartbeat.
+    pub(crate) fn note_events_gap(&self) {
+        *lock(&self.events_gap_at) = Some(Instant::now());
+        self.report_now.notify_one();
     }
 
     /// Whether this node cannot count on lock events to adopt new queues
@@ -758,31 +769,42 @@ mod tests {
 
     #[test]
     fn a_resubscription_asks_for_discovery_for_a_lease_and_margin() {
-        let shared = shared();
+        let node = shared();
         let now = Instant::now();
         // Polling (the state before the first check): always.
-        assert!(shared.needs_discovery(now));
+        assert!(node.needs_discovery(now));
         // The check finds events, and the first subscription: not asked
         // (the leader discovers after the moves that brought the shards).
-        shared.set_scheduling(events::Mode::Events, false, String::new());
-        shared.set_scheduling(events::Mode::Events, true, String::new());
-        assert!(!shared.needs_discovery(Instant::now()));
+        node.set_scheduling(events::Mode::Events, false, String::new());
+        node.set_scheduling(events::Mode::Events, true, String::new());
+        assert!(!node.needs_discovery(Instant::now()));
+        // Unsubscribed on purpose (no shards left), then back: not asked.
+        node.set_scheduling(events::Mode::Events, false, String::new());
+        node.set_scheduling(events::Mode::Events, true, String::new());
+        assert!(!node.needs_discovery(Instant::now()));
         // Lost (polling meanwhile), then subscribed again: asked, for a
         // lease and margin after the resubscription.
-        shared.set_scheduling(events::Mode::Polling, false, "resubscribing".into());
-        assert!(shared.needs_discovery(Instant::now()));
-        shared.set_scheduling(events::Mode::Events, true, String::new());
+        node.set_scheduling(events::Mode::Polling, false, "resubscribing".into());
+        assert!(node.needs_discovery(Instant::now()));
+        node.set_scheduling(events::Mode::Events, true, String::new());
         let at = Instant::now();
         let window = Duration::from_millis(1_300);
-        assert!(shared.needs_discovery(at + window / 2));
-        assert!(!shared.needs_discovery(at + window));
-        // Unsubscribed on purpose (no shards left), then back: asked too.
-        shared.set_scheduling(events::Mode::Events, false, String::new());
-        shared.set_scheduling(events::Mode::Events, true, String::new());
-        assert!(shared.needs_discovery(Instant::now() + window / 2));
-        assert!(!shared.needs_discovery(Instant::now() + window * 2));
+        assert!(node.needs_discovery(at + window / 2));
+        assert!(!node.needs_discovery(at + window));
+        // A full inbox dropped a name: asked.
+        assert!(!node.needs_discovery(Instant::now() + window * 2));
+        node.note_events_gap();
+        assert!(node.needs_discovery(Instant::now() + window / 2));
+        // Started without events, which appear later: asked at the
+        // subscription, whose events start only then.
+        let late = shared();
+        late.set_scheduling(events::Mode::Polling, false, "no events".into());
+        late.set_scheduling(events::Mode::Events, true, String::new());
+        let at = Instant::now();
+        assert!(late.needs_discovery(at + window / 2));
+        assert!(!late.needs_discovery(at + window));
         // Falling back to polling: for as long as it lasts.
-        shared.set_scheduling(events::Mode::Polling, false, "no events".into());
-        assert!(shared.needs_discovery(Instant::now() + window * 10));
+        node.set_scheduling(events::Mode::Polling, false, "no events".into());
+        assert!(node.needs_discovery(Instant::now() + window * 10));
     }
 }

@@ -104,7 +104,8 @@ impl Coordinator {
                 *lock(&self.inner.queues) = Default::default();
             }
             if leads && self.discovery_needed(Instant::now()) {
-                // A node fell back to polling since the last discovery.
+                // A shard owner polls or may have missed events since the
+                // last discovery.
                 next_discovery = next_discovery.min(Instant::now() + POLLING_DISCOVERY);
             }
             if leads && Instant::now() >= next_discovery {
