@@ -567,8 +567,8 @@ impl WorkerShared {
     /// Records the scheduling mode; a mode change or a new subscription
     /// bumps the generation, so every shard task sweeps (its known queues);
     /// after a fallback to polling, and after the subscription that ends
-    /// one, the next heartbeats also ask the leader for discovery (new queues whose events were missed; see
-    /// [`Self::needs_discovery`]).
+    /// one, the next heartbeats also ask the leader for discovery (new
+    /// queues whose events were missed; see [`Self::needs_discovery`]).
     pub(crate) fn set_scheduling(&self, mode: events::Mode, subscribed: bool, reason: String) {
         if mode == events::Mode::Polling {
             self.polled_since_subscribed.store(true, Ordering::SeqCst);

@@ -119,9 +119,10 @@ impl Coordinator {
 
     /// Runs one discovery; returns when the next one is due. A failed
     /// discovery is retried soon, not a whole interval later. Without queue
-    /// events (this node's check says Redis publishes none, or a node's
-    /// heartbeat says it polls), discovery is the only way owners learn of
-    /// new queues: run it at least every `POLLING_DISCOVERY`.
+    /// events (this node's check says Redis publishes none, or a shard
+    /// owner's heartbeat says it polls or may have missed events), discovery
+    /// is the only way owners learn of new queues: run it at least every
+    /// `POLLING_DISCOVERY`.
     async fn discovery(&self, memory: &mut DiscoveryMemory) -> Instant {
         let interval = self.inner.settings.discovery_interval;
         let polling = self.discovery_needed(Instant::now());

@@ -91,9 +91,9 @@ impl NodesNeedingDiscovery {
         }
     }
 
-    /// Whether a node said it needs discovery within `window` before `now`; forgets
-    /// the ones that have not (a node that stopped heartbeating no longer
-    /// counts).
+    /// Whether a node said it needs discovery within `window` before `now`;
+    /// forgets the ones that have not (a node that stopped heartbeating no
+    /// longer counts).
     pub(super) fn any_within(&mut self, now: Instant, window: Duration) -> bool {
         self.since
             .retain(|_, at| now.saturating_duration_since(*at) < window);
