@@ -46,7 +46,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -64,13 +64,6 @@ pub const INBOX_LIMIT: usize = 65_536;
 pub const RECHECK: Duration = Duration::from_secs(30);
 /// Longest wait between attempts to (re)subscribe after a failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// The first wait before resubscribing.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// A subscription that lasted this long was healthy: losing it starts the
-/// back-off afresh. One lost sooner (a connection that is accepted and then
-/// dropped, over and over) backs off like a failed attempt, so it does not
-/// cost a sweep of every queue and a discovery request ten times a second.
-const STABLE_SUBSCRIPTION: Duration = Duration::from_secs(10);
 /// How long the start-up check may wait for a store that is down.
 const START_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -254,7 +247,7 @@ pub async fn run_subscriber(shared: Arc<WorkerShared>, mut stop: ShutdownListene
     }
     let store: SharedStore = shared.store.clone();
     let mut running = shared.watch_running_count();
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Duration::from_millis(100);
     loop {
         if wait_for_shards(&shared, &store, &mut running, &mut stop)
             .await
@@ -268,15 +261,13 @@ pub async fn run_subscriber(shared: Arc<WorkerShared>, mut stop: ShutdownListene
         };
         let wait = match attempt {
             Ok(events) => {
-                let subscribed_at = Instant::now();
+                backoff = Duration::from_millis(100);
                 let Some(lost) = follow(&shared, events, &mut running, &mut stop).await else {
                     return;
                 };
                 if lost {
-                    backoff = backoff_after_loss(backoff, subscribed_at.elapsed());
                     backoff
                 } else {
-                    backoff = FIRST_BACKOFF;
                     Duration::ZERO
                 }
             }
@@ -359,17 +350,6 @@ async fn follow(
     Some(lost)
 }
 
-/// The wait before resubscribing after a subscription that lived `lived`
-/// was lost, given the wait before the last attempt (see
-/// [`STABLE_SUBSCRIPTION`]).
-fn backoff_after_loss(backoff: Duration, lived: Duration) -> Duration {
-    if lived >= STABLE_SUBSCRIPTION {
-        FIRST_BACKOFF
-    } else {
-        (backoff * 2).min(MAX_BACKOFF)
-    }
-}
-
 /// Polls after a failed subscription; returns how long to wait before the
 /// next attempt (doubling `backoff` on errors other than missing events).
 fn subscription_failed(shared: &WorkerShared, e: StoreError, backoff: &mut Duration) -> Duration {
@@ -391,24 +371,6 @@ fn subscription_failed(shared: &WorkerShared, e: StoreError, backoff: &mut Durat
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_subscription_lost_soon_after_it_started_backs_off() {
-        let ms = Duration::from_millis;
-        // Lost after a healthy while: back to the first wait.
-        assert_eq!(backoff_after_loss(ms(3_200), ms(60_000)), FIRST_BACKOFF);
-        // Flapping: each quick loss doubles the wait, up to the cap.
-        let mut wait = FIRST_BACKOFF;
-        let mut waits = Vec::new();
-        for _ in 0..8 {
-            wait = backoff_after_loss(wait, ms(50));
-            waits.push(wait.as_millis());
-        }
-        assert_eq!(
-            waits,
-            vec![200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000]
-        );
-    }
 
     #[test]
     fn an_inbox_coalesces_and_overflows_into_a_sweep() {
