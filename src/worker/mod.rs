@@ -17,8 +17,11 @@
 //!   ([`queue_lists`], [`queue_stats`]), apart from heartbeats; the
 //!   statistics feed the leader-only queue gauges.
 //! - [`events`]: the lock-event subscription that tells shard tasks of new
-//!   locks at once; [`schedule`]: each shard's timers (exact due times,
-//!   a sweep as the safety net, coalescing).
+//!   locks at once; `event_gaps`: the node's scheduling mode and when events
+//!   may have been missed; [`schedule`]: each shard's timers (exact due
+//!   times, a sweep as the safety net, coalescing).
+//! - `settings`: the timings the worker runs with; `freeze`: the test hook
+//!   that stands in for a paused process.
 //!
 //! # Invariants
 //!
@@ -41,15 +44,21 @@
 
 pub mod coordinator;
 mod discovery;
+mod event_gaps;
 pub mod events;
+mod freeze;
 pub mod heartbeat;
 pub mod queue_lists;
 pub mod queue_stats;
 pub mod runner;
 pub mod schedule;
 pub mod service;
+mod settings;
 mod shard_queues;
 pub mod sync;
+
+pub use freeze::Freeze;
+pub use settings::WorkerSettings;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -60,63 +69,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::cluster::lease::Lease;
-use crate::config::NodeConfig;
 use crate::locks::lock;
 use crate::raft::NodeId;
 use crate::store::{LockKind, SharedStore};
-
-/// Timing the worker and coordinator run with (from `[worker]` and `[raft]`).
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    pub heartbeat_interval: Duration,
-    pub lease: Duration,
-    pub lease_margin: Duration,
-    pub pass_interval: Duration,
-    pub plan_interval: Duration,
-    pub max_releases_per_round: usize,
-    pub discovery_interval: Duration,
-    /// A leader acknowledges heartbeats only if a quorum acknowledged it
-    /// within this long (so a deposed leader cannot renew leases).
-    pub leader_freshness: Duration,
-    /// Most elements per housekeeping call.
-    pub batch: usize,
-    /// Whether lock events are used (`tasks.notifications`).
-    pub notifications: crate::config::NotificationMode,
-    /// With lock events: the longest a queue goes without a call.
-    pub sweep_interval: Duration,
-    /// Without lock events: the longest a queue goes without a call.
-    pub poll_interval: Duration,
-    /// Least time between two calls on one queue (except while draining).
-    pub call_spacing: Duration,
-    /// Housekeeping calls in flight at once per shard.
-    pub concurrency: usize,
-    /// How long a new leader waits before serving queue gauges:
-    /// `leader_freshness + metrics.scrape_interval`.
-    pub gauge_holdoff: Duration,
-}
-
-impl WorkerSettings {
-    pub fn from_config(config: &NodeConfig) -> Self {
-        let w = &config.worker;
-        Self {
-            heartbeat_interval: w.heartbeat_interval,
-            lease: w.lease,
-            lease_margin: w.lease_margin,
-            pass_interval: w.pass_interval,
-            plan_interval: w.plan_interval,
-            max_releases_per_round: w.max_releases_per_round,
-            discovery_interval: w.discovery_interval,
-            leader_freshness: config.raft.election_timeout_min,
-            batch: config.tasks.batch,
-            notifications: config.tasks.notifications,
-            sweep_interval: config.tasks.sweep_interval,
-            poll_interval: config.tasks.poll_interval,
-            call_spacing: config.tasks.call_spacing,
-            concurrency: config.tasks.concurrency,
-            gauge_holdoff: config.raft.election_timeout_min + config.metrics.scrape_interval,
-        }
-    }
-}
 
 /// When this node last called a queue (its counts are in the Prometheus
 /// counters only: see [`WorkerShared::counts`]).
@@ -125,84 +80,6 @@ pub struct WorkerStats {
     /// Wall-clock ms of the last call and of the last successful one (0: never).
     pub last_run_ms: AtomicU64,
     pub last_success_ms: AtomicU64,
-}
-
-/// Test hook standing in for SIGSTOP: while frozen, heartbeats stop and
-/// every shard task parks right **after** its lease check and before its
-/// store operation, the worst moment for a pause. [`Freeze::park_calls`]
-/// parks the calls only, the heartbeats going on (a call stuck in the
-/// store, not a paused process).
-#[derive(Debug)]
-pub struct Freeze {
-    mode: watch::Sender<FreezeMode>,
-    /// Calls parked at the gate right now, per shard.
-    parked_shards: Mutex<BTreeMap<u32, usize>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FreezeMode {
-    Off,
-    /// Calls park at the gate; heartbeats go on.
-    Calls,
-    /// Calls park and heartbeats stop: a paused process.
-    Process,
-}
-
-impl Default for Freeze {
-    fn default() -> Self {
-        Self {
-            mode: watch::channel(FreezeMode::Off).0,
-            parked_shards: Mutex::new(BTreeMap::new()),
-        }
-    }
-}
-
-impl Freeze {
-    /// A paused process: calls park and heartbeats stop.
-    pub fn freeze(&self) {
-        self.mode.send_replace(FreezeMode::Process);
-    }
-
-    /// Calls park; heartbeats go on, so the lease stays valid.
-    pub fn park_calls(&self) {
-        self.mode.send_replace(FreezeMode::Calls);
-    }
-
-    pub fn thaw(&self) {
-        self.mode.send_replace(FreezeMode::Off);
-    }
-
-    /// Whether the process stands paused (heartbeats stop).
-    pub fn is_frozen(&self) -> bool {
-        *self.mode.borrow() == FreezeMode::Process
-    }
-
-    /// Shards with at least one call parked right now.
-    pub fn parked_shards(&self) -> std::collections::BTreeSet<u32> {
-        lock(&self.parked_shards).keys().copied().collect()
-    }
-
-    /// Calls of `shard` parked right now.
-    pub fn parked_calls(&self, shard: u32) -> usize {
-        lock(&self.parked_shards).get(&shard).copied().unwrap_or(0)
-    }
-
-    /// Passes at once unless calls are parked; then waits for the thaw.
-    async fn gate(&self, shard: u32) {
-        if *self.mode.borrow() == FreezeMode::Off {
-            return;
-        }
-        *lock(&self.parked_shards).entry(shard).or_default() += 1;
-        let mut rx = self.mode.subscribe();
-        let _ = rx.wait_for(|mode| *mode == FreezeMode::Off).await;
-        let mut shards = lock(&self.parked_shards);
-        if let Some(n) = shards.get_mut(&shard) {
-            *n -= 1;
-            if *n == 0 {
-                shards.remove(&shard);
-            }
-        }
-    }
 }
 
 /// A node's housekeeping counts (see [`WorkerShared::counts`]).
@@ -318,16 +195,11 @@ pub struct WorkerShared {
     /// One grid for every shard task of this node, so that their sweeps
     /// fall due together (see `schedule`).
     pub(crate) sweep_grid: schedule::SweepGrid,
-    /// When this node last could have missed lock events: it fell back to
-    /// polling, subscribed after polling, or dropped announced names (a full
-    /// inbox). A queue whose first event fell in such a gap is not adopted;
-    /// heartbeats say so for `lease + lease_margin` after it (see
-    /// [`Self::needs_discovery`]), so the leader discovers at the polling
-    /// pace meanwhile. Not at a first subscription, nor one after an
-    /// unsubscription on purpose: shards come with moves, and the leader
-    /// discovers `DISCOVERY_AFTER_MOVES` after those anyway (extra
-    /// discoveries at start-up cost a million-queue cluster CPU that its
-    /// first calls need). A std mutex: one read or write at a time.
+    /// When this node last could have missed lock events (see `event_gaps`
+    /// for when): a queue whose first event fell in such a gap is not
+    /// adopted, so heartbeats ask the leader for discovery for
+    /// `lease + lease_margin` after it ([`Self::needs_discovery`]). A std
+    /// mutex: one read or write at a time.
     events_gap_at: Mutex<Option<Instant>>,
     /// Polling since the last subscription (a fallback, or a subscription
     /// lost or refused): the next subscription closes a gap.
@@ -556,70 +428,6 @@ impl WorkerShared {
         (self.incarnation, self.report_seq.load(Ordering::SeqCst))
     }
 
-    pub fn scheduling(&self) -> events::Scheduling {
-        self.scheduling.borrow().clone()
-    }
-
-    pub fn watch_scheduling(&self) -> watch::Receiver<events::Scheduling> {
-        self.scheduling.subscribe()
-    }
-
-    /// Records the scheduling mode; a mode change or a new subscription
-    /// bumps the generation, so every shard task sweeps (its known queues);
-    /// after a fallback to polling, and after the subscription that ends
-    /// one, the next heartbeats also ask the leader for discovery (new
-    /// queues whose events were missed; see [`Self::needs_discovery`]).
-    pub(crate) fn set_scheduling(&self, mode: events::Mode, subscribed: bool, reason: String) {
-        if mode == events::Mode::Polling {
-            self.polled_since_subscribed.store(true, Ordering::SeqCst);
-        }
-        let after_polling =
-            subscribed && self.polled_since_subscribed.swap(false, Ordering::SeqCst);
-        let mut gap = false;
-        self.scheduling.send_if_modified(|s| {
-            let bump = s.mode != mode || (subscribed && !s.subscribed);
-            let changed = bump || s.subscribed != subscribed || s.reason != reason;
-            s.mode = mode;
-            s.subscribed = subscribed;
-            s.reason = reason;
-            if bump {
-                s.generation += 1;
-                gap = mode == events::Mode::Polling || after_polling;
-            }
-            changed
-        });
-        if gap {
-            self.note_events_gap();
-        }
-        self.metrics
-            .scheduling
-            .polling
-            .set(i64::from(mode == events::Mode::Polling));
-        self.metrics
-            .scheduling
-            .queue_events_subscribed
-            .set(i64::from(subscribed));
-    }
-
-    /// Records that lock events may have been missed just now, and tells
-    /// the leader at once rather than at the next heartbeat.
-    pub(crate) fn note_events_gap(&self) {
-        *lock(&self.events_gap_at) = Some(Instant::now());
-        self.report_now.notify_one();
-    }
-
-    /// Whether this node cannot count on lock events to adopt new queues
-    /// right now: it polls, or it could have missed events within the last
-    /// `lease + lease_margin` (long enough for several heartbeats to carry
-    /// it, so one lost heartbeat does not hide it from the leader).
-    pub fn needs_discovery(&self, now: Instant) -> bool {
-        if self.scheduling.borrow().mode == events::Mode::Polling {
-            return true;
-        }
-        let window = self.settings.lease + self.settings.lease_margin;
-        lock(&self.events_gap_at).is_some_and(|at| now.saturating_duration_since(at) < window)
-    }
-
     pub fn shard_count(&self) -> u32 {
         self.shard_count.load(Ordering::Relaxed)
     }
@@ -710,7 +518,9 @@ impl WorkerShared {
 mod tests {
     use super::*;
 
-    fn shared() -> Arc<WorkerShared> {
+    /// A node's shared state with the default test settings (also for the
+    /// tests of `event_gaps`).
+    pub(super) fn shared() -> Arc<WorkerShared> {
         let settings = WorkerSettings {
             heartbeat_interval: Duration::from_millis(200),
             lease: Duration::from_secs(1),
@@ -765,46 +575,5 @@ mod tests {
         assert!(shared.stop_running(3, new_task, 5));
         assert!(shared.running().is_empty());
         assert!(lock(&shared.inboxes).is_empty());
-    }
-
-    #[test]
-    fn a_resubscription_asks_for_discovery_for_a_lease_and_margin() {
-        let node = shared();
-        let now = Instant::now();
-        // Polling (the state before the first check): always.
-        assert!(node.needs_discovery(now));
-        // The check finds events, and the first subscription: not asked
-        // (the leader discovers after the moves that brought the shards).
-        node.set_scheduling(events::Mode::Events, false, String::new());
-        node.set_scheduling(events::Mode::Events, true, String::new());
-        assert!(!node.needs_discovery(Instant::now()));
-        // Unsubscribed on purpose (no shards left), then back: not asked.
-        node.set_scheduling(events::Mode::Events, false, String::new());
-        node.set_scheduling(events::Mode::Events, true, String::new());
-        assert!(!node.needs_discovery(Instant::now()));
-        // Lost (polling meanwhile), then subscribed again: asked, for a
-        // lease and margin after the resubscription.
-        node.set_scheduling(events::Mode::Polling, false, "resubscribing".into());
-        assert!(node.needs_discovery(Instant::now()));
-        node.set_scheduling(events::Mode::Events, true, String::new());
-        let at = Instant::now();
-        let window = Duration::from_millis(1_300);
-        assert!(node.needs_discovery(at + window / 2));
-        assert!(!node.needs_discovery(at + window));
-        // A full inbox dropped a name: asked.
-        assert!(!node.needs_discovery(Instant::now() + window * 2));
-        node.note_events_gap();
-        assert!(node.needs_discovery(Instant::now() + window / 2));
-        // Started without events, which appear later: asked at the
-        // subscription, whose events start only then.
-        let late = shared();
-        late.set_scheduling(events::Mode::Polling, false, "no events".into());
-        late.set_scheduling(events::Mode::Events, true, String::new());
-        let at = Instant::now();
-        assert!(late.needs_discovery(at + window / 2));
-        assert!(!late.needs_discovery(at + window));
-        // Falling back to polling: for as long as it lasts.
-        node.set_scheduling(events::Mode::Polling, false, "no events".into());
-        assert!(node.needs_discovery(Instant::now() + window * 10));
     }
 }
