@@ -233,8 +233,9 @@ def node_calls():
 def measure_quiet(redis, pids, settle_s):
     """The first `settle_s` after start (start-up: discovery, first sweep) and
     then a steady window of QUIET_S: 30 s spans one sweep interval and one
-    discovery interval (the defaults): the steady rate of both, not a
-    window that a discovery may or may not fall into."""
+    discovery interval (the defaults), so a discovery does not fall in or
+    out of it by chance. Its sweeps are the second round after start-up,
+    about 10 % under the long-run rate (docs/benchmarks.md)."""
     first = measure_idle(redis, pids, settle_s)
     steady = measure_idle(redis, pids, QUIET_S)
     steady["startup_window"] = first

@@ -8,7 +8,7 @@
 //! leader or follower, turned its Raft core every 10 ms, whether or not a
 //! heartbeat or an election was due. On an idle node that tick was the
 //! largest single source of wake-ups (and on a virtual machine every timer
-//! wake-up is paid for), which kept an idle node above 1 % of a core.
+//! wake-up is paid for).
 //!
 //! # Design
 //!

@@ -273,7 +273,9 @@ impl LeaderQueueStats {
             .collect()
     }
 
-    /// Every queue's figures from shards `current(shard, node, epoch)` accepts.
+    /// Every queue's figures from shards `current(shard, node, epoch)` accepts
+    /// (the tests' flat view of [`Self::current_rows`]).
+    #[cfg(test)]
     pub fn union(&self, current: impl Fn(u32, NodeId, u64) -> bool) -> Vec<(String, QueueSizes)> {
         self.current_rows(current)
             .iter()

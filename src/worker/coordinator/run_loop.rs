@@ -103,13 +103,14 @@ impl Coordinator {
                 memory = DiscoveryMemory::default();
                 *lock(&self.inner.queues) = Default::default();
             }
-            if leads && self.discovery_needed(Instant::now()) {
+            let needed = leads && self.discovery_needed(Instant::now());
+            if needed {
                 // A shard owner polls or may have missed events since the
                 // last discovery.
                 next_discovery = next_discovery.min(Instant::now() + POLLING_DISCOVERY);
             }
             if leads && Instant::now() >= next_discovery {
-                next_discovery = self.discovery(&mut memory).await;
+                next_discovery = self.discovery(&mut memory, needed).await;
             }
             let outcome = self.plan_round().await;
             last_round = Instant::now();
@@ -122,11 +123,10 @@ impl Coordinator {
     /// events (this node's check says Redis publishes none, or a shard
     /// owner's heartbeat says it polls or may have missed events), discovery
     /// is the only way owners learn of new queues: run it at least every
-    /// `POLLING_DISCOVERY`.
-    async fn discovery(&self, memory: &mut DiscoveryMemory) -> Instant {
+    /// `POLLING_DISCOVERY`; `needed` says so (`discovery_needed`, just asked).
+    async fn discovery(&self, memory: &mut DiscoveryMemory, needed: bool) -> Instant {
         let interval = self.inner.settings.discovery_interval;
-        let polling = self.discovery_needed(Instant::now());
-        let interval = if polling {
+        let interval = if needed {
             interval.min(POLLING_DISCOVERY)
         } else {
             interval
