@@ -26,7 +26,8 @@ async fn three_nodes_elect_fail_over_and_recover_from_disk() {
 
     // Stop the leader abruptly: the survivors elect a new one and agree on it.
     cluster.crash(first).await;
-    let second = cluster.wait_for_leader().await;
+    // Writable: the write below comes right after the election.
+    let second = cluster.wait_for_writable_leader().await;
     assert_ne!(second, first);
     assert_eq!(
         cluster.leaders(),
@@ -98,7 +99,8 @@ async fn five_nodes_keep_a_leader_with_two_stopped() {
         .expect("a follower");
     cluster.crash(first).await;
     cluster.crash(follower).await;
-    let leader = cluster.wait_for_leader().await;
+    // Writable: the write below comes right after the election.
+    let leader = cluster.wait_for_writable_leader().await;
     assert!(leader != first && leader != follower);
     assert_eq!(cluster.leaders(), vec![leader]);
     cluster.nodes[&leader]

@@ -236,6 +236,28 @@ impl TestCluster {
         .await
     }
 
+    /// [`Self::wait_for_leader`], and then until that leader accepts writes:
+    /// a new leader refuses them (`ForwardToLeader`, `LeaseExpired`) until a
+    /// quorum has acknowledged it within its lease, openraft's
+    /// `election_timeout_max`, which the first replication after the
+    /// election brings. Waits for an acknowledgement younger than half the
+    /// lease, so the write that follows finds the lease still valid.
+    pub async fn wait_for_writable_leader(&self) -> NodeId {
+        wait_until(
+            "all running nodes agree on a leader a quorum acknowledged",
+            || async {
+                let leader = self.agreed_leader()?;
+                let lease = self.configs[&leader].raft.election_timeout_max;
+                let m = self.nodes[&leader].metrics();
+                m.last_quorum_acked
+                    .as_ref()
+                    .is_some_and(|at| openraft::Instant::elapsed(&**at) < lease / 2)
+                    .then_some(leader)
+            },
+        )
+        .await
+    }
+
     /// Every running node except `leader`, in id order.
     pub fn followers_of(&self, leader: NodeId) -> Vec<NodeId> {
         self.nodes
