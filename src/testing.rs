@@ -32,8 +32,35 @@ pub enum RedisServerError {
     Cluster(String),
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Ports handed to other processes come from below Linux's ephemeral range
+/// (32768–60999 by default): a port there that was free a moment ago can be
+/// taken as the source port of any outgoing loopback connection (Redis,
+/// gRPC) before the process it was meant for binds it.
+const HANDED_OUT_PORTS: std::ops::Range<u16> = 15_000..32_000;
+
+/// A loopback port nothing listens on right now, for a process started
+/// next. Each call of this process tries a different port (tests run in
+/// parallel), from a random start so that two test processes rarely meet.
+pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = HANDED_OUT_PORTS.end - HANDED_OUT_PORTS.start;
+    let _ = NEXT.compare_exchange(
+        0,
+        rand::random_range(1..span),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let mut last_error = None;
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = HANDED_OUT_PORTS.start + offset;
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free loopback port")))
 }
 
 impl RedisServer {

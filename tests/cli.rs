@@ -16,8 +16,7 @@ fn repo_root() -> PathBuf {
 /// A free loopback port: bound on port 0, read back, released for a child
 /// process to bind.
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("addr").port()
+    deckhand::testing::free_port().expect("a free loopback port")
 }
 
 #[derive(Clone, Copy)]
