@@ -26,13 +26,19 @@ fn report(node: NodeId, applied_index: u64) -> HeartbeatRequest {
 /// Commits one more entry (a task trigger) through the leader `raft`:
 /// its log index.
 async fn write_one(raft: &Raft) -> Option<u64> {
-    let written = raft
+    match raft
         .client_write(Command::TriggerTask {
             task: TaskKind::Unlock,
         })
         .await
-        .ok()?;
-    Some(written.log_id().index())
+    {
+        Ok(written) => Some(written.log_id().index()),
+        Err(e) => {
+            // Shown with a failing test's output.
+            eprintln!("write refused: {e}");
+            None
+        }
+    }
 }
 
 /// Commits one entry through whichever node leads at the time: on a loaded
@@ -191,7 +197,7 @@ async fn a_leader_that_cannot_apply_its_own_log_hands_leadership_off() {
     use deckhand::worker::coordinator::CoordError;
 
     let cluster = TestCluster::start(3).await;
-    let leader = cluster.wait_for_leader().await;
+    let leader = cluster.wait_for_writable_leader().await;
     let raft = &cluster.nodes[&leader].raft;
     let coordinator = &cluster.nodes[&leader].coordinator;
     let index = write_one(raft).await.expect("write");
