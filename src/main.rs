@@ -272,12 +272,14 @@ fn main() -> ExitCode {
 /// (tokio's own default is one per core).
 ///
 /// Two, because a second worker makes it less likely that a long piece of
-/// work holds up Raft's timers and heartbeats (tokio reserves no worker,
-/// so it is not a guarantee): with a single worker,
-/// `scripts/scale-check.py` (a million queues, the leader's queue gauges
-/// scraped) saw the leader let followers' leases run out. More than two
-/// mostly add wake-ups to an idle node: a node's own work is waiting on
-/// Redis, which does the moves, and on its peers.
+/// work holds up the worker heartbeats that renew leases, or the leader's
+/// answers to them (tokio reserves no worker, so it is not a guarantee;
+/// Raft itself runs on a thread of its own, `raft::runtime`): with a single
+/// worker, `scripts/scale-check.py` (a million queues, the leader's queue
+/// gauges scraped) saw the leader let followers' leases run out, before
+/// Raft had its own thread. More than two mostly add wake-ups to an idle
+/// node: a node's own work is waiting on Redis, which does the moves, and
+/// on its peers.
 const NODE_WORKER_THREADS: usize = 2;
 
 /// A multi-thread runtime with `TOKIO_WORKER_THREADS` workers if set (a

@@ -234,8 +234,20 @@ impl SenderCheck {
         if !self.tls {
             return Ok(());
         }
-        let certs = request.peer_certs();
-        check_sender(certs.as_deref().map(Vec::as_slice), claimed).map_err(|e| {
+        self.check_certs(request.peer_certs().as_deref().map(Vec::as_slice), claimed)
+    }
+
+    /// [`Self::check`] for a stream's messages: `certs` are the caller's,
+    /// read once from the stream's opening request.
+    pub fn check_certs(
+        &self,
+        certs: Option<&[CertificateDer<'_>]>,
+        claimed: NodeId,
+    ) -> Result<(), tonic::Status> {
+        if !self.tls {
+            return Ok(());
+        }
+        check_sender(certs, claimed).map_err(|e| {
             match self.warnings.allow(Instant::now()) {
                 Some(suppressed) => tracing::warn!(
                     claimed,

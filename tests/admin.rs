@@ -90,15 +90,76 @@ async fn garbage_on_the_raft_address_is_invalid_argument() {
     let mut raft = RaftServiceClient::new(channel(cluster.nodes[&leader].raft_addr()).await);
     let garbage = RaftPayload {
         data: b"\xff not json".to_vec(),
+        seq: 1,
     };
     let err = raft
         .append_entries(garbage.clone())
         .await
         .expect_err("rejected");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
-    let err = raft.vote(garbage).await.expect_err("rejected");
+    let err = raft.vote(garbage.clone()).await.expect_err("rejected");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // On the AppendEntries stream: the same status, and the stream ends.
+    let answers = raft
+        .append_stream(tokio_stream::iter(vec![garbage.clone(), garbage]))
+        .await
+        .expect("the stream opens");
+    let mut answers = answers.into_inner();
+    let err = answers
+        .next()
+        .await
+        .expect("an answer")
+        .expect_err("rejected");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(
+        answers.next().await.is_none(),
+        "the first error ends the stream"
+    );
     // The node is unharmed.
+    assert_eq!(cluster.wait_for_leader().await, leader);
+    cluster.shutdown().await;
+}
+
+/// Every request on the AppendEntries stream gets one answer, in order,
+/// echoing its number: here a stranger's AppendEntries at term 0, which
+/// the leader refuses by naming its own vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_append_stream_answers_each_request_in_order_with_its_number() {
+    use deckhand::raft::TypeConfig;
+    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+    let cluster = TestCluster::start(1).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut raft = RaftServiceClient::new(channel(cluster.nodes[&leader].raft_addr()).await);
+    let stale = AppendEntriesRequest::<TypeConfig> {
+        vote: deckhand::raft::Vote::new(0, 99),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: vec![],
+    };
+    let data = serde_json::to_vec(&stale).expect("encodes");
+    let requests: Vec<RaftPayload> = [7, 8, 42]
+        .into_iter()
+        .map(|seq| RaftPayload {
+            data: data.clone(),
+            seq,
+        })
+        .collect();
+    let mut answers = raft
+        .append_stream(tokio_stream::iter(requests))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    for seq in [7, 8, 42] {
+        let answer = answers.next().await.expect("an answer").expect("answered");
+        assert_eq!(answer.seq, seq);
+        let response: AppendEntriesResponse<TypeConfig> =
+            serde_json::from_slice(&answer.data).expect("decodes");
+        assert!(
+            matches!(response, AppendEntriesResponse::HigherVote(_)),
+            "a stale sender is told the higher vote: {response:?}"
+        );
+    }
+    assert!(answers.next().await.is_none(), "ends when the requests end");
     assert_eq!(cluster.wait_for_leader().await, leader);
     cluster.shutdown().await;
 }

@@ -36,6 +36,14 @@ const DECODE_FAILURES: &[(&str, &str)] = &[
     ("11", "Error, encoded message length too large"),
 ];
 
+/// Whether a status with this numeric code and message is tonic's answer
+/// to an undecodable request.
+pub fn is_decode_failure(code: &str, message: &str) -> bool {
+    DECODE_FAILURES
+        .iter()
+        .any(|(c, prefix)| code == *c && message.starts_with(prefix))
+}
+
 /// Rewrites the status of a trailers-only response if it is a decode failure.
 pub fn rewrite(headers: &mut http::HeaderMap) {
     let status = headers.get("grpc-status").and_then(|v| v.to_str().ok());
@@ -44,10 +52,7 @@ pub fn rewrite(headers: &mut http::HeaderMap) {
         .and_then(|v| v.to_str().ok())
         .map(|m| m.replace("%20", " "))
         .unwrap_or_default();
-    let is_decode_failure = DECODE_FAILURES
-        .iter()
-        .any(|(code, prefix)| status == Some(code) && message.starts_with(prefix));
-    if is_decode_failure {
+    if status.is_some_and(|code| is_decode_failure(code, &message)) {
         headers.insert("grpc-status", HeaderValue::from_static("3"));
     }
 }

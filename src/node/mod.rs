@@ -31,9 +31,11 @@
 //!   returns. Tasks spawned by others are not: openraft's state machine
 //!   worker and replication streams, a blocking fsync, the servers'
 //!   connection tasks. Only the first three hold storage (services read a
-//!   [`store::AppliedView`], which holds none), and they end on their own;
-//!   so both wait (at most [`STORAGE_RELEASE_DEADLINE`], logged if it
-//!   passes) until the storage is released and the data dir may be reopened.
+//!   [`store::AppliedView`], which holds none). openraft's tasks run on the
+//!   Raft thread ([`crate::raft::runtime`]), stopped after the node's own
+//!   tasks, which drops them; then both wait (at most
+//!   [`STORAGE_RELEASE_DEADLINE`], logged if it passes) until the storage is
+//!   released and the data dir may be reopened.
 
 pub mod bootstrap;
 mod creation;
@@ -54,6 +56,7 @@ use crate::config::NodeConfig;
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
 use crate::proto::worker::HandBackRequest;
 use crate::raft::network::{Channels, NetworkFactory};
+use crate::raft::runtime::RaftRuntime;
 use crate::raft::store::{self, StateMachineStore};
 use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft, RaftMetrics};
@@ -90,6 +93,8 @@ pub enum NodeError {
     RaftConfig(#[from] openraft::ConfigError),
     #[error("the Raft core failed to start: {0}")]
     Raft(openraft::errors::Fatal<crate::raft::TypeConfig>),
+    #[error("cannot start the Raft thread: {0}")]
+    RaftThread(std::io::Error),
     #[error("cannot create a temporary data dir: {0}")]
     TempDir(std::io::Error),
     #[error(
@@ -112,6 +117,7 @@ impl NodeError {
             NodeError::DataDir(_) | NodeError::Storage(_) => "data_dir",
             NodeError::RaftConfig(_) => "raft",
             NodeError::Raft(_) | NodeError::TempDir(_) => "data_dir",
+            NodeError::RaftThread(_) => "raft",
             NodeError::Store(_) => "store.url",
             NodeError::Notifications(_) => "tasks.notifications",
             NodeError::Security(e) => e.key(),
@@ -163,6 +169,9 @@ pub struct Node {
     metrics_addr: SocketAddr,
     /// Fans the stop signal out to the servers and background tasks.
     shutdown: Shutdown,
+    /// The thread Raft's core, its RPC server and the heartbeat pacer run
+    /// on; stopped last, since dropping its tasks releases the storage.
+    raft_runtime: RaftRuntime,
     /// Servers and background tasks, awaited on shutdown.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -185,8 +194,9 @@ impl Node {
     /// In named steps: storage, security, the worker's state, Raft, the
     /// servers, the loops. A failing step returns an error naming the config
     /// key at fault. The steps before Raft start nothing; once Raft is
-    /// created its core runs, and a later failing step (a server's TLS
-    /// setup) returns with the node not serving, and the process exits.
+    /// created its core runs on the Raft thread, and a later failing step
+    /// (a server's TLS setup) returns with the node not serving: the Raft
+    /// thread ends when its handle is dropped, and the process exits.
     pub async fn start_with_store(
         config: NodeConfig,
         listeners: Listeners,
@@ -197,15 +207,22 @@ impl Node {
         let security = Security::load(&config)?;
         let worker = start_worker(&config, &storage).await?;
         let channels = Channels::with_tls(security.tls.as_ref().map(|t| t.client.clone()));
-        let raft = Raft::new(
-            config.node_id,
-            Arc::new(raft_config(&config)?),
-            NetworkFactory::new(channels.clone()),
-            storage.log,
-            storage.state_machine.clone(),
-        )
-        .await
-        .map_err(NodeError::Raft)?;
+        let raft_runtime = RaftRuntime::start(config.node_id).map_err(NodeError::RaftThread)?;
+        // openraft spawns its core and replication tasks where it is
+        // created: on the Raft thread. Its channels are the Raft thread's
+        // too (a tonic channel's tasks run where it was first made).
+        let raft_config = Arc::new(raft_config(&config)?);
+        let network = NetworkFactory::new(channels.for_raft_thread());
+        let (log, state_machine) = (storage.log, storage.state_machine.clone());
+        let node_id = config.node_id;
+        let raft = raft_runtime
+            .handle()
+            .spawn(
+                async move { Raft::new(node_id, raft_config, network, log, state_machine).await },
+            )
+            .await
+            .map_err(|e| NodeError::RaftThread(std::io::Error::other(e.to_string())))?
+            .map_err(NodeError::Raft)?;
         let coordinator = Coordinator::new(
             config.node_id,
             raft.clone(),
@@ -223,8 +240,21 @@ impl Node {
             channels,
         };
         let shutdown = Shutdown::new();
-        let mut tasks = servers::serve(&config, &parts, security, listeners, &shutdown).await?;
-        tasks.extend(spawn_loops(&config, &parts, &shutdown));
+        let mut tasks = servers::serve(
+            &config,
+            &parts,
+            security,
+            listeners,
+            &shutdown,
+            raft_runtime.handle(),
+        )
+        .await?;
+        tasks.extend(spawn_loops(
+            &config,
+            &parts,
+            &shutdown,
+            raft_runtime.handle(),
+        ));
         tracing::info!(
             node_id = config.node_id,
             raft_addr = %addrs.raft,
@@ -244,6 +274,7 @@ impl Node {
             admin_addr: addrs.admin,
             metrics_addr: addrs.metrics,
             shutdown,
+            raft_runtime,
             tasks,
         })
     }
@@ -384,7 +415,10 @@ impl Node {
     async fn stop(self) {
         let release = self.state_machine.release_watch();
         let node_id = self.node_id;
-        self.stop_tasks().await;
+        let raft_runtime = self.stop_tasks().await;
+        // What is left on the Raft thread (openraft's state machine worker)
+        // holds the storage until the thread's runtime is dropped.
+        raft_runtime.stop().await;
         let started = tokio::time::Instant::now();
         if !release.wait(STORAGE_RELEASE_DEADLINE).await {
             tracing::error!(
@@ -397,7 +431,8 @@ impl Node {
         tracing::info!(node_id, "node stopped");
     }
 
-    async fn stop_tasks(self) {
+    /// Stops Raft and the tasks; hands back the Raft thread, stopped last.
+    async fn stop_tasks(self) -> RaftRuntime {
         // Raft first, so nothing this node says after this point counts.
         match tokio::time::timeout(SERVER_DRAIN_DEADLINE, self.raft.shutdown()).await {
             Ok(Ok(())) => {}
@@ -418,6 +453,7 @@ impl Node {
         if let Err(e) = self.state_machine.sync().await {
             tracing::warn!(error = %e, "final storage sync failed");
         }
+        self.raft_runtime
     }
 }
 
@@ -584,7 +620,13 @@ struct Parts {
 type Tasks = Vec<(&'static str, JoinHandle<()>)>;
 
 /// Step 6: the background loops, each stopped by `shutdown`.
-fn spawn_loops(config: &NodeConfig, parts: &Parts, shutdown: &Shutdown) -> Tasks {
+/// The heartbeat pacer runs on the Raft thread (`raft_thread`).
+fn spawn_loops(
+    config: &NodeConfig,
+    parts: &Parts,
+    shutdown: &Shutdown,
+    raft_thread: &tokio::runtime::Handle,
+) -> Tasks {
     let sync = crate::worker::sync::SyncLoop {
         shared: parts.worker.clone(),
         applied: parts.state_machine.subscribe(),
@@ -640,7 +682,7 @@ fn spawn_loops(config: &NodeConfig, parts: &Parts, shutdown: &Shutdown) -> Tasks
         ("role watcher", tokio::spawn(role.run(shutdown.listener()))),
         (
             "raft heartbeats",
-            tokio::spawn(
+            raft_thread.spawn(
                 crate::raft::pacer::HeartbeatPacer {
                     raft: parts.raft.clone(),
                     interval: config.raft.heartbeat_interval,

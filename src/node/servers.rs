@@ -17,6 +17,11 @@ use crate::raft::service::RaftRpc;
 use crate::shutdown::{Shutdown, ShutdownListener};
 use crate::worker::service::WorkerRpc;
 
+/// How often a server pings a connection that has been quiet.
+const SERVER_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is closed.
+const SERVER_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Step 5: the Raft and worker gRPC server, the admin server and the
 /// metrics endpoint, each stopped by `shutdown`.
 pub(super) async fn serve(
@@ -25,6 +30,7 @@ pub(super) async fn serve(
     security: Security,
     listeners: Listeners,
     shutdown: &Shutdown,
+    raft_thread: &tokio::runtime::Handle,
 ) -> Result<Tasks, NodeError> {
     let raft_server = server_builder(security.tls.as_ref(), "raft_addr")?;
     let admin_server = server_builder(security.tls.as_ref(), "admin_addr")?;
@@ -35,7 +41,8 @@ pub(super) async fn serve(
         security.senders,
         listeners.raft,
         shutdown.listener(),
-    );
+        raft_thread,
+    )?;
     let admin_service = AdminService::new(
         parts.raft.clone(),
         parts.state_machine.view(),
@@ -70,7 +77,8 @@ pub(super) async fn serve(
 }
 
 /// The internal server: Raft RPCs and the workers' heartbeats, both
-/// checking that a sender is who its certificate says.
+/// checking that a sender is who its certificate says. It runs on the Raft
+/// thread (`raft_thread`), with its listener moved there.
 fn spawn_raft_server(
     server: Server,
     config: &NodeConfig,
@@ -78,18 +86,40 @@ fn spawn_raft_server(
     senders: crate::tls::SenderCheck,
     listener: TcpListener,
     mut stop: ShutdownListener,
-) -> JoinHandle<()> {
+    raft_thread: &tokio::runtime::Handle,
+) -> Result<JoinHandle<()>, NodeError> {
+    // A tokio listener belongs to the runtime it was registered with; it is
+    // registered again with the Raft thread's.
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| config.raft_addr.clone(), |a| a.to_string());
+    let bind_error = |source| NodeError::Bind {
+        key: "raft_addr",
+        addr: addr.clone(),
+        source,
+    };
+    let listener = listener.into_std().map_err(bind_error)?;
+    let listener = {
+        let _raft_thread = raft_thread.enter();
+        TcpListener::from_std(listener).map_err(bind_error)?
+    };
     let raft_service = RaftRpc::new(
         parts.raft.clone(),
         config.node_id,
         config.cluster.name.clone(),
         parts.state_machine.view(),
         senders.clone(),
+        stop.clone(),
     )
     .into_server();
-    let worker_service = WorkerRpc::new(parts.coordinator.clone(), senders).into_server();
+    let worker_service = WorkerRpc::new(
+        parts.coordinator.clone(),
+        senders,
+        tokio::runtime::Handle::current(),
+    )
+    .into_server();
     let incoming = TcpListenerStream::new(listener);
-    tokio::spawn(async move {
+    Ok(raft_thread.spawn(async move {
         let result = server
             .layer(crate::admin::grpc_errors::DecodeErrorLayer)
             .add_service(raft_service)
@@ -99,12 +129,17 @@ fn spawn_raft_server(
         if let Err(e) = result {
             tracing::error!(error = %e, "raft server failed");
         }
-    })
+    }))
 }
 
 /// A server builder, with mutual TLS when the node has certificates.
 fn server_builder(tls: Option<&crate::tls::Tls>, key: &'static str) -> Result<Server, NodeError> {
-    let builder = Server::builder();
+    // Pings find a peer that vanished without closing its connection (a
+    // powered-off host, a dropped route), so that its long-lived streams
+    // (`raft::append_stream`) and their tasks end.
+    let builder = Server::builder()
+        .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT));
     match tls {
         Some(tls) => builder
             .tls_config(tls.server.clone())

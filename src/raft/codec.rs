@@ -21,7 +21,7 @@ pub struct CodecError {
 
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<RaftPayload, CodecError> {
     serde_json::to_vec(value)
-        .map(|data| RaftPayload { data })
+        .map(|data| RaftPayload { data, seq: 0 })
         .map_err(|source| CodecError {
             action: "encode",
             what,

@@ -15,7 +15,9 @@
 //! - **Transport** ([`network`], [`service`]). A separate gRPC service on
 //!   `raft_addr`. Messages are openraft types serialized as JSON inside a
 //!   protobuf `bytes` field ([`codec`]). One lazily connected tonic `Channel`
-//!   per peer is created once and reused by every RPC to that peer.
+//!   per peer is created once and reused by every RPC to that peer;
+//!   AppendEntries, heartbeats included, go over a long-lived stream on it
+//!   ([`append_stream`]). Raft runs on a thread of its own ([`runtime`]).
 //!
 //! # Invariants
 //!
@@ -31,9 +33,12 @@
 //!   shard map, settings), so a snapshot is one message.
 //! - Certificates are read at start; rotating them needs a restart.
 
+pub mod append_stream;
+pub mod beat;
 pub mod codec;
 pub mod network;
 pub mod pacer;
+pub mod runtime;
 pub mod service;
 pub mod store;
 

@@ -1,10 +1,16 @@
 //! The client side of node-to-node Raft RPCs.
 //!
 //! One tonic [`Channel`] per peer address is created lazily the first time
-//! openraft asks for a client to that peer and is then shared by every RPC
-//! (votes, appends, heartbeats, snapshots): tonic channels multiplex HTTP/2
-//! streams and reconnect on their own, so there is nothing to gain from a
-//! connection per RPC and a lot of handshakes to lose.
+//! openraft asks for a client to that peer and is then shared by every Raft
+//! RPC (votes, appends, heartbeats, snapshots): tonic channels multiplex
+//! HTTP/2 streams and reconnect on their own, so there is nothing to gain
+//! from a connection per RPC and a lot of handshakes to lose. AppendEntries
+//! go over a long-lived stream on it ([`super::append_stream`]).
+//!
+//! The Raft thread ([`super::runtime`]) has its own map
+//! ([`Channels::for_raft_thread`]): a channel's tasks run on the runtime
+//! that made it. So a node holds two connections to each peer, one for
+//! Raft and one for the worker, admin and bootstrap calls.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -20,6 +26,7 @@ use openraft::raft::{
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use super::append_stream::{AppendLane, LaneReply};
 use super::codec::{self, SnapshotTransfer};
 use super::{NodeId, NodeInfo, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::locks::lock;
@@ -41,7 +48,8 @@ pub struct Channels {
     /// A std mutex: held only to look up or insert, never across an await.
     by_addr: Arc<Mutex<HashMap<String, Channel>>>,
     /// Fault injection for tests: addresses this node cannot reach. Checked
-    /// on every call, so a partition also cuts connections already open.
+    /// on every call, so a partition also cuts connections already open
+    /// (an AppendEntries stream is dropped at its next call).
     blocked: Arc<Mutex<HashSet<String>>>,
     /// Mutual TLS to peers when the cluster runs with certificates.
     tls: Option<ClientTlsConfig>,
@@ -65,6 +73,17 @@ impl Channels {
         Self {
             tls,
             ..Self::default()
+        }
+    }
+
+    /// Channels with the same TLS settings and partitions but a map of
+    /// their own, for the Raft thread: a tonic channel's tasks run on the
+    /// runtime that made it, so the Raft thread makes its own.
+    pub fn for_raft_thread(&self) -> Self {
+        Self {
+            by_addr: Arc::default(),
+            blocked: self.blocked.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -144,6 +163,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.raft_addr.clone(),
             channels: self.channels.clone(),
+            appends: AppendLane::default(),
         }
     }
 }
@@ -154,6 +174,8 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     channels: Channels,
+    /// AppendEntries (heartbeats included) go over one long-lived stream.
+    appends: AppendLane,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,10 +255,51 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call("append entries", &rpc, &option, |mut c, r| async move {
-            c.append_entries(r).await
-        })
-        .await
+        let client = match self.client() {
+            Ok(client) => client,
+            Err(e) => {
+                // A partition also cuts the stream already open.
+                self.appends.abandon();
+                return Err(e);
+            }
+        };
+        let what = "append entries";
+        let payload = codec::encode(what, &rpc).map_err(|e| self.codec_error(e))?;
+        // openraft's own timeout around a heartbeat is the hard TTL; this
+        // one, the soft TTL, ends first, so the stream is dropped here and
+        // not left for the next call to find unanswered. One deadline
+        // covers the stream and a unary retry.
+        let ttl = option.soft_ttl();
+        let deadline = tokio::time::Instant::now() + ttl;
+        let timed_out = || tonic::Status::deadline_exceeded(format!("no answer within {ttl:?}"));
+        tracing::trace!(target_node = self.target, rpc = what, "sending Raft RPC");
+        let call = self.appends.call(client.clone(), payload);
+        let reply = match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(status)) => return Err(self.status_error(status)),
+            Err(_) => {
+                self.appends.abandon();
+                return Err(self.status_error(timed_out()));
+            }
+        };
+        let response = match reply {
+            LaneReply::Answered(response) => response,
+            LaneReply::Unsupported(payload) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(self.status_error(timed_out()));
+                }
+                let mut request = tonic::Request::new(payload);
+                request.set_timeout(left);
+                let mut client = client;
+                client
+                    .append_entries(request)
+                    .await
+                    .map_err(|s| self.status_error(s))?
+                    .into_inner()
+            }
+        };
+        codec::decode(what, &response).map_err(|e| self.codec_error(e))
     }
 
     async fn vote(

@@ -55,15 +55,18 @@
 //!
 //! - The election timer itself stays openraft's: replacing it would mean
 //!   re-deriving when the leader was last heard, which only the core knows.
-//! - No longer-lived heartbeat stream: each heartbeat is still one gRPC
-//!   call per follower, the leader's largest remaining idle cost.
+//! - A follower's tick stays openraft's tokio timer (about every 30 ms).
+//!   The leader's period is a timerfd ([`crate::raft::beat`]), and its
+//!   heartbeats go over a long-lived stream per follower
+//!   ([`crate::raft::append_stream`]), on the Raft thread
+//!   ([`crate::raft::runtime`]).
 
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
-use tokio::time::MissedTickBehavior;
 
+use crate::raft::beat::Beat;
 use crate::raft::Raft;
 use crate::shutdown::ShutdownListener;
 
@@ -112,8 +115,11 @@ impl HeartbeatPacer {
                 // A leader's tick has nothing left to do: it never runs
                 // for election, and its heartbeats come from here.
                 self.raft.runtime_config().tick(false);
-                let mut beat = tokio::time::interval(self.interval);
-                beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                let mut beat = Beat::every(self.interval);
+                // The first heartbeat of a term goes at once.
+                if self.raft.trigger().heartbeat().await.is_err() {
+                    return;
+                }
                 loop {
                     tokio::select! {
                         // A role change is seen before another heartbeat.

@@ -5,8 +5,14 @@
 //! with its old data cannot disturb the cluster with elections. With TLS,
 //! so is every message whose sender differs from the node its certificate
 //! names (`tls::SenderCheck`).
+//!
+//! `AppendStream` answers AppendEntries on a long-lived stream
+//! (`raft::append_stream` is the client): one request at a time, each
+//! refused or answered exactly like the unary call, the first error ending
+//! the stream.
 
-use tonic::{Request, Response, Status};
+use rustls_pki_types::CertificateDer;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{self, SnapshotTransfer};
 use super::network::MAX_RAFT_MESSAGE;
@@ -14,6 +20,7 @@ use super::store::AppliedView;
 use super::{NodeId, Raft};
 use crate::proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::raft::{ProbeRequest, ProbeResponse, RaftPayload};
+use crate::shutdown::ShutdownListener;
 use crate::tls::SenderCheck;
 use openraft::vote::RaftLeaderId;
 
@@ -27,6 +34,8 @@ pub struct RaftRpc {
     state_machine: AppliedView,
     /// With TLS: the sender a message names must be its certificate's.
     senders: SenderCheck,
+    /// The node's shutdown, which ends the AppendEntries streams.
+    stop: ShutdownListener,
 }
 
 impl RaftRpc {
@@ -36,6 +45,7 @@ impl RaftRpc {
         cluster_name: String,
         state_machine: AppliedView,
         senders: SenderCheck,
+        stop: ShutdownListener,
     ) -> Self {
         Self {
             raft,
@@ -43,6 +53,7 @@ impl RaftRpc {
             cluster_name,
             state_machine,
             senders,
+            stop,
         }
     }
 
@@ -51,6 +62,24 @@ impl RaftRpc {
     fn refuse<T>(&self, request: &Request<T>, from: NodeId) -> Result<(), Status> {
         self.senders.check(request, from)?;
         self.refuse_retired(from)
+    }
+
+    /// One AppendEntries of a stream: refused like a unary one, answered
+    /// with the request's `seq`.
+    async fn append_one(
+        &self,
+        payload: &RaftPayload,
+        certs: Option<&[CertificateDer<'static>]>,
+    ) -> Result<RaftPayload, Status> {
+        let req: openraft::raft::AppendEntriesRequest<super::TypeConfig> =
+            codec::decode("append entries", payload)?;
+        let from = *req.vote.leader_id().node_id();
+        self.senders.check_certs(certs, from)?;
+        self.refuse_retired(from)?;
+        let resp = self.raft.append_entries(req).await.map_err(raft_error)?;
+        let mut answer = codec::encode("append entries response", &resp)?;
+        answer.seq = payload.seq;
+        Ok(answer)
     }
 
     /// `PERMISSION_DENIED` if `from` was removed from the cluster.
@@ -68,6 +97,32 @@ impl RaftRpc {
         RaftServiceServer::new(self)
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE)
+    }
+}
+
+/// The answers of one `AppendStream`.
+pub type AppendResponses =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
+/// What an `AppendStream` keeps between two requests.
+struct StreamState {
+    rpc: RaftRpc,
+    requests: Streaming<RaftPayload>,
+    /// The caller's TLS certificates (`None` without TLS).
+    certs: Option<std::sync::Arc<Vec<CertificateDer<'static>>>>,
+    /// The node's shutdown: ends the stream.
+    stop: ShutdownListener,
+}
+
+/// A stream message tonic could not decode is the sender's fault, as for
+/// unary calls (`admin::grpc_errors`, which sees only trailers-only
+/// answers, so not a stream's).
+fn invalid_request(status: Status) -> Status {
+    let code = (status.code() as i32).to_string();
+    if crate::admin::grpc_errors::is_decode_failure(&code, status.message()) {
+        Status::invalid_argument(status.message().to_string())
+    } else {
+        status
     }
 }
 
@@ -91,6 +146,51 @@ impl RaftService for RaftRpc {
             "append entries response",
             &resp,
         )?))
+    }
+
+    type AppendStreamStream = AppendResponses;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendResponses>, Status> {
+        // The certificate is the connection's: read once for the stream.
+        let certs = request.peer_certs();
+        let state = StreamState {
+            rpc: self.clone(),
+            requests: request.into_inner(),
+            certs,
+            stop: self.stop.clone(),
+        };
+        // One request at a time, in order; the first error ends the stream
+        // with its status (and the client opens a new one).
+        let responses = futures::stream::unfold(Some(state), |state| async move {
+            let mut state = state?;
+            let next = tokio::select! {
+                next = state.requests.message() => next,
+                // A stream that waits for the leader's next request would
+                // hold the server's graceful stop up to its deadline (an
+                // idle replication stream waits for good).
+                () = state.stop.recv() => {
+                    return Some((Err(Status::unavailable("the node is stopping")), None));
+                }
+            };
+            let payload = match next {
+                Ok(Some(payload)) => payload,
+                // The leader closed its side: the stream is done.
+                Ok(None) => return None,
+                // A message that does not decode, or is too large: the
+                // same status a unary call gets (rewritten like it to
+                // INVALID_ARGUMENT below), and the stream ends.
+                Err(status) => return Some((Err(invalid_request(status)), None)),
+            };
+            let certs = state.certs.as_deref().map(Vec::as_slice);
+            match state.rpc.append_one(&payload, certs).await {
+                Ok(answer) => Some((Ok(answer), Some(state))),
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -2,6 +2,7 @@
 //! coordinator, encode. Also maps coordinator errors to gRPC statuses, for
 //! this service and the admin API.
 
+use tokio::runtime::Handle;
 use tonic::{Request, Response, Status};
 
 use super::coordinator::{CoordError, Coordinator};
@@ -44,18 +45,58 @@ pub struct WorkerRpc {
     /// With TLS: the node a heartbeat, hand-back or report names must be the
     /// caller's certificate's, or it could take another node's shards.
     senders: SenderCheck,
+    /// The node's own runtime. This service shares `raft_addr`, and so the
+    /// Raft thread (`raft::runtime`), with the Raft RPCs; its handlers run
+    /// here instead. They take the coordinator's locks, which a large
+    /// statistics report or queue page holds for a while: on the Raft
+    /// thread that wait would hold up every Raft heartbeat.
+    node_runtime: Handle,
 }
 
 impl WorkerRpc {
-    pub fn new(coordinator: Coordinator, senders: SenderCheck) -> Self {
+    pub fn new(coordinator: Coordinator, senders: SenderCheck, node_runtime: Handle) -> Self {
         Self {
             coordinator,
             senders,
+            node_runtime,
+        }
+    }
+
+    /// Runs `work` with the coordinator on the node's runtime. If the call
+    /// is dropped (the caller gave up), the work is aborted at its next
+    /// await, as it was when it ran inside the call.
+    async fn on_node_runtime<T, F, Fut>(&self, work: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(Coordinator) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    {
+        let task = AbortOnDrop(self.node_runtime.spawn(work(self.coordinator.clone())));
+        match task.join().await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(Status::internal(format!("the handler panicked: {e}"))),
+            Err(_) => Err(Status::unavailable("the node is stopping")),
         }
     }
 
     pub fn into_server(self) -> WorkerServiceServer<Self> {
         WorkerServiceServer::new(self)
+    }
+}
+
+/// A spawned handler, aborted if the call awaiting it is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        // A no-op once the task has finished.
+        self.0.abort();
     }
 }
 
@@ -66,11 +107,10 @@ impl WorkerService for WorkerRpc {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         self.senders.check(&request, request.get_ref().node_id)?;
+        let req = request.into_inner();
         let resp = self
-            .coordinator
-            .on_heartbeat(request.into_inner())
-            .await
-            .map_err(coord_status)?;
+            .on_node_runtime(|c| async move { c.on_heartbeat(req).await.map_err(coord_status) })
+            .await?;
         Ok(Response::new(resp))
     }
 
@@ -81,14 +121,16 @@ impl WorkerService for WorkerRpc {
         self.senders.check(&request, request.get_ref().node_id)?;
         let req = request.into_inner();
         let shards = self
-            .coordinator
-            .hand_back(
-                req.node_id,
-                req.applied_index,
-                (req.incarnation, req.last_seq),
-            )
-            .await
-            .map_err(coord_status)?;
+            .on_node_runtime(|c| async move {
+                c.hand_back(
+                    req.node_id,
+                    req.applied_index,
+                    (req.incarnation, req.last_seq),
+                )
+                .await
+                .map_err(coord_status)
+            })
+            .await?;
         Ok(Response::new(HandBackResponse { shards }))
     }
 
@@ -105,7 +147,10 @@ impl WorkerService for WorkerRpc {
                 "start_shard is past the requested shards",
             ));
         }
-        Ok(Response::new(self.coordinator.get_queues(&req)))
+        let page = self
+            .on_node_runtime(|c| async move { Ok(c.get_queues(&req)) })
+            .await?;
+        Ok(Response::new(page))
     }
 
     async fn report_stats(
@@ -113,11 +158,10 @@ impl WorkerService for WorkerRpc {
         request: Request<StatsReport>,
     ) -> Result<Response<StatsAck>, Status> {
         self.senders.check(&request, request.get_ref().node_id)?;
+        let report = request.into_inner();
         let ack = self
-            .coordinator
-            .on_stats(request.into_inner())
-            .await
-            .map_err(coord_status)?;
+            .on_node_runtime(|c| async move { c.on_stats(report).await.map_err(coord_status) })
+            .await?;
         Ok(Response::new(ack))
     }
 }
