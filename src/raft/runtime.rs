@@ -26,7 +26,7 @@
 //!   how openraft's storage handles are released after a shutdown.
 //! - Stopping is bounded: the runtime gets [`SHUTDOWN_DEADLINE`] for its
 //!   blocking tasks (an fsync on a slow disk), and [`RaftRuntime::stop`]
-//!   waits no longer than that for the thread.
+//!   waits at most a second longer than that for the thread.
 //! - Nothing on the Raft thread takes the coordinator's locks: the worker
 //!   service's handlers run on the node's runtime (`worker::service`), so
 //!   merging a large statistics report cannot hold up a heartbeat. The
@@ -38,7 +38,8 @@
 //! - The Raft thread still does openraft's own storage work: sled calls
 //!   (fsyncs go to the blocking pool), the applied state written on each
 //!   apply, snapshots built and installed. The replicated state is small
-//!   (members, shard table, settings), so these take microseconds.
+//!   (members, shard table, settings); how long these take on the thread is
+//!   not measured.
 
 use std::time::Duration;
 
