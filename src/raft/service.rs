@@ -110,8 +110,6 @@ struct StreamState {
     requests: Streaming<RaftPayload>,
     /// The caller's TLS certificates (`None` without TLS).
     certs: Option<std::sync::Arc<Vec<CertificateDer<'static>>>>,
-    /// The node's shutdown: ends the stream.
-    stop: ShutdownListener,
 }
 
 /// A stream message tonic could not decode is the sender's fault, as for
@@ -160,7 +158,6 @@ impl RaftService for RaftRpc {
             rpc: self.clone(),
             requests: request.into_inner(),
             certs,
-            stop: self.stop.clone(),
         };
         // One request at a time, in order; the first error ends the stream
         // with its status (and the client opens a new one).
@@ -171,7 +168,7 @@ impl RaftService for RaftRpc {
                 // A stream that waits for the leader's next request would
                 // hold the server's graceful stop up to its deadline (an
                 // idle replication stream waits for good).
-                () = state.stop.recv() => {
+                () = state.rpc.stop.recv() => {
                     return Some((Err(Status::unavailable("the node is stopping")), None));
                 }
             };
