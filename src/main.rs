@@ -456,12 +456,24 @@ async fn run_ctl(addr: String, json: bool, security: CtlSecurity, command: CtlCo
     }
     .await;
     match result {
-        Ok(out) => {
-            println!("{}", out.trim_end());
-            ExitCode::SUCCESS
-        }
+        Ok(out) => write_stdout("ctl", out.trim_end()),
         Err(e) => {
             eprintln!("deckhand ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a command's output and a newline to stdout. A failed write, a
+/// reader that went away included (`deckhand ctl status | head -0`), gets one
+/// line on stderr and a failure exit; `println!` would panic.
+fn write_stdout(command: &str, text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("deckhand {command}: cannot write the output: {e}");
             ExitCode::FAILURE
         }
     }

@@ -155,6 +155,25 @@ fn cluster_script_starts_reports_and_stops_three_nodes() {
         assert!(status[key].is_u64(), "{key} missing: {status}");
     }
 
+    // A reader that is gone (`ctl status | head -0`): no panic, one line
+    // naming the cause at most, and a non-zero exit.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let closed = Command::new(BIN)
+        .args([
+            "ctl",
+            "--addr",
+            &format!("127.0.0.1:{}", ports[0].admin),
+            "status",
+        ])
+        .stdout(writer)
+        .output()
+        .expect("run ctl");
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert!(!stderr.contains("panicked"), "ctl panicked: {stderr}");
+    assert!(stderr.lines().count() <= 1, "{stderr}");
+    assert!(!closed.status.success(), "ctl reported success: {stderr}");
+
     // Shards through any node's admin API; bad drains get one clear line.
     let ctl = |args: &[&str]| {
         let mut cmd = Command::new(BIN);
