@@ -37,6 +37,9 @@ DRAIN_LOCKS = int(os.environ.get("DRAIN_LOCKS", "300000"))
 DRAIN_QUEUES = int(os.environ.get("DRAIN_QUEUES", "3000"))
 KILLS = int(os.environ.get("KILLS", "5"))
 MEASURE_S = float(os.environ.get("MEASURE_S", "10"))
+# The empty cluster's window: under 1 % of a core is about 30 clock ticks in
+# 30 s, so a 10 s window moves by a tenth of a point with one tick.
+IDLE_S = float(os.environ.get("IDLE_S", "30"))
 QUIET_S = float(os.environ.get("QUIET_S", "30"))
 OUT = os.path.join(ROOT, "bench")
 
@@ -304,14 +307,14 @@ def main():
     started = time.time()
     try:
         # 1. A cluster with no queues at all.
-        log(f"1/7 no queues: {MEASURE_S:.0f} s")
+        log(f"1/7 no queues: {IDLE_S:.0f} s each")
         cluster.start(fresh=True)
         time.sleep(3)
-        d["empty"] = measure_idle(redis, cluster.pids())
+        d["empty"] = measure_idle(redis, cluster.pids(), IDLE_S)
         cluster.stop()
-        proc = baseline(redis, 60)
+        proc = baseline(redis, int(IDLE_S) + 30)
         time.sleep(2)
-        b["empty"] = measure_idle(redis, [proc.pid])
+        b["empty"] = measure_idle(redis, [proc.pid], IDLE_S)
         proc.terminate()
         proc.wait()
 

@@ -19,8 +19,8 @@
 //!   node calls it gone at `election + lease + margin`, which is later only
 //!   if `margin > freshness`. So [`Liveness::for_new_leader`] starts the
 //!   clock `freshness - margin` (plus a millisecond) late when the margin
-//!   is not larger: any configuration is safe, the defaults (margin 300 ms,
-//!   freshness = `election_timeout_min` 150 ms) wait nothing extra.
+//!   is not larger: any configuration is safe, the defaults (margin 400 ms,
+//!   freshness = `election_timeout_min` 300 ms) wait nothing extra.
 //!
 //! Only `Instant` (monotonic) is used: wall-clock jumps cannot shorten or
 //! stretch a lease. A paused process keeps the monotonic clock running, so

@@ -45,7 +45,12 @@ fn defaults_fill_optional_keys() {
     assert_eq!(c.node_id, 2);
     assert_eq!(c.cluster.name, "deckhand");
     assert_eq!(c.cluster.shards, 128);
-    assert_eq!(c.raft.heartbeat_interval, Duration::from_millis(50));
+    assert_eq!(c.raft.heartbeat_interval, Duration::from_millis(100));
+    assert_eq!(c.raft.election_timeout_min, Duration::from_millis(300));
+    assert_eq!(c.raft.election_timeout_max, Duration::from_millis(450));
+    assert_eq!(c.worker.heartbeat_interval, Duration::from_millis(300));
+    assert_eq!(c.worker.lease, Duration::from_millis(1500));
+    assert_eq!(c.worker.lease_margin, Duration::from_millis(400));
     assert_eq!(c.store.key_prefix, "deckard_v1");
     assert_eq!(
         c.self_member().map(|m| m.raft_addr.as_str()),

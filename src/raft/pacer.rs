@@ -4,8 +4,8 @@
 //! # Why
 //!
 //! openraft checks its timers on a tick of `heartbeat_interval × 13/64`:
-//! with the 50 ms heartbeat a failover within a second needs, every node,
-//! leader or follower, turned its Raft core every 10 ms, whether or not a
+//! with a 50 ms heartbeat (the default then), every node, leader or
+//! follower, turned its Raft core every 10 ms, whether or not a
 //! heartbeat or an election was due. On an idle node that tick was the
 //! largest single source of wake-ups (and on a virtual machine every timer
 //! wake-up is paid for).
@@ -14,9 +14,9 @@
 //!
 //! - openraft is given a *timer basis* of `election_timeout_min − 1 ms`
 //!   instead of the heartbeat ([`openraft_timing`]). Its tick then comes
-//!   about every `election_timeout_min / 5` (30 ms with the defaults), which
+//!   about every `election_timeout_min / 5` (60 ms with the defaults), which
 //!   is all a follower's election timer needs: a randomised timeout of
-//!   150–300 ms is noticed at most one tick late. openraft's own heartbeats
+//!   300–450 ms is noticed at most one tick late. openraft's own heartbeats
 //!   are turned off (`enable_heartbeat = false`).
 //! - [`HeartbeatPacer`] sends the leader's heartbeats every
 //!   `raft.heartbeat_interval` through `raft.trigger().heartbeat()`. While
@@ -29,11 +29,11 @@
 //!   trigger, then the replies), so what it republishes in its metrics,
 //!   such as `last_quorum_acked`, is never more than about a heartbeat old.
 //! - openraft also uses its heartbeat setting as the timeout of a
-//!   replication or heartbeat RPC: that is now the timer basis (149 ms with
-//!   the defaults, was 50 ms). openraft's per-follower heartbeat worker
+//!   replication or heartbeat RPC: that is now the timer basis (299 ms with
+//!   the defaults, against a 100 ms heartbeat). openraft's per-follower heartbeat worker
 //!   sends one heartbeat at a time and folds the triggers that come while
 //!   one is in flight into the next, so a heartbeat whose *reply* is slow
-//!   now holds the next one back for up to 149 ms instead of 50 ms. The
+//!   now holds the next one back for up to the basis instead of a heartbeat. The
 //!   follower's election timer counts from the request's arrival, not the
 //!   reply, so this matters only when the reply path is slow and the
 //!   request path is not; the leader lease and pre-vote keep the term
@@ -55,7 +55,7 @@
 //!
 //! - The election timer itself stays openraft's: replacing it would mean
 //!   re-deriving when the leader was last heard, which only the core knows.
-//! - A follower's tick stays openraft's tokio timer (about every 30 ms).
+//! - A follower's tick stays openraft's tokio timer (about every 60 ms).
 //!   The leader's period is a timerfd ([`crate::raft::beat`]), and its
 //!   heartbeats go over a long-lived stream per follower
 //!   ([`crate::raft::append_stream`]), on the Raft thread

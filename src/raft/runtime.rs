@@ -5,7 +5,7 @@
 //! # Why
 //!
 //! An idle node's CPU is almost all Raft heartbeats (twenty rounds a second
-//! with the 50 ms default). On the node's multi-thread runtime one heartbeat
+//! with the 50 ms heartbeat this was written for; ten with today's 100 ms). On the node's multi-thread runtime one heartbeat
 //! crossed threads several times: the pacer, the core, the replication task,
 //! tonic's buffer and connection tasks and the server's per-request task
 //! were spread over both workers, and each hand-over between them was a
