@@ -593,3 +593,41 @@ async fn the_leader_refuses_a_node_running_a_shard_that_moved_on() {
     );
     cluster.shutdown().await;
 }
+
+/// A follower heartbeats a leader the moment it learns of it, not at its
+/// next interval: after a failover its lease must be renewed by the new
+/// leader before the old leader's last renewal runs out. With a 20 s worker
+/// heartbeat, only the leader-change wake-up can reach a new leader within
+/// the 10 s deadlines below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_hears_every_node_without_waiting_for_an_interval() {
+    let cluster = TestCluster::start_configured(3, None, |c| {
+        c.worker.heartbeat_interval = std::time::Duration::from_secs(20);
+        c.worker.lease = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let heard_from_all = |leader: NodeId| {
+        let cluster = &cluster;
+        move || async move {
+            let reports = cluster.nodes[&leader].coordinator.reports();
+            (reports.len() == 3).then_some(())
+        }
+    };
+    let deadline = std::time::Duration::from_secs(10);
+    let first = cluster.wait_for_writable_leader().await;
+    common::wait_until_within(
+        deadline,
+        "the first leader heard every node",
+        heard_from_all(first),
+    )
+    .await;
+
+    let next = cluster.followers_of(first)[0];
+    cluster.transfer_leadership(first, next).await;
+    common::wait_until_within(
+        deadline,
+        "the new leader heard every node",
+        heard_from_all(next),
+    )
+    .await;
+}

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use openraft::alias::WatchReceiverOf;
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::metrics::RaftServerMetrics;
 
 use super::coordinator::Coordinator;
 use super::{WorkerCounts, WorkerShared};
@@ -25,6 +26,11 @@ use crate::raft::network::Channels;
 use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft, TypeConfig};
 use crate::shutdown::ShutdownListener;
+
+/// After a leader change, how soon a refused heartbeat is tried again (at
+/// most `heartbeat_interval`), and how many times.
+const LEADER_CHANGE_RETRY: Duration = Duration::from_millis(25);
+const LEADER_CHANGE_TRIES: u32 = 20;
 
 /// Everything the loop needs.
 pub struct HeartbeatLoop {
@@ -115,12 +121,36 @@ pub fn task_counters(shared: &WorkerShared, counts: WorkerCounts) -> TaskCounter
 impl HeartbeatLoop {
     pub async fn run(self, mut stop: ShutdownListener) {
         let interval = self.shared.settings.heartbeat_interval;
+        // A new leader is heartbeated the moment it is known. The lease runs
+        // from the last heartbeat the old leader answered, so after a
+        // failover a follower that waited out its interval would renew up
+        // to an interval later than it could, and with a failover near
+        // `lease − 2 × interval` its shards would stop until it did.
+        let mut roles = Some(self.raft.server_metrics());
+        let mut leader_seen = roles
+            .as_ref()
+            .and_then(|r| r.borrow_watched().current_leader);
+        // Tries left at the quick pace: a leader that has just been elected
+        // may refuse until a quorum has acknowledged it in its term, and a
+        // refused heartbeat must not wait a whole interval for the next.
+        let mut quick_tries = 0u32;
         loop {
+            let wait = if quick_tries > 0 {
+                interval.min(LEADER_CHANGE_RETRY)
+            } else {
+                interval
+            };
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.shared.report_now.notified() => {}
+                leader = leader_change(&mut roles, leader_seen) => {
+                    tracing::debug!(node = self.shared.node_id, ?leader, "new leader: heartbeat now");
+                    leader_seen = leader;
+                    quick_tries = if leader.is_some() { LEADER_CHANGE_TRIES } else { 0 };
+                }
                 _ = stop.recv() => return,
             }
+            quick_tries = quick_tries.saturating_sub(1);
             // Frozen (test pause), or retired: a leaving node has no lease to
             // renew and has handed its shards back.
             if self.shared.freeze.is_frozen() || self.shared.is_retired() {
@@ -136,17 +166,20 @@ impl HeartbeatLoop {
                 self.shared.revoke_lease();
                 continue;
             }
-            self.beat().await;
+            if self.beat().await {
+                quick_tries = 0;
+            }
         }
     }
 
-    async fn beat(&self) {
+    /// One heartbeat; whether the leader acknowledged it.
+    async fn beat(&self) -> bool {
         let (leader, leader_addr) = {
             // The server metrics: the full ones are republished on every
             // Raft heartbeat and cost a larger clone.
             let m = self.raft.server_metrics().borrow_watched().clone();
             let Some(leader) = m.current_leader else {
-                return;
+                return false;
             };
             let addr = m.member(leader).map(|n| n.raft_addr.clone());
             (leader, addr)
@@ -175,15 +208,20 @@ impl HeartbeatLoop {
                     term: ack.term,
                     queues_version: ack.queues_version,
                 });
+                true
             }
             Ok(ack) => {
                 tracing::debug!(
                     expected = leader,
                     answered = ack.leader_id,
                     "heartbeat answered by another leader"
-                )
+                );
+                false
             }
-            Err(e) => tracing::debug!(leader, error = %e, "heartbeat not acknowledged"),
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "heartbeat not acknowledged");
+                false
+            }
         }
     }
 
@@ -204,6 +242,28 @@ impl HeartbeatLoop {
             .await
             .map(|r| r.into_inner())
             .map_err(|s| format!("{}: {}", s.code(), s.message()))
+    }
+}
+
+/// The known leader once it differs from `seen`. Never resolves once the
+/// core stops publishing (`roles` becomes `None`): `raft_stopped` handles
+/// that at the next interval.
+async fn leader_change(
+    roles: &mut Option<WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>>,
+    seen: Option<NodeId>,
+) -> Option<NodeId> {
+    loop {
+        let Some(rx) = roles.as_mut() else {
+            return std::future::pending().await;
+        };
+        if rx.changed().await.is_err() {
+            *roles = None;
+            continue;
+        }
+        let leader = rx.borrow_watched().current_leader;
+        if leader != seen {
+            return leader;
+        }
     }
 }
 
