@@ -51,6 +51,10 @@ fn defaults_fill_optional_keys() {
     assert_eq!(c.worker.heartbeat_interval, Duration::from_millis(300));
     assert_eq!(c.worker.lease, Duration::from_millis(1500));
     assert_eq!(c.worker.lease_margin, Duration::from_millis(400));
+    // A deposed leader renews leases for up to its freshness
+    // (election_timeout_min) after its successor's election; the defaults
+    // keep clock-rate slack above that (cluster::lease).
+    assert!(c.worker.lease_margin > c.raft.election_timeout_min);
     assert_eq!(c.store.key_prefix, "deckard_v1");
     assert_eq!(
         c.self_member().map(|m| m.raft_addr.as_str()),

@@ -177,6 +177,10 @@ mod tests {
         assert_eq!(t.timer_basis_ms * 13 / 64, 30);
         // A heartbeat just below the election timeout keeps the basis valid.
         assert_eq!(openraft_timing(149, 150).timer_basis_ms, 149);
+        // The defaults: a tick about every 60 ms, RPCs time out after 299 ms.
+        let defaults = openraft_timing(100, 300);
+        assert_eq!(defaults.timer_basis_ms, 299);
+        assert_eq!(defaults.timer_basis_ms * 13 / 64, 60);
     }
 
     #[test]
