@@ -194,7 +194,8 @@ kill_and_restart() {  # node: kill -9, keep its fenced-write count, restart it
   local n=$1
   fenced_before=$(( fenced_before + $(fenced_of "$n") ))   # its counter dies with it
   kill -9 "${pids[$n]}"; wait "${pids[$n]}" 2>/dev/null || true
-  sleep "$(hold 1.5 3)"; start_node "$n"
+  # Past lease + margin (1.9 s by default), so its shards move before it is back.
+  sleep "$(hold 2.5 3)"; start_node "$n"
 }
 
 t0=$(now_ms)
@@ -212,8 +213,9 @@ traffic() {  # seconds json
 
 # --- run 1: every fault under traffic -----------------------------------------
 # Traffic for as long as the faults take (one round: about 26 s short, 34 s
-# long, measured), so the figures are not diluted by a quiet tail.
-per_round=$(hold 27 35)
+# long, measured when the short holds were 1.5 s shorter in all), so the
+# figures are not diluted by a quiet tail.
+per_round=$(hold 29 35)
 run1=$(( rounds * per_round + 5 ))
 traffic "$run1" "$work/load1.json"
 sleep 5   # warmup (3 s) plus a little traffic before the first fault
@@ -222,7 +224,7 @@ for round in $(seq 1 "$rounds"); do
   leader=$(wait_for_leader)
   f=$(a_follower "$leader")
   log "round $round: SIGSTOP node $f (an owner) past lease + margin"
-  kill -STOP "${pids[$f]}"; sleep "$(hold 2.5 4)"; kill -CONT "${pids[$f]}"
+  kill -STOP "${pids[$f]}"; sleep "$(hold 3 4)"; kill -CONT "${pids[$f]}"
   sleep 2
 
   leader=$(wait_for_leader)

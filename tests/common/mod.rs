@@ -31,8 +31,8 @@ use tokio::net::TcpListener;
 /// two cores with other tests' clusters.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Raft timing for tests: ten times the production defaults, so a loaded
-/// machine does not cause spurious elections.
+/// Raft timing for tests: elections three to four times slower than the
+/// production defaults, so a loaded machine does not cause spurious ones.
 pub fn test_raft_tuning() -> RaftTuning {
     RaftTuning {
         heartbeat_interval: Duration::from_millis(100),
