@@ -76,8 +76,8 @@ impl Default for WorkerTuning {
 // heartbeat, 150–300 ms elections, 200 ms worker heartbeats and a 1 s lease:
 // failover about 0.5 s, but about 1.4 % of a core per idle node, most of it
 // the 20 heartbeat rounds a second. With 100 ms and 300–450 ms a leader's
-// `kill -9` is noticed and replaced in about 0.8–0.95 s (medians of three
-// runs of 5–7 kills), 0.99 s at worst, still "a second or two"; the election
+// `kill -9` is noticed and replaced in about 0.8–0.95 s (medians of four
+// runs of 5–7 kills), 1.03 s at worst, still "a second or two"; the election
 // minimum stays three heartbeats, so one late heartbeat on a loaded machine
 // does not start an election. Failover follows `election_timeout_max` more
 // than the minimum: openraft's followers refuse to vote for that long after
@@ -96,7 +96,7 @@ fn default_election_max() -> Duration {
 // the last heartbeat the dead leader answered was sent at most one interval
 // (and a round trip) before it died, so a follower's lease runs out about
 // `lease − heartbeat_interval` (1.2 s) after the death at the earliest, above
-// the slowest failover measured (0.99 s). Followers heartbeat a new leader
+// the slowest failover measured (1.03 s). Followers heartbeat a new leader
 // the moment they learn of it (worker::heartbeat), not at their next interval.
 fn default_worker_heartbeat() -> Duration {
     Duration::from_millis(300)
