@@ -131,7 +131,7 @@ pub async fn run(
             return;
         }
         // Say what we wait for now and then, not on every probe.
-        if attempts % 25 == 0 {
+        if attempts.is_multiple_of(25) {
             tracing::info!(waiting_for = %waiting_for.join("; "), "first start: waiting for every initial member before forming the cluster");
         }
         attempts += 1;

@@ -421,7 +421,7 @@ mod tests {
                         assert!(at <= start + look.max(spacing), "late");
                         assert!(at > start, "at once");
                         assert!(at >= start + spacing, "inside the spacing");
-                        let on_grid = (at - origin).as_nanos() % step.as_nanos() == 0;
+                        let on_grid = (at - origin).as_nanos().is_multiple_of(step.as_nanos());
                         assert!(
                             on_grid || at == start + look || at == start + spacing,
                             "off the grid"

@@ -591,7 +591,7 @@ pub async fn traffic(
                     LockKind::Nack
                 };
                 // Every third message is left to time out.
-                if (i + j + round as usize) % 3 != 0 {
+                if !(i + j + round as usize).is_multiple_of(3) {
                     let _ = store.release(q, kind, id, now, 50, None).await;
                 }
             }
