@@ -19,6 +19,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::metrics::RaftServerMetrics;
 
 use super::coordinator::Coordinator;
+use super::service::coord_status;
 use super::{WorkerCounts, WorkerShared};
 use crate::proto::worker::worker_service_client::WorkerServiceClient;
 use crate::proto::worker::{HeartbeatRequest, HeartbeatResponse, ShardReport, TaskCounters};
@@ -27,10 +28,10 @@ use crate::raft::MembershipView;
 use crate::raft::{NodeId, Raft, TypeConfig};
 use crate::shutdown::ShutdownListener;
 
-/// After a leader change, how soon a refused heartbeat is tried again (at
-/// most `heartbeat_interval`), and how many times.
+/// For one interval after a leader change, how soon a heartbeat that was
+/// not acknowledged for a passing reason is tried again (at most
+/// `heartbeat_interval`).
 const LEADER_CHANGE_RETRY: Duration = Duration::from_millis(25);
-const LEADER_CHANGE_TRIES: u32 = 20;
 
 /// Everything the loop needs.
 pub struct HeartbeatLoop {
@@ -121,36 +122,44 @@ pub fn task_counters(shared: &WorkerShared, counts: WorkerCounts) -> TaskCounter
 impl HeartbeatLoop {
     pub async fn run(self, mut stop: ShutdownListener) {
         let interval = self.shared.settings.heartbeat_interval;
-        // A new leader is heartbeated the moment it is known. The lease runs
-        // from the last heartbeat the old leader answered, so after a
-        // failover a follower that waited out its interval would renew up
-        // to an interval later than it could, and with a failover near
-        // `lease − 2 × interval` its shards would stop until it did.
+        // A new leader is heartbeated the moment it is known, even if a
+        // heartbeat to the old one is still waiting for its answer. The
+        // lease runs from the last heartbeat the old leader answered, so
+        // after a failover a follower that waited out its interval (or a
+        // call to a dead host) would renew later than it could, and with a
+        // failover near the lease its shards would stop until it did.
         let mut roles = Some(self.raft.server_metrics());
         let mut leader_seen = roles
             .as_ref()
             .and_then(|r| r.borrow_watched().current_leader);
-        // Tries left at the quick pace: a leader that has just been elected
-        // may refuse until a quorum has acknowledged it in its term, and a
-        // refused heartbeat must not wait a whole interval for the next.
-        let mut quick_tries = 0u32;
+        // Until when a heartbeat that was not acknowledged for a passing
+        // reason is tried again every LEADER_CHANGE_RETRY instead of every
+        // interval: one interval after a leader change. A leader that has
+        // just been elected refuses until a quorum has acknowledged it in
+        // its term, and that must not cost the follower a whole interval.
+        let mut quick_until: Option<Instant> = None;
+        // The first heartbeat goes at once: a leader may be known already.
+        let mut beat_now = true;
         loop {
-            let wait = if quick_tries > 0 {
-                interval.min(LEADER_CHANGE_RETRY)
-            } else {
-                interval
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.shared.report_now.notified() => {}
-                leader = leader_change(&mut roles, leader_seen) => {
-                    tracing::debug!(node = self.shared.node_id, ?leader, "new leader: heartbeat now");
-                    leader_seen = leader;
-                    quick_tries = if leader.is_some() { LEADER_CHANGE_TRIES } else { 0 };
+            if !beat_now {
+                let quick = quick_until.is_some_and(|until| Instant::now() < until);
+                let wait = if quick {
+                    interval.min(LEADER_CHANGE_RETRY)
+                } else {
+                    interval
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.shared.report_now.notified() => {}
+                    leader = leader_change(&mut roles, leader_seen) => {
+                        tracing::debug!(node = self.shared.node_id, ?leader, "new leader: heartbeat now");
+                        leader_seen = leader;
+                        quick_until = leader.map(|_| Instant::now() + interval);
+                    }
+                    _ = stop.recv() => return,
                 }
-                _ = stop.recv() => return,
             }
-            quick_tries = quick_tries.saturating_sub(1);
+            beat_now = false;
             // Frozen (test pause), or retired: a leaving node has no lease to
             // renew and has handed its shards back.
             if self.shared.freeze.is_frozen() || self.shared.is_retired() {
@@ -166,20 +175,43 @@ impl HeartbeatLoop {
                 self.shared.revoke_lease();
                 continue;
             }
-            if self.beat().await {
-                quick_tries = 0;
+            // A change the `select!` did not pick, another branch being ready too.
+            let known = roles
+                .as_ref()
+                .and_then(|r| r.borrow_watched().current_leader);
+            if known != leader_seen {
+                leader_seen = known;
+                quick_until = known.map(|_| Instant::now() + interval);
+            }
+            match self.beat(&mut roles).await {
+                Beat::Acked | Beat::Refused => quick_until = None,
+                Beat::NotYet => {}
+                Beat::LeaderChanged(leader) => {
+                    tracing::debug!(
+                        node = self.shared.node_id,
+                        ?leader,
+                        "leader changed during a heartbeat: heartbeat the new one now"
+                    );
+                    leader_seen = leader;
+                    quick_until = leader.map(|_| Instant::now() + interval);
+                    beat_now = leader.is_some();
+                }
             }
         }
     }
 
-    /// One heartbeat; whether the leader acknowledged it.
-    async fn beat(&self) -> bool {
+    /// One heartbeat to the leader this node knows. A call to another node
+    /// is dropped the moment the known leader changes (`roles`).
+    async fn beat(
+        &self,
+        roles: &mut Option<WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>>,
+    ) -> Beat {
         let (leader, leader_addr) = {
             // The server metrics: the full ones are republished on every
             // Raft heartbeat and cost a larger clone.
             let m = self.raft.server_metrics().borrow_watched().clone();
             let Some(leader) = m.current_leader else {
-                return false;
+                return Beat::NotYet;
             };
             let addr = m.member(leader).map(|n| n.raft_addr.clone());
             (leader, addr)
@@ -191,11 +223,19 @@ impl HeartbeatLoop {
             self.coordinator
                 .on_heartbeat(report)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| Failure::from(coord_status(e)))
         } else {
             match &leader_addr {
-                Some(addr) => self.remote_heartbeat(addr, report).await,
-                None => Err(format!("leader {leader} has no known address")),
+                Some(addr) => tokio::select! {
+                    reply = self.remote_heartbeat(addr, report) => reply,
+                    leader = leader_change(roles, Some(leader)) => {
+                        return Beat::LeaderChanged(leader);
+                    }
+                },
+                None => Err(Failure {
+                    passing: false,
+                    why: format!("leader {leader} has no known address"),
+                }),
             }
         };
         match reply {
@@ -208,7 +248,7 @@ impl HeartbeatLoop {
                     term: ack.term,
                     queues_version: ack.queues_version,
                 });
-                true
+                Beat::Acked
             }
             Ok(ack) => {
                 tracing::debug!(
@@ -216,11 +256,15 @@ impl HeartbeatLoop {
                     answered = ack.leader_id,
                     "heartbeat answered by another leader"
                 );
-                false
+                Beat::NotYet
             }
-            Err(e) => {
-                tracing::debug!(leader, error = %e, "heartbeat not acknowledged");
-                false
+            Err(Failure { passing, why }) => {
+                tracing::debug!(leader, error = %why, "heartbeat not acknowledged");
+                if passing {
+                    Beat::NotYet
+                } else {
+                    Beat::Refused
+                }
             }
         }
     }
@@ -233,21 +277,61 @@ impl HeartbeatLoop {
         &self,
         addr: &str,
         report: HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, String> {
-        let mut client = self.client(addr)?;
+    ) -> Result<HeartbeatResponse, Failure> {
+        let mut client = self.client(addr).map_err(|why| Failure {
+            passing: false,
+            why,
+        })?;
         let mut request = tonic::Request::new(report);
         request.set_timeout(self.shared.settings.heartbeat_interval);
         client
             .heartbeat(request)
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+            .map_err(Failure::from)
+    }
+}
+
+/// What one heartbeat came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Beat {
+    /// The leader this node knows acknowledged it: the lease is renewed.
+    Acked,
+    /// Not acknowledged for a passing reason, worth another try soon: no
+    /// leader known yet, a leader without a fresh quorum acknowledgement
+    /// yet, another node answering, or the call failing on the way.
+    NotYet,
+    /// Refused for a reason another try would not change soon (behind the
+    /// log, a stale run, an unknown node): the next try waits an interval.
+    Refused,
+    /// The known leader changed while the call was in flight; it was dropped.
+    LeaderChanged(Option<NodeId>),
+}
+
+/// Why a heartbeat was not acknowledged.
+struct Failure {
+    /// `UNAVAILABLE` or a call that did not complete: see [`Beat::NotYet`].
+    passing: bool,
+    why: String,
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        use tonic::Code;
+        Self {
+            passing: matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+            ),
+            why: format!("{}: {}", status.code(), status.message()),
+        }
     }
 }
 
 /// The known leader once it differs from `seen`. Never resolves once the
 /// core stops publishing (`roles` becomes `None`): `raft_stopped` handles
-/// that at the next interval.
+/// that at the next interval. Cancel-safe: a change it has not returned
+/// stays unseen for the next call.
 async fn leader_change(
     roles: &mut Option<WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>>,
     seen: Option<NodeId>,
