@@ -213,8 +213,9 @@ traffic() {  # seconds json
 
 # --- run 1: every fault under traffic -----------------------------------------
 # Traffic for as long as the faults take (one round: about 26 s short, 34 s
-# long, measured when the short holds were 1.5 s shorter in all), so the
-# figures are not diluted by a quiet tail.
+# long, measured when the short holds of a round were 2.5 s shorter in all:
+# two kills 1 s each, the stop 0.5 s), so the figures are not diluted by a
+# quiet tail.
 per_round=$(hold 29 35)
 run1=$(( rounds * per_round + 5 ))
 traffic "$run1" "$work/load1.json"
