@@ -137,7 +137,7 @@ impl HeartbeatLoop {
         // interval: one interval after a leader change. A leader that has
         // just been elected refuses until a quorum has acknowledged it in
         // its term, and that must not cost the follower a whole interval.
-        let mut quick_until: Option<Instant> = None;
+        let mut quick_until = leader_seen.map(|_| Instant::now() + interval);
         // The first heartbeat goes at once: a leader may be known already.
         let mut beat_now = true;
         loop {
@@ -189,19 +189,21 @@ impl HeartbeatLoop {
                 Beat::LeaderChanged(leader) => {
                     tracing::debug!(
                         node = self.shared.node_id,
-                        ?leader,
+                        leader,
                         "leader changed during a heartbeat: heartbeat the new one now"
                     );
-                    leader_seen = leader;
-                    quick_until = leader.map(|_| Instant::now() + interval);
-                    beat_now = leader.is_some();
+                    leader_seen = Some(leader);
+                    quick_until = Some(Instant::now() + interval);
+                    beat_now = true;
                 }
             }
         }
     }
 
     /// One heartbeat to the leader this node knows. A call to another node
-    /// is dropped the moment the known leader changes (`roles`).
+    /// is dropped the moment another node is known to lead (`roles`); not
+    /// when no leader is known, as while this node votes: the call may still
+    /// be answered, and there is no one else to ask.
     async fn beat(
         &self,
         roles: &mut Option<WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>>,
@@ -228,12 +230,13 @@ impl HeartbeatLoop {
             match &leader_addr {
                 Some(addr) => tokio::select! {
                     reply = self.remote_heartbeat(addr, report) => reply,
-                    leader = leader_change(roles, Some(leader)) => {
-                        return Beat::LeaderChanged(leader);
+                    other = another_leader(roles, leader) => {
+                        return Beat::LeaderChanged(other);
                     }
                 },
+                // Passing: the membership naming it may not be applied yet.
                 None => Err(Failure {
-                    passing: false,
+                    passing: true,
                     why: format!("leader {leader} has no known address"),
                 }),
             }
@@ -304,8 +307,9 @@ enum Beat {
     /// Refused for a reason another try would not change soon (behind the
     /// log, a stale run, an unknown node): the next try waits an interval.
     Refused,
-    /// The known leader changed while the call was in flight; it was dropped.
-    LeaderChanged(Option<NodeId>),
+    /// Another node became the known leader while the call was in flight;
+    /// the call was dropped.
+    LeaderChanged(NodeId),
 }
 
 /// Why a heartbeat was not acknowledged.
@@ -328,10 +332,13 @@ impl From<tonic::Status> for Failure {
     }
 }
 
-/// The known leader once it differs from `seen`. Never resolves once the
-/// core stops publishing (`roles` becomes `None`): `raft_stopped` handles
-/// that at the next interval. Cancel-safe: a change it has not returned
-/// stays unseen for the next call.
+/// The known leader once it differs from `seen`, at once if it already
+/// does. Never resolves once the core stops publishing (`roles` becomes
+/// `None`): `raft_stopped` handles that at the next interval. Cancel-safe:
+/// it compares the current value before waiting, so a change consumed by an
+/// earlier call that did not return it is still seen. Callers take the
+/// returned value as their new `seen`, so it does not resolve twice for one
+/// value.
 async fn leader_change(
     roles: &mut Option<WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>>,
     seen: Option<NodeId>,
@@ -340,13 +347,27 @@ async fn leader_change(
         let Some(rx) = roles.as_mut() else {
             return std::future::pending().await;
         };
-        if rx.changed().await.is_err() {
-            *roles = None;
-            continue;
-        }
         let leader = rx.borrow_watched().current_leader;
         if leader != seen {
             return leader;
+        }
+        if rx.changed().await.is_err() {
+            *roles = None;
+        }
+    }
+}
+
+/// A known leader other than `leader`, passing over spells of no leader
+/// (and `leader` itself again after one).
+async fn another_leader(
+    roles: &mut Option<WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>>,
+    leader: NodeId,
+) -> NodeId {
+    let mut seen = Some(leader);
+    loop {
+        match leader_change(roles, seen).await {
+            Some(other) if other != leader => return other,
+            now => seen = now,
         }
     }
 }
