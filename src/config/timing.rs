@@ -71,7 +71,7 @@ impl Default for WorkerTuning {
     }
 }
 
-// The defaults trade failover time for an idle cost of about 0.8–1 % of a core
+// The defaults trade failover time for an idle cost of about 0.7–1 % of a core
 // (docs/benchmarks.md, "Idle cost and failover"). DESIGN.md suggests a 50 ms
 // heartbeat, 150–300 ms elections, 200 ms worker heartbeats and a 1 s lease:
 // failover about 0.5 s, but about 1.4 % of a core per idle node, most of it
