@@ -30,15 +30,21 @@ pub struct DecodeErrors<S> {
 }
 
 /// `(grpc-status, message prefix)` pairs tonic uses for undecodable requests.
-const DECODE_FAILURES: &[(&str, &str)] = &[
-    ("13", "failed to decode"),
-    ("11", "Error, decoded message length too large"),
-    ("11", "Error, encoded message length too large"),
+const DECODE_FAILURES: &[(tonic::Code, &str)] = &[
+    (tonic::Code::Internal, "failed to decode"),
+    (
+        tonic::Code::OutOfRange,
+        "Error, decoded message length too large",
+    ),
+    (
+        tonic::Code::OutOfRange,
+        "Error, encoded message length too large",
+    ),
 ];
 
-/// Whether a status with this numeric code and message is tonic's answer
-/// to an undecodable request.
-pub fn is_decode_failure(code: &str, message: &str) -> bool {
+/// Whether a status with this code and message is tonic's answer to an
+/// undecodable request.
+pub fn is_decode_failure(code: tonic::Code, message: &str) -> bool {
     DECODE_FAILURES
         .iter()
         .any(|(c, prefix)| code == *c && message.starts_with(prefix))
@@ -46,7 +52,11 @@ pub fn is_decode_failure(code: &str, message: &str) -> bool {
 
 /// Rewrites the status of a trailers-only response if it is a decode failure.
 pub fn rewrite(headers: &mut http::HeaderMap) {
-    let status = headers.get("grpc-status").and_then(|v| v.to_str().ok());
+    let status = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from);
     let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())

@@ -116,8 +116,7 @@ struct StreamState {
 /// unary calls (`admin::grpc_errors`, which sees only trailers-only
 /// answers, so not a stream's).
 fn invalid_request(status: Status) -> Status {
-    let code = (status.code() as i32).to_string();
-    if crate::admin::grpc_errors::is_decode_failure(&code, status.message()) {
+    if crate::admin::grpc_errors::is_decode_failure(status.code(), status.message()) {
         Status::invalid_argument(status.message().to_string())
     } else {
         status
