@@ -64,8 +64,8 @@ impl RaftRpc {
         self.refuse_retired(from)
     }
 
-    /// One AppendEntries of a stream: refused like a unary one, answered
-    /// with the request's `seq`.
+    /// One AppendEntries, unary or of a stream: refused if its sender is not
+    /// who `certs` say or was removed.
     async fn append_one(
         &self,
         payload: &RaftPayload,
@@ -77,9 +77,7 @@ impl RaftRpc {
         self.senders.check_certs(certs, from)?;
         self.refuse_retired(from)?;
         let resp = self.raft.append_entries(req).await.map_err(raft_error)?;
-        let mut answer = codec::encode("append entries response", &resp)?;
-        answer.seq = payload.seq;
-        Ok(answer)
+        Ok(codec::encode("append entries response", &resp)?)
     }
 
     /// `PERMISSION_DENIED` if `from` was removed from the cluster.
@@ -135,14 +133,11 @@ impl RaftService for RaftRpc {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let req: openraft::raft::AppendEntriesRequest<super::TypeConfig> =
-            codec::decode("append entries", request.get_ref())?;
-        self.refuse(&request, *req.vote.leader_id().node_id())?;
-        let resp = self.raft.append_entries(req).await.map_err(raft_error)?;
-        Ok(Response::new(codec::encode(
-            "append entries response",
-            &resp,
-        )?))
+        let certs = request.peer_certs();
+        let answer = self
+            .append_one(request.get_ref(), certs.as_deref().map(Vec::as_slice))
+            .await?;
+        Ok(Response::new(answer))
     }
 
     type AppendStreamStream = AppendResponses;
@@ -182,7 +177,14 @@ impl RaftService for RaftRpc {
             };
             let certs = state.certs.as_deref().map(Vec::as_slice);
             match state.rpc.append_one(&payload, certs).await {
-                Ok(answer) => Some((Ok(answer), Some(state))),
+                // Answered with the request's `seq`.
+                Ok(answer) => Some((
+                    Ok(RaftPayload {
+                        seq: payload.seq,
+                        ..answer
+                    }),
+                    Some(state),
+                )),
                 Err(status) => Some((Err(status), None)),
             }
         });
