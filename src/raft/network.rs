@@ -237,13 +237,29 @@ impl PeerConnection {
     {
         let client = self.client()?;
         let payload = codec::encode(what, req).map_err(|e| self.codec_error(e))?;
-        let mut request = tonic::Request::new(payload);
-        request.set_timeout(option.hard_ttl());
         tracing::trace!(target_node = self.target, rpc = what, "sending Raft RPC");
-        let response = rpc(client, request)
+        let response = self.unary(client, payload, option.hard_ttl(), rpc).await?;
+        codec::decode(what, &response).map_err(|e| self.codec_error(e))
+    }
+
+    /// One unary call of an encoded request, with `timeout` as its deadline.
+    async fn unary<F, Fut>(
+        &self,
+        client: RaftServiceClient<Channel>,
+        payload: RaftPayload,
+        timeout: Duration,
+        rpc: F,
+    ) -> Result<RaftPayload, RPCError<TypeConfig>>
+    where
+        F: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let mut request = tonic::Request::new(payload);
+        request.set_timeout(timeout);
+        rpc(client, request)
             .await
-            .map_err(|s| self.status_error(s))?;
-        codec::decode(what, response.get_ref()).map_err(|e| self.codec_error(e))
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.status_error(s))
     }
 }
 
@@ -289,14 +305,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 if left.is_zero() {
                     return Err(self.status_error(timed_out()));
                 }
-                let mut request = tonic::Request::new(payload);
-                request.set_timeout(left);
-                let mut client = client;
-                client
-                    .append_entries(request)
-                    .await
-                    .map_err(|s| self.status_error(s))?
-                    .into_inner()
+                self.unary(client, payload, left, |mut c, r| async move {
+                    c.append_entries(r).await
+                })
+                .await?
             }
         };
         codec::decode(what, &response).map_err(|e| self.codec_error(e))
