@@ -207,11 +207,11 @@ impl Node {
         let security = Security::load(&config)?;
         let worker = start_worker(&config, &storage).await?;
         let channels = Channels::with_tls(security.tls.as_ref().map(|t| t.client.clone()));
+        let raft_config = Arc::new(raft_config(&config)?);
         let raft_runtime = RaftRuntime::start(config.node_id).map_err(NodeError::RaftThread)?;
         // openraft spawns its core and replication tasks where it is
         // created: on the Raft thread. Its channels are the Raft thread's
         // too (a tonic channel's tasks run where it was first made).
-        let raft_config = Arc::new(raft_config(&config)?);
         let network = NetworkFactory::new(channels.for_raft_thread());
         let (log, state_machine) = (storage.log, storage.state_machine.clone());
         let node_id = config.node_id;
