@@ -151,15 +151,21 @@ impl HeartbeatLoop {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = self.shared.report_now.notified() => {}
-                    leader = leader_change(&mut roles, leader_seen) => {
-                        tracing::debug!(node = self.shared.node_id, ?leader, "new leader: heartbeat now");
-                        leader_seen = leader;
-                        quick_until = leader.map(|_| Instant::now() + interval);
-                    }
+                    _ = leader_change(&mut roles, leader_seen) => {}
                     _ = stop.recv() => return,
                 }
             }
             beat_now = false;
+            // The leader as the watch has it now, whatever woke the loop: a
+            // change opens a window of quick retries.
+            let known = roles
+                .as_ref()
+                .and_then(|r| r.borrow_watched().current_leader);
+            if known != leader_seen {
+                tracing::debug!(node = self.shared.node_id, leader = ?known, "new leader: heartbeat now");
+                leader_seen = known;
+                quick_until = known.map(|_| Instant::now() + interval);
+            }
             // Frozen (test pause), or retired: a leaving node has no lease to
             // renew and has handed its shards back.
             if self.shared.freeze.is_frozen() || self.shared.is_retired() {
@@ -175,27 +181,11 @@ impl HeartbeatLoop {
                 self.shared.revoke_lease();
                 continue;
             }
-            // A change the `select!` did not pick, another branch being ready too.
-            let known = roles
-                .as_ref()
-                .and_then(|r| r.borrow_watched().current_leader);
-            if known != leader_seen {
-                leader_seen = known;
-                quick_until = known.map(|_| Instant::now() + interval);
-            }
             match self.beat(&mut roles).await {
                 Beat::Acked | Beat::Refused => quick_until = None,
                 Beat::NotYet => {}
-                Beat::LeaderChanged(leader) => {
-                    tracing::debug!(
-                        node = self.shared.node_id,
-                        leader,
-                        "leader changed during a heartbeat: heartbeat the new one now"
-                    );
-                    leader_seen = Some(leader);
-                    quick_until = Some(Instant::now() + interval);
-                    beat_now = true;
-                }
+                // The new leader is read at the top of the loop.
+                Beat::LeaderChanged => beat_now = true,
             }
         }
     }
@@ -230,9 +220,7 @@ impl HeartbeatLoop {
             match &leader_addr {
                 Some(addr) => tokio::select! {
                     reply = self.remote_heartbeat(addr, report) => reply,
-                    other = another_leader(roles, leader) => {
-                        return Beat::LeaderChanged(other);
-                    }
+                    _ = another_leader(roles, leader) => return Beat::LeaderChanged,
                 },
                 // Passing: the membership naming it may not be applied yet.
                 None => Err(Failure {
@@ -309,7 +297,7 @@ enum Beat {
     Refused,
     /// Another node became the known leader while the call was in flight;
     /// the call was dropped.
-    LeaderChanged(NodeId),
+    LeaderChanged,
 }
 
 /// Why a heartbeat was not acknowledged.
