@@ -356,16 +356,20 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if args.json {
+    let text = if args.json {
         match serde_json::to_string_pretty(&summary) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => text,
             Err(e) => {
                 eprintln!("deckhand demo: cannot encode the summary: {e}");
                 return ExitCode::FAILURE;
             }
         }
     } else {
-        print!("{}", deckhand::demo::summary_text(&summary));
+        deckhand::demo::summary_text(&summary)
+    };
+    if let Err(e) = write_line(text.trim_end()) {
+        eprintln!("deckhand demo: {e}");
+        return ExitCode::FAILURE;
     }
     if summary.consistency.ok {
         ExitCode::SUCCESS
@@ -468,15 +472,23 @@ async fn run_ctl(addr: String, json: bool, security: CtlSecurity, command: CtlCo
 /// reader that went away included (`deckhand ctl status | head -0`), gets one
 /// line on stderr and a failure exit; `println!` would panic.
 fn write_stdout(command: &str, text: &str) -> ExitCode {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+    match write_line(text) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("deckhand {command}: cannot write the output: {e}");
+            eprintln!("deckhand {command}: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `text` and a newline on stdout, flushed; a failed write (a closed pipe
+/// included) is an error naming what failed instead of `println!`'s panic.
+fn write_line(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write the output: {e}"))
 }
 
 async fn run_load(args: LoadArgs) -> ExitCode {
@@ -535,8 +547,7 @@ fn check_load_args(args: &LoadArgs) -> Result<i64, String> {
 fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
     let line =
         serde_json::to_string(value).map_err(|e| format!("cannot encode the result: {e}"))?;
-    println!("{line}");
-    Ok(())
+    write_line(&line)
 }
 
 /// `--baseline-housekeeper`: Deckard's own housekeeping loop, as a baseline.
@@ -572,20 +583,20 @@ async fn run_redis_limit(args: &LoadArgs) -> Result<(), String> {
     if args.json {
         return print_json(&limit);
     }
-    println!(
+    let mut text = format!(
         "Redis alone: {} elements in {} calls, {} us of server time: {:.0} elements/s (wall clock: {:.0}/s)",
         limit.elements, limit.calls, limit.server_usec, limit.elements_per_s, limit.wall_elements_per_s
     );
     for (master, usec) in &limit.per_master_usec {
-        println!("  master {master}: {usec} us of server time");
+        text.push_str(&format!("\n  master {master}: {usec} us of server time"));
     }
     if !limit.per_master_usec.is_empty() {
-        println!(
-            "  every master on its own core: {:.0} elements/s",
+        text.push_str(&format!(
+            "\n  every master on its own core: {:.0} elements/s",
             limit.parallel_elements_per_s
-        );
+        ));
     }
-    Ok(())
+    write_line(&text)
 }
 
 /// Traffic (or, with `--expired-locks`, drain) against the store; prints the summary.
@@ -616,13 +627,12 @@ async fn run_traffic_or_drain(args: &LoadArgs, lock_ms_max: i64) -> Result<(), S
         check: args.check,
     };
     let summary = deckhand::load::run(store, opts).await;
-    if args.json {
-        serde_json::to_string(&summary)
-            .map(|line| println!("{line}"))
-            .map_err(|e| format!("cannot encode the summary: {e}"))?;
+    let text = if args.json {
+        serde_json::to_string(&summary).map_err(|e| format!("cannot encode the summary: {e}"))?
     } else {
-        println!("{}", deckhand::load::summary_text(&summary));
-    }
+        deckhand::load::summary_text(&summary)
+    };
+    write_line(&text)?;
     if summary.errors > 0 && summary.added == 0 && summary.drained == 0 {
         return Err(format!(
             "every store operation failed ({} errors); is the store reachable?",

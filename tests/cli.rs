@@ -582,6 +582,42 @@ fn demo_runs_kills_restarts_and_passes_its_consistency_check() {
     assert!(line.contains("--nodes 0"), "{line}");
 }
 
+#[test]
+fn load_into_a_closed_pipe_fails_with_one_line_instead_of_a_panic() {
+    // `deckhand load ... | head -0`: the summary cannot be written. One
+    // line naming the cause, a non-zero exit, no panic.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(BIN)
+        .args([
+            "load",
+            "--store",
+            "memory://",
+            "--queues",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--grace",
+            "0s",
+            "--json",
+        ])
+        .stdout(writer)
+        .output()
+        .expect("run load");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "load panicked: {stderr}");
+    assert!(!out.status.success(), "load reported success: {stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("deckhand load: cannot write the output"),
+        "{stderr}"
+    );
+}
+
 /// Writes a config for node `id` joining the cluster of `ports` (it lists
 /// the existing members and itself, with `join = true`).
 fn write_join_config(dir: &Path, id: u64, ports: &[Ports], own: Ports) -> PathBuf {
