@@ -64,6 +64,8 @@ pub async fn run(
     let mut tasks: BTreeMap<u32, Task> = BTreeMap::new();
     // Cancelled tasks that may still be finishing a call, by shard.
     let mut stopping: BTreeMap<u32, Stopping> = BTreeMap::new();
+    // Whether the lease held at the last pass, to log a lapse once.
+    let mut lease_held = false;
     loop {
         let state = applied.borrow_and_update().clone();
         shared.set_shard_count(state.cluster.shard_count, state.cluster.generation);
@@ -75,6 +77,16 @@ pub async fn run(
         });
         shared.forget_old_fences(|shard| state.cluster.shards.get(shard as usize).map(|s| s.epoch));
         let lease_ok = shared.lease_valid();
+        // A lapse is the one way this node stops its shards without being
+        // told, so it is said (scripts/failover.sh counts these lines).
+        if lease_held && !lease_ok && !stop.is_triggered() && !shared.is_retired() {
+            tracing::warn!(
+                node = shared.node_id,
+                shards = tasks.len(),
+                "lease ran out: every shard stops until a leader acknowledges a heartbeat"
+            );
+        }
+        lease_held = lease_ok;
         let desired: BTreeMap<u32, u64> =
             if lease_ok && !stop.is_triggered() && !shared.is_retired() {
                 state
