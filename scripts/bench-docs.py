@@ -95,8 +95,10 @@ def table(r, short=False):
              ""),
         ]
     rows += [
-        (f"leader failover after `kill -9`, median / max ({fo['kills']} kills)",
-         f"**{fo['median_ms']} / {fo['max_ms']} ms**", "-",
+        (f"leader failover after `kill -9`, median / max ({fo['kills']} kills)"
+         + ("; survivors' lease lapses" if "lease_lapses" in fo else ""),
+         f"**{fo['median_ms']} / {fo['max_ms']} ms**"
+         + (f"; {fo['lease_lapses']}" if "lease_lapses" in fo else ""), "-",
          "none: work stops until the process is replaced (15–60 s on Kubernetes)", ""),
         ("shard handoff after `kill -9` / SIGTERM of an owner, median",
          f"{n(ho['crash']['median_ms'])} / {n(ho['graceful']['median_ms'])} ms", "-", "as above", ""),

@@ -516,6 +516,7 @@ def table(r):
          x["drain_baseline_vs_redis_limit"]),
         ("failover after kill -9, median / max (ms)",
          f"{d['failover']['median_ms']} / {d['failover']['max_ms']}", "-", "none"),
+        ("failover: survivors' lease lapses", d["failover"].get("lease_lapses", "-"), "-", "-"),
         ("handoff after a crash / SIGTERM, median (ms)",
          f"{d['handoff']['crash']['median_ms']} / {d['handoff']['graceful']['median_ms']}", "-",
          "until replaced"),

@@ -9,6 +9,11 @@
 #   KILLS=20 scripts/failover.sh
 #   DECKHAND_BIN=target/debug/deckhand scripts/failover.sh
 #
+# After each kill it also counts the survivors' lease lapses: the "lease ran
+# out" lines their logs gain within LAPSE_WINDOW_MS (default 2500, past the
+# default lease of 1.5 s) of the kill. A follower whose lease outlasts the
+# failover has none.
+#
 # Output: one line per kill, then a summary line, and JSON in
 # bench/failover.json.
 set -euo pipefail
@@ -16,6 +21,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 kills=${KILLS:-10}
+lapse_window_ms=${LAPSE_WINDOW_MS:-2500}
 if [ -z "${DECKHAND_BIN:-}" ]; then
   cargo build --release --quiet
   export DECKHAND_BIN="$root/target/release/deckhand"
@@ -41,8 +47,15 @@ leader_seen_by() {  # admin address -> leader id or empty
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
+lapses_logged() {  # node id -> "lease ran out" lines in its log so far
+  local n
+  n=$(grep -c 'lease ran out' "$DECKHAND_RUN_DIR/node$1.log" 2>/dev/null) || true
+  echo "${n:-0}"
+}
+
 scripts/cluster.sh start "$cfg" >/dev/null
 times=()
+lapses=()
 for i in $(seq 1 "$kills"); do
   # Settle: all three nodes agree on one leader.
   deadline=$(( $(now_ms) + 30000 ))
@@ -53,6 +66,9 @@ for i in $(seq 1 "$kills"); do
     sleep 0.05
   done
   old=$l1
+  survivor_ids=()
+  for n in 1 2 3; do [ "$n" = "$old" ] || survivor_ids+=("$n"); done
+  before=$(( $(lapses_logged "${survivor_ids[0]}") + $(lapses_logged "${survivor_ids[1]}") ))
   pid=$(cat "$DECKHAND_RUN_DIR/node$old.pid")
   kill -9 "$pid"
   start=$(now_ms)
@@ -66,7 +82,11 @@ for i in $(seq 1 "$kills"); do
   done
   elapsed=$(( $(now_ms) - start ))
   times+=("$elapsed")
-  echo "kill $i: leader $old killed, node $a leads after ${elapsed} ms"
+  # A lapse shows within the lease of the kill: wait out the window.
+  while [ "$(now_ms)" -lt $(( start + lapse_window_ms )) ]; do sleep 0.05; done
+  after=$(( $(lapses_logged "${survivor_ids[0]}") + $(lapses_logged "${survivor_ids[1]}") ))
+  lapses+=("$(( after - before ))")
+  echo "kill $i: leader $old killed, node $a leads after ${elapsed} ms; survivors' lease lapses: $(( after - before ))"
   scripts/cluster.sh start "$cfg" >/dev/null   # restarts the killed node
 done
 
@@ -78,7 +98,9 @@ else
   median=$(( (sorted[count / 2 - 1] + sorted[count / 2]) / 2 ))
 fi
 max=${sorted[$((count - 1))]}
-echo "leader failover after kill -9 over $count kills: median ${median} ms, max ${max} ms"
+lapsed=0
+for l in "${lapses[@]}"; do lapsed=$(( lapsed + l )); done
+echo "leader failover after kill -9 over $count kills: median ${median} ms, max ${max} ms; survivors' lease lapses: $lapsed"
 mkdir -p bench
-printf '{"kills": %d, "median_ms": %d, "max_ms": %d, "samples_ms": [%s]}\n' \
-  "$count" "$median" "$max" "$(IFS=,; echo "${times[*]}")" > bench/failover.json
+printf '{"kills": %d, "median_ms": %d, "max_ms": %d, "samples_ms": [%s], "lease_lapses": %d, "lapse_window_ms": %d}\n' \
+  "$count" "$median" "$max" "$(IFS=,; echo "${times[*]}")" "$lapsed" "$lapse_window_ms" > bench/failover.json
