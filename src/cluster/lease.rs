@@ -85,6 +85,11 @@ impl Lease {
         self.valid_until = None;
     }
 
+    /// When the lease ends (or ended): `None` when never granted or revoked.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.valid_until
+    }
+
     pub fn is_valid(&self, now: Instant) -> bool {
         self.valid_until.is_some_and(|until| now < until)
     }

@@ -302,6 +302,11 @@ impl WorkerShared {
         lock(&self.lease).is_valid(Instant::now())
     }
 
+    /// When the lease ends (or ended): `None` when never granted or revoked.
+    pub fn lease_until(&self) -> Option<Instant> {
+        lock(&self.lease).valid_until()
+    }
+
     pub fn lease_remaining(&self) -> Option<Duration> {
         lock(&self.lease).remaining(Instant::now())
     }

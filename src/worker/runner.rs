@@ -76,10 +76,21 @@ pub async fn run(
             trigger_seq: settings.trigger_seq(),
         });
         shared.forget_old_fences(|shard| state.cluster.shards.get(shard as usize).map(|s| s.epoch));
-        let lease_ok = shared.lease_valid();
+        // Read once: the validity this pass acts on and the wake-up at its
+        // end must agree, or a lease ending in between (during `reconcile`)
+        // would leave the tasks running and the loop asleep until the next
+        // renewal, with the lapse unseen.
+        let lease_until = shared.lease_until();
+        let lease_ok = lease_until.is_some_and(|until| Instant::now() < until);
         // A lapse is the one way this node stops its shards without being
-        // told, so it is said (scripts/failover.sh counts these lines).
-        if lease_held && !lease_ok && !stop.is_triggered() && !shared.is_retired() {
+        // told, so it is said (scripts/failover.sh counts these lines). A
+        // revoke (`lease_until` is `None`) is logged by whoever revoked.
+        if lease_held
+            && !lease_ok
+            && lease_until.is_some()
+            && !stop.is_triggered()
+            && !shared.is_retired()
+        {
             tracing::warn!(
                 node = shared.node_id,
                 shards = tasks.len(),
@@ -102,20 +113,30 @@ pub async fn run(
         reconcile(&shared, &mut tasks, &mut stopping, &desired, may_start);
         shared.set_reconciled_index(state.applied_index());
 
-        // Wake when the state, lease or queues change, or the lease runs out.
-        let lease_left = shared
-            .lease_remaining()
-            .unwrap_or(Duration::from_secs(3600));
+        // Wake when the state, lease or queues change, or the lease this
+        // pass saw runs out (a renewal since then moves the end later: the
+        // next pass reads it).
+        let lease_end = lease_until
+            .filter(|_| lease_ok)
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { break },
             _ = shared.changed.notified() => {}
-            _ = tokio::time::sleep(lease_left) => {}
+            _ = sleep_until_some(lease_end) => {}
             _ = stop.recv() => break,
         }
     }
     stop_all(&mut tasks).await;
     for (_, old) in std::mem::take(&mut stopping) {
         let _ = old.handle.await;
+    }
+}
+
+/// Sleeps until `end`, or forever when there is none.
+async fn sleep_until_some(end: Option<tokio::time::Instant>) {
+    match end {
+        Some(end) => tokio::time::sleep_until(end).await,
+        None => std::future::pending().await,
     }
 }
 
