@@ -10,23 +10,31 @@
 #   DECKHAND_BIN=target/debug/deckhand scripts/failover.sh
 #
 # After each kill it also counts the survivors' lease lapses: the "lease ran
-# out" lines their logs gain within LAPSE_WINDOW_MS (default 2500, past the
-# default lease of 1.5 s) of the kill. A follower whose lease outlasts the
-# failover has none.
+# out" warnings their logs gain within LAPSE_WINDOW_MS of the kill (default
+# 2500; keep it above the lease, 1.5 s by default, or later lapses go
+# uncounted). A follower whose lease outlasts the failover has none. The
+# count needs a binary that logs lapses and info-level logs (each survivor
+# must have logged "lease acquired"); the script stops otherwise, rather
+# than report 0.
 #
-# Output: one line per kill, then a summary line, and JSON in
-# bench/failover.json.
+# Output: one line per kill, then a summary line, and JSON in OUT (default
+# bench/failover.json).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 kills=${KILLS:-10}
 lapse_window_ms=${LAPSE_WINDOW_MS:-2500}
+out=${OUT:-bench/failover.json}
 if [ -z "${DECKHAND_BIN:-}" ]; then
   cargo build --release --quiet
   export DECKHAND_BIN="$root/target/release/deckhand"
 fi
 bin=$DECKHAND_BIN
+grep -aq 'lease ran out' "$bin" || {
+  echo "failover.sh: $bin does not log lease lapses (built before 972de02?): cannot count them" >&2
+  exit 1
+}
 
 work=$(mktemp -d)
 cfg="$work/local-3"
@@ -47,11 +55,12 @@ leader_seen_by() {  # admin address -> leader id or empty
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-lapses_logged() {  # node id -> "lease ran out" lines in its log so far
+logged() {  # pattern, node id -> lines of its log so far that match
   local n
-  n=$(grep -c 'lease ran out' "$DECKHAND_RUN_DIR/node$1.log" 2>/dev/null) || true
+  n=$(grep -c "$1" "$DECKHAND_RUN_DIR/node$2.log" 2>/dev/null) || true
   echo "${n:-0}"
 }
+lapses_logged() { logged 'lease ran out' "$1"; }
 
 scripts/cluster.sh start "$cfg" >/dev/null
 times=()
@@ -68,6 +77,12 @@ for i in $(seq 1 "$kills"); do
   old=$l1
   survivor_ids=()
   for n in 1 2 3; do [ "$n" = "$old" ] || survivor_ids+=("$n"); done
+  for n in "${survivor_ids[@]}"; do
+    [ "$(logged 'lease acquired' "$n")" -gt 0 ] || {
+      echo "failover.sh: node $n never logged 'lease acquired' (log level above info?): lapses would go unseen" >&2
+      exit 1
+    }
+  done
   before=$(( $(lapses_logged "${survivor_ids[0]}") + $(lapses_logged "${survivor_ids[1]}") ))
   pid=$(cat "$DECKHAND_RUN_DIR/node$old.pid")
   kill -9 "$pid"
@@ -101,6 +116,6 @@ max=${sorted[$((count - 1))]}
 lapsed=0
 for l in "${lapses[@]}"; do lapsed=$(( lapsed + l )); done
 echo "leader failover after kill -9 over $count kills: median ${median} ms, max ${max} ms; survivors' lease lapses: $lapsed"
-mkdir -p bench
+mkdir -p "$(dirname "$out")"
 printf '{"kills": %d, "median_ms": %d, "max_ms": %d, "samples_ms": [%s], "lease_lapses": %d, "lapse_window_ms": %d}\n' \
-  "$count" "$median" "$max" "$(IFS=,; echo "${times[*]}")" "$lapsed" "$lapse_window_ms" > bench/failover.json
+  "$count" "$median" "$max" "$(IFS=,; echo "${times[*]}")" "$lapsed" "$lapse_window_ms" > "$out"
