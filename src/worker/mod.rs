@@ -316,8 +316,14 @@ impl WorkerShared {
         if self.is_retired() {
             return;
         }
-        let was_valid = self.lease_valid();
-        let renewed = lock(&self.lease).renew(sent_at, term);
+        // Under one lock: whether the lease had run out and the renewal are
+        // one step, so a runner that saw it run out is always woken (see
+        // `runner::run`).
+        let (was_valid, renewed) = {
+            let mut lease = lock(&self.lease);
+            let was_valid = lease.is_valid(Instant::now());
+            (was_valid, lease.renew(sent_at, term))
+        };
         if renewed && !was_valid {
             tracing::info!(node = self.node_id, term, "lease acquired");
             self.changed.notify_one();

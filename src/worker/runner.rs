@@ -78,10 +78,14 @@ pub async fn run(
         shared.forget_old_fences(|shard| state.cluster.shards.get(shard as usize).map(|s| s.epoch));
         // Read once: the validity this pass acts on and the wake-up at its
         // end must agree, or a lease ending in between (during `reconcile`)
-        // would leave the tasks running and the loop asleep until the next
-        // renewal, with the lapse unseen.
+        // would leave the tasks running and the loop asleep, with the lapse
+        // unseen. `now` is taken first: a renewal after the read finds the
+        // lease as this pass judged it at `now` or later, so if this pass
+        // saw it run out, so does the renewal, which then wakes this loop
+        // (`renew_lease` notifies when it renews a lease that had run out).
+        let now = Instant::now();
         let lease_until = shared.lease_until();
-        let lease_ok = lease_until.is_some_and(|until| Instant::now() < until);
+        let lease_ok = lease_until.is_some_and(|until| now < until);
         // A lapse is the one way this node stops its shards without being
         // told, so it is said (scripts/failover.sh counts these lines). A
         // revoke (`lease_until` is `None`) is logged by whoever revoked.
@@ -132,11 +136,16 @@ pub async fn run(
     }
 }
 
-/// Sleeps until `end`, or forever when there is none.
+/// Without a lease, how often the reconcile loop looks again anyway. The
+/// argument in `run` says a renewal always wakes it; this bounds what a
+/// wake-up missed by a bug would cost (the loop used to sleep an hour).
+const NO_LEASE_RECHECK: Duration = Duration::from_secs(1);
+
+/// Sleeps until `end`, or for [`NO_LEASE_RECHECK`] when there is none.
 async fn sleep_until_some(end: Option<tokio::time::Instant>) {
     match end {
         Some(end) => tokio::time::sleep_until(end).await,
-        None => std::future::pending().await,
+        None => tokio::time::sleep(NO_LEASE_RECHECK).await,
     }
 }
 
