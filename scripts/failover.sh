@@ -12,13 +12,14 @@
 # After each kill it also counts the survivors' lease lapses: the "lease ran
 # out" warnings their logs gain within LAPSE_WINDOW_MS of the kill (default
 # 2500; keep it above the lease, 1.5 s by default, or later lapses go
-# uncounted). A follower whose lease outlasts the failover has none. The
-# count needs a binary that logs lapses and info-level logs (each survivor
-# must have logged "lease acquired"); the script stops otherwise, rather
-# than report 0.
+# uncounted). A follower whose lease outlasts the failover has none. Each
+# kill waits until both survivors hold a lease (`ctl status`), so each could
+# lapse. The count needs a binary that logs lapses and info-level logs (every
+# node must log "lease acquired" once it has a lease); the script stops
+# otherwise, rather than report 0.
 #
 # Output: one line per kill, then a summary line, and JSON in OUT (default
-# bench/failover.json).
+# bench/failover.json; a relative path is taken from the repository root).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -26,6 +27,7 @@ cd "$root"
 kills=${KILLS:-10}
 lapse_window_ms=${LAPSE_WINDOW_MS:-2500}
 out=${OUT:-bench/failover.json}
+[ "$kills" -ge 1 ] 2>/dev/null || { echo "failover.sh: KILLS must be a whole number of at least 1, not '$kills'" >&2; exit 1; }
 if [ -z "${DECKHAND_BIN:-}" ]; then
   cargo build --release --quiet
   export DECKHAND_BIN="$root/target/release/deckhand"
@@ -53,6 +55,10 @@ leader_seen_by() {  # admin address -> leader id or empty
   "$bin" ctl --addr "$1" status --json 2>/dev/null | sed -n 's/^ *"leader_id": *\([0-9][0-9]*\).*/\1/p'
 }
 
+lease_left_ms() {  # admin address -> this node's lease time left in ms, or empty
+  "$bin" ctl --addr "$1" status --json 2>/dev/null | sed -n 's/^ *"lease_remaining_ms": *\([0-9][0-9]*\).*/\1/p'
+}
+
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 logged() {  # pattern, node id -> lines of its log so far that match
@@ -77,9 +83,17 @@ for i in $(seq 1 "$kills"); do
   old=$l1
   survivor_ids=()
   for n in 1 2 3; do [ "$n" = "$old" ] || survivor_ids+=("$n"); done
+  # Both survivors hold a lease (a restarted node may not yet), and have
+  # logged getting one: the log level shows lapses.
   for n in "${survivor_ids[@]}"; do
+    while :; do
+      left=$(lease_left_ms "127.0.0.1:720$n")
+      [ -n "$left" ] && [ "$left" -gt 0 ] && break
+      [ "$(now_ms)" -lt "$deadline" ] || { echo "failover.sh: node $n holds no lease" >&2; exit 1; }
+      sleep 0.05
+    done
     [ "$(logged 'lease acquired' "$n")" -gt 0 ] || {
-      echo "failover.sh: node $n never logged 'lease acquired' (log level above info?): lapses would go unseen" >&2
+      echo "failover.sh: node $n holds a lease but never logged 'lease acquired' (log level above info?): lapses would go unseen" >&2
       exit 1
     }
   done
