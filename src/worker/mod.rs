@@ -313,14 +313,16 @@ impl WorkerShared {
 
     /// Records an acknowledged heartbeat sent at `sent_at` by a leader of `term`.
     pub(crate) fn renew_lease(&self, sent_at: Instant, term: u64) {
-        if self.is_retired() {
-            return;
-        }
         // Under one lock: whether the lease had run out and the renewal are
         // one step, so a runner that saw it run out is always woken (see
-        // `runner::run`).
+        // `runner::run`). Retirement is read under it too: `retire` sets the
+        // flag and then revokes under this lock, so a renewal either sees
+        // the flag or comes before the revoke, never after it.
         let (was_valid, renewed) = {
             let mut lease = lock(&self.lease);
+            if self.is_retired() {
+                return;
+            }
             let was_valid = lease.is_valid(Instant::now());
             (was_valid, lease.renew(sent_at, term))
         };

@@ -138,7 +138,8 @@ pub async fn run(
 
 /// Without a lease, how often the reconcile loop looks again anyway. The
 /// argument in `run` says a renewal always wakes it; this bounds what a
-/// wake-up missed by a bug would cost (the loop used to sleep an hour).
+/// wake-up missed by a bug would cost (an hour before `9bed2ea`, for ever
+/// after it until `28a1278`).
 const NO_LEASE_RECHECK: Duration = Duration::from_secs(1);
 
 /// Sleeps until `end`, or for [`NO_LEASE_RECHECK`] when there is none.
