@@ -10,9 +10,10 @@
 #   DECKHAND_BIN=target/debug/deckhand scripts/failover.sh
 #
 # After each kill it also counts the survivors' lease lapses: the "lease ran
-# out" warnings their logs gain within LAPSE_WINDOW_MS of the kill (default
-# 2500; keep it above the lease, 1.5 s by default, or later lapses go
-# uncounted). A follower whose lease outlasts the failover has none. Each
+# out" warnings, or the "lease acquired" lines (a renewal of a lease that had
+# run out), whichever are more, that each survivor's log gains within
+# LAPSE_WINDOW_MS of the kill (default 2500; keep it above the lease, 1.5 s
+# by default, or later lapses go uncounted). A follower whose lease outlasts the failover has none. Each
 # kill waits until both survivors hold a lease (`ctl status`), so each could
 # lapse. The count needs a binary that logs lapses and info-level logs (every
 # node must log "lease acquired" once it has a lease); the script stops
@@ -27,7 +28,7 @@ cd "$root"
 kills=${KILLS:-10}
 lapse_window_ms=${LAPSE_WINDOW_MS:-2500}
 out=${OUT:-bench/failover.json}
-[ "$kills" -ge 1 ] 2>/dev/null || { echo "failover.sh: KILLS must be a whole number of at least 1, not '$kills'" >&2; exit 1; }
+[[ $kills =~ ^[1-9][0-9]*$ ]] || { echo "failover.sh: KILLS must be a whole number of at least 1, not '$kills'" >&2; exit 1; }
 if [ -z "${DECKHAND_BIN:-}" ]; then
   cargo build --release --quiet
   export DECKHAND_BIN="$root/target/release/deckhand"
@@ -52,11 +53,12 @@ trap cleanup EXIT
 admins=(127.0.0.1:7201 127.0.0.1:7202 127.0.0.1:7203)
 
 leader_seen_by() {  # admin address -> leader id or empty
-  "$bin" ctl --addr "$1" status --json 2>/dev/null | sed -n 's/^ *"leader_id": *\([0-9][0-9]*\).*/\1/p'
+  # `|| true`: a node not listening yet is "no answer", not the end of the script.
+  "$bin" ctl --addr "$1" status --json 2>/dev/null | sed -n 's/^ *"leader_id": *\([0-9][0-9]*\).*/\1/p' || true
 }
 
 lease_left_ms() {  # admin address -> this node's lease time left in ms, or empty
-  "$bin" ctl --addr "$1" status --json 2>/dev/null | sed -n 's/^ *"lease_remaining_ms": *\([0-9][0-9]*\).*/\1/p'
+  "$bin" ctl --addr "$1" status --json 2>/dev/null | sed -n 's/^ *"lease_remaining_ms": *\([0-9][0-9]*\).*/\1/p' || true
 }
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
@@ -66,7 +68,22 @@ logged() {  # pattern, node id -> lines of its log so far that match
   n=$(grep -c "$1" "$DECKHAND_RUN_DIR/node$2.log" 2>/dev/null) || true
   echo "${n:-0}"
 }
-lapses_logged() { logged 'lease ran out' "$1"; }
+# A lapse shows as a "lease ran out" warning (the runner saw it) and, once a
+# leader answers again, as a "lease acquired" (logged exactly when a renewal
+# finds the lease run out). Either can be missing: the runner may not wake
+# before a renewal that comes within its wake-up delay, and a lease not
+# renewed within the window has no "acquired" yet. Per survivor, a kill
+# counts the larger of the two.
+lapse_signs() {  # node id -> "<ran out> <acquired>" line counts so far
+  echo "$(logged 'lease ran out' "$1") $(logged 'lease acquired' "$1")"
+}
+lapses_since() {  # "<ran out> <acquired>" before, node id -> lapses since
+  local b_out b_acq n_out n_acq d_out d_acq
+  read -r b_out b_acq <<< "$1"
+  read -r n_out n_acq <<< "$(lapse_signs "$2")"
+  d_out=$(( n_out - b_out )); d_acq=$(( n_acq - b_acq ))
+  echo $(( d_out > d_acq ? d_out : d_acq ))
+}
 
 scripts/cluster.sh start "$cfg" >/dev/null
 times=()
@@ -97,7 +114,7 @@ for i in $(seq 1 "$kills"); do
       exit 1
     }
   done
-  before=$(( $(lapses_logged "${survivor_ids[0]}") + $(lapses_logged "${survivor_ids[1]}") ))
+  before0=$(lapse_signs "${survivor_ids[0]}"); before1=$(lapse_signs "${survivor_ids[1]}")
   pid=$(cat "$DECKHAND_RUN_DIR/node$old.pid")
   kill -9 "$pid"
   start=$(now_ms)
@@ -113,9 +130,9 @@ for i in $(seq 1 "$kills"); do
   times+=("$elapsed")
   # A lapse shows within the lease of the kill: wait out the window.
   while [ "$(now_ms)" -lt $(( start + lapse_window_ms )) ]; do sleep 0.05; done
-  after=$(( $(lapses_logged "${survivor_ids[0]}") + $(lapses_logged "${survivor_ids[1]}") ))
-  lapses+=("$(( after - before ))")
-  echo "kill $i: leader $old killed, node $a leads after ${elapsed} ms; survivors' lease lapses: $(( after - before ))"
+  lapsed_now=$(( $(lapses_since "$before0" "${survivor_ids[0]}") + $(lapses_since "$before1" "${survivor_ids[1]}") ))
+  lapses+=("$lapsed_now")
+  echo "kill $i: leader $old killed, node $a leads after ${elapsed} ms; survivors' lease lapses: $lapsed_now"
   scripts/cluster.sh start "$cfg" >/dev/null   # restarts the killed node
 done
 
