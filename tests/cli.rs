@@ -58,6 +58,24 @@ fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("run command")
 }
 
+/// Runs the binary with `args`, its stdout a pipe whose reader is gone
+/// (`deckhand ... | head -0`), and checks what every command must do then:
+/// no panic and a non-zero exit. Returns its stderr.
+fn run_into_closed_pipe(args: &[&str]) -> String {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .output()
+        .expect("run command");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(!out.status.success(), "{args:?} reported success: {stderr}");
+    stderr
+}
+
 fn ctl_status(admin: u16) -> Output {
     run(Command::new(BIN).args([
         "ctl",
@@ -157,22 +175,9 @@ fn cluster_script_starts_reports_and_stops_three_nodes() {
 
     // A reader that is gone (`ctl status | head -0`): no panic, one line
     // naming the cause at most, and a non-zero exit.
-    let (reader, writer) = std::io::pipe().expect("pipe");
-    drop(reader);
-    let closed = Command::new(BIN)
-        .args([
-            "ctl",
-            "--addr",
-            &format!("127.0.0.1:{}", ports[0].admin),
-            "status",
-        ])
-        .stdout(writer)
-        .output()
-        .expect("run ctl");
-    let stderr = String::from_utf8_lossy(&closed.stderr);
-    assert!(!stderr.contains("panicked"), "ctl panicked: {stderr}");
+    let addr = format!("127.0.0.1:{}", ports[0].admin);
+    let stderr = run_into_closed_pipe(&["ctl", "--addr", &addr, "status"]);
     assert!(stderr.lines().count() <= 1, "{stderr}");
-    assert!(!closed.status.success(), "ctl reported success: {stderr}");
 
     // Shards through any node's admin API; bad drains get one clear line.
     let ctl = |args: &[&str]| {
@@ -586,31 +591,22 @@ fn demo_runs_kills_restarts_and_passes_its_consistency_check() {
 fn load_into_a_closed_pipe_fails_with_one_line_instead_of_a_panic() {
     // `deckhand load ... | head -0`: the summary cannot be written. One
     // line naming the cause, a non-zero exit, no panic.
-    let (reader, writer) = std::io::pipe().expect("pipe");
-    drop(reader);
-    let out = Command::new(BIN)
-        .args([
-            "load",
-            "--store",
-            "memory://",
-            "--queues",
-            "2",
-            "--rate",
-            "20",
-            "--duration",
-            "1s",
-            "--warmup",
-            "0s",
-            "--grace",
-            "0s",
-            "--json",
-        ])
-        .stdout(writer)
-        .output()
-        .expect("run load");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "load panicked: {stderr}");
-    assert!(!out.status.success(), "load reported success: {stderr}");
+    let stderr = run_into_closed_pipe(&[
+        "load",
+        "--store",
+        "memory://",
+        "--queues",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--grace",
+        "0s",
+        "--json",
+    ]);
     let last = stderr.lines().last().unwrap_or("");
     assert!(
         last.starts_with("deckhand load: cannot write the output"),
