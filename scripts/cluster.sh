@@ -64,6 +64,17 @@ our_process() {
   tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF " node --config $config_dir/"
 }
 
+# Is the pid in $1, which this run of the script has just started, still
+# alive? Not `our_process`: until the forked shell has exec'd nohup, its
+# command line is this script's, and a loaded machine can be slow to get
+# there. A process that exited and is not reaped yet (a zombie) is not
+# alive.
+started_alive() {
+  local state
+  state=$(sed -n 's/.*) \([A-Za-z]\) .*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 node_name() { basename "$1" .toml; }
 
 start() {
@@ -87,7 +98,7 @@ start() {
     for cfg in "${configs[@]}"; do
       local pidfile
       pidfile="$run_dir/$(node_name "$cfg").pid"
-      if ! our_process "$(cat "$pidfile")"; then
+      if ! started_alive "$(cat "$pidfile")"; then
         echo "cluster.sh: $(node_name "$cfg") exited during start; last log lines:" >&2
         tail -n 5 "$run_dir/$(node_name "$cfg").log" >&2
         exit 1
