@@ -199,14 +199,17 @@ impl HeartbeatLoop {
         roles: &mut Option<WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>>,
     ) -> Beat {
         let (leader, leader_addr) = {
-            // The server metrics: the full ones are republished on every
-            // Raft heartbeat and cost a larger clone.
-            let m = self.raft.server_metrics().borrow_watched().clone();
+            // The loop's own receiver of the server metrics (the full ones
+            // are republished on every Raft heartbeat). `None` once the core
+            // stopped publishing, which `raft_stopped` reports first.
+            let Some(rx) = roles.as_ref() else {
+                return Beat::NotYet;
+            };
+            let m = rx.borrow_watched();
             let Some(leader) = m.current_leader else {
                 return Beat::NotYet;
             };
-            let addr = m.member(leader).map(|n| n.raft_addr.clone());
-            (leader, addr)
+            (leader, m.member(leader).map(|n| n.raft_addr.clone()))
         };
         let report = build_report(&self.shared);
         let sent_at = Instant::now();
