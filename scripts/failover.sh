@@ -52,14 +52,12 @@ trap cleanup EXIT
 
 admins=(127.0.0.1:7201 127.0.0.1:7202 127.0.0.1:7203)
 
-leader_seen_by() {  # admin address -> leader id or empty
+status_number() {  # admin address, key -> that number in `ctl status --json`, or empty
   # `|| true`: a node not listening yet is "no answer", not the end of the script.
-  "$bin" ctl --addr "$1" status --json 2>/dev/null | sed -n 's/^ *"leader_id": *\([0-9][0-9]*\).*/\1/p' || true
+  "$bin" ctl --addr "$1" status --json 2>/dev/null | sed -n "s/^ *\"$2\": *\([0-9][0-9]*\).*/\1/p" || true
 }
-
-lease_left_ms() {  # admin address -> this node's lease time left in ms, or empty
-  "$bin" ctl --addr "$1" status --json 2>/dev/null | sed -n 's/^ *"lease_remaining_ms": *\([0-9][0-9]*\).*/\1/p' || true
-}
+leader_seen_by() { status_number "$1" leader_id; }   # leader id or empty
+lease_left_ms() { status_number "$1" lease_remaining_ms; }   # this node's lease time left
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
